@@ -1,0 +1,27 @@
+"""Redis cache of schedulable accounts per bucket: versioned, atomic, race-free."""
+
+from cache.client import RedisSchedulerCache
+from cache.codec import DEFAULT_CACHED_CREDENTIALS
+from cache.errors import (
+    CacheError,
+    CacheUnavailable,
+    CorruptPayload,
+    InvalidBucket,
+    VersionNotReserved,
+)
+from cache.models import Account, AccountStatus, BucketInfo, SchedulerBucket, SchedulerMode
+
+__all__ = [
+    "DEFAULT_CACHED_CREDENTIALS",
+    "Account",
+    "AccountStatus",
+    "BucketInfo",
+    "CacheError",
+    "CacheUnavailable",
+    "CorruptPayload",
+    "InvalidBucket",
+    "RedisSchedulerCache",
+    "SchedulerBucket",
+    "SchedulerMode",
+    "VersionNotReserved",
+]

@@ -1,0 +1,85 @@
+"""The one settings object: every ``SCHED_*`` environment variable, read at the edge."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cache.codec import DEFAULT_CACHED_CREDENTIALS
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Configuration of the cache, the workers, beat and the tools around them."""
+
+    model_config = SettingsConfigDict(env_prefix="SCHED_", extra="ignore")
+
+    # -- where things are ------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    database_url: str = "sqlite:///sched.sqlite3"
+
+    # -- the cache -------------------------------------------------------------------
+    key_prefix: str = "sched"
+    snapshot_grace_seconds: int = Field(default=60, ge=1)
+    cached_credentials: CsvList = Field(default_factory=lambda: sorted(DEFAULT_CACHED_CREDENTIALS))
+
+    # -- rebuilds --------------------------------------------------------------------
+    lock_ttl_seconds: int = Field(default=30, ge=2)
+    rebuild_time_limit_seconds: int = Field(default=20, ge=1)
+    refresh_interval_seconds: float = Field(default=300.0, gt=0)
+    platforms: CsvList = Field(default_factory=lambda: ["anthropic", "openai", "gemini", "antigravity"])
+    mixed_platforms: CsvList = Field(default_factory=lambda: ["anthropic", "gemini"])
+    mixed_donor_platform: str = "antigravity"
+
+    # -- outbox ----------------------------------------------------------------------
+    outbox_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_batch_size: int = Field(default=200, ge=1)
+    outbox_gap_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    # -- last used -------------------------------------------------------------------
+    last_used_cache_flush_seconds: float = Field(default=0.5, gt=0)
+    last_used_db_flush_seconds: float = Field(default=10.0, gt=0)
+
+    # -- fallback reads on a miss ----------------------------------------------------
+    fallback_enabled: bool = True
+    fallback_per_second: float = Field(default=5.0, gt=0)
+
+    # -- operations ------------------------------------------------------------------
+    flower_user: str = "admin"
+    flower_password: str = "change-me"
+    flower_port: int = 5555
+
+    _split_lists = field_validator(
+        "cached_credentials", "platforms", "mixed_platforms", mode="before"
+    )(_split)
+
+    @model_validator(mode="after")
+    def _time_limits_fit_the_lock(self) -> Self:
+        if self.rebuild_time_limit_seconds >= self.lock_ttl_seconds:
+            raise ValueError(
+                f"rebuild_time_limit_seconds ({self.rebuild_time_limit_seconds}) must be "
+                f"below lock_ttl_seconds ({self.lock_ttl_seconds}) so a live rebuild keeps its lock"
+            )
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,82 @@
+"""Real servers for the tests: private redis-server processes and test settings."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TestServers(BaseSettings):
+    """Where the shared test servers are (``SCHED_TEST_*``; unset means skip)."""
+
+    __test__ = False
+    model_config = SettingsConfigDict(env_prefix="SCHED_TEST_", extra="ignore")
+
+    postgres_url: str | None = None
+    amqp_url: str | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free 127.0.0.1 port, for tests that kill it."""
+
+    def __init__(self, port: int | None = None) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not on the PATH (apt-get install redis-server)")
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="sched-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [
+                "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                "--logfile", str(self.dir / "redis.log"),
+            ],
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} did not start: "
+                        f"{(self.dir / 'redis.log').read_text(errors='replace')[-2000:]}"
+                    ) from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
