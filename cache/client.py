@@ -18,7 +18,7 @@ from cache import keys as ttl
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec, from_ms, to_ms
 from cache.errors import CacheError, CacheUnavailable, CorruptPayload, VersionNotReserved
 from cache.keys import KeySpace
-from cache.models import Account, BucketInfo, SchedulerBucket
+from cache.models import Account, BucketInfo, SchedulerBucket, validate_token
 from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -302,6 +302,17 @@ class RedisSchedulerCache:
         """
         return self._lock(self.keys.lock(bucket), ttl_seconds, token, f"lock {bucket}")
 
+    def try_lock(self, name: str, ttl_seconds: float, token: str | None = None) -> str | None:
+        """Take a named lock for a singleton job; same contract as :meth:`try_lock_bucket`."""
+        validate_token(name, "lock name")
+        return self._lock(self.keys.named_lock(name), ttl_seconds, token, f"lock {name}")
+
+    def unlock(self, name: str, token: str) -> bool:
+        """Release a named lock if ``token`` still holds it."""
+        validate_token(name, "lock name")
+        with redis_errors(f"unlock {name}"):
+            return bool(self._scripts["unlock"](keys=[self.keys.named_lock(name)], args=[token]))
+
     def unlock_bucket(self, bucket: SchedulerBucket, token: str) -> bool:
         """Release the lock if ``token`` still holds it; False when it had moved on."""
         with redis_errors(f"unlock {bucket}"):
@@ -403,6 +414,25 @@ class RedisSchedulerCache:
                 keys=[self.keys.rebuild_state(bucket)],
                 args=[generation, ttl.REBUILD_STATE_TTL_SECONDS],
             ))
+
+    # -- figures for status views ----------------------------------------------------
+    def record_stats(
+        self, counters: Mapping[str, int] | None = None, values: Mapping[str, str] | None = None
+    ) -> None:
+        """Add to named counters and set named values, in one round trip."""
+        with redis_errors("record_stats"):
+            pipe = self.client.pipeline(transaction=False)
+            for name, amount in (counters or {}).items():
+                pipe.hincrby(self.keys.stats, name, amount)
+            if values:
+                pipe.hset(self.keys.stats, mapping=dict(values))
+            pipe.execute()
+
+    def stats(self) -> dict[str, str]:
+        """Every counter and value recorded with :meth:`record_stats`."""
+        with redis_errors("stats"):
+            raw = self.client.hgetall(self.keys.stats)
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     def ping(self) -> None:
         """Raise :class:`CacheUnavailable` unless Redis answers."""

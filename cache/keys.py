@@ -65,6 +65,10 @@ class KeySpace:
     def lock(self, bucket: SchedulerBucket) -> str:
         return self._bucket(bucket, "lock")
 
+    def named_lock(self, name: str) -> str:
+        """A lock for a singleton job (e.g. the outbox poller), not tied to a bucket."""
+        return self._join("lock", name)
+
     def rebuild_state(self, bucket: SchedulerBucket) -> str:
         """Hash: rebuild request counter, queued flag, generation of the last rebuild."""
         return self._bucket(bucket, "rebuild")
@@ -94,6 +98,11 @@ class KeySpace:
     def last_used_pending(self) -> str:
         """Hash: account id -> last use not yet written to the source database."""
         return self._join("last_used", "pending")
+
+    @property
+    def stats(self) -> str:
+        """Hash: counters and last-seen figures of the background work, for status views."""
+        return self._join("stats")
 
     @property
     def outbox_watermark(self) -> str:
