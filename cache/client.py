@@ -1,55 +1,22 @@
-"""The Redis scheduling cache: snapshots, accounts, last use, locks, registry, outbox."""
+"""The Redis scheduling cache: snapshots, accounts and their last use."""
 
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
-import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from cache import keys as ttl
-from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec, from_ms, to_ms
-from cache.errors import CacheError, CacheUnavailable, CorruptPayload, VersionNotReserved
-from cache.keys import KeySpace
-from cache.models import Account, BucketInfo, SchedulerBucket, validate_token
-from cache.scripts import Scripts
+from cache.base import raw, redis_errors, text
+from cache.codec import from_ms, to_ms
+from cache.coordination import CoordinationMixin
+from cache.errors import CorruptPayload, VersionNotReserved
+from cache.models import Account, BucketInfo, SchedulerBucket
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@contextmanager
-def redis_errors(action: str) -> Iterator[None]:
-    """Re-raise redis-py failures as this package's errors, naming the action."""
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
-    except RedisError as exc:
-        raise CacheError(f"redis error during {action}: {exc}") from exc
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _raw(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value
-
-
-class RedisSchedulerCache:
+class RedisSchedulerCache(CoordinationMixin):
     """Versioned snapshots of each bucket's schedulable accounts, in Redis.
 
     Writers reserve a version *before* they read the source and activate it with a
@@ -60,45 +27,6 @@ class RedisSchedulerCache:
 
     Readers get the active snapshot in one atomic script call.
     """
-
-    def __init__(
-        self,
-        client: redis.Redis,  # type: ignore[type-arg]
-        *,
-        prefix: str = "sched",
-        snapshot_grace_seconds: int = ttl.SNAPSHOT_GRACE_SECONDS,
-        cached_credentials: Iterable[str] = DEFAULT_CACHED_CREDENTIALS,
-        clock: Clock = utc_now,
-    ) -> None:
-        if snapshot_grace_seconds < 1:
-            raise ValueError(f"snapshot_grace_seconds must be >= 1, got {snapshot_grace_seconds}")
-        self.client = client
-        self.keys = KeySpace(prefix)
-        self.grace_seconds = snapshot_grace_seconds
-        self.codec = AccountCodec(cached_credentials)
-        self.clock = clock
-        self._scripts = Scripts(client)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        socket_timeout: float = 5.0,
-        **kwargs: Any,
-    ) -> RedisSchedulerCache:
-        """A cache over a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
-
-        Timeouts are set so that a dead server gives :class:`CacheUnavailable` quickly
-        instead of a hang.
-        """
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 2.0),
-            health_check_interval=30,
-        )
-        return cls(client, **kwargs)
 
     # -- snapshots -------------------------------------------------------------------
     def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
@@ -122,12 +50,14 @@ class RedisSchedulerCache:
                 if payload is None:
                     logger.info(
                         "snapshot miss for %s v%s: account %s has no payload",
-                        bucket, _text(version), _text(raw_id),
+                        bucket,
+                        text(version),
+                        text(raw_id),
                     )
                     return None
-                accounts.append(decode(int(raw_id), _raw(payload), used and _raw(used)))
+                accounts.append(decode(int(raw_id), raw(payload), used and raw(used)))
         except CorruptPayload as exc:
-            logger.warning("snapshot miss for %s v%s: %s", bucket, _text(version), exc)
+            logger.warning("snapshot miss for %s v%s: %s", bucket, text(version), exc)
             return None
         return accounts
 
@@ -193,9 +123,7 @@ class RedisSchedulerCache:
                 f"bucket {bucket}: version {version} was never reserved (last reserved: {other})"
             )
         if status == 0:
-            logger.info(
-                "bucket %s: v%s not activated, v%s is newer", bucket, version, int(other)
-            )
+            logger.info("bucket %s: v%s not activated, v%s is newer", bucket, version, int(other))
             return False
         return True
 
@@ -225,7 +153,7 @@ class RedisSchedulerCache:
             payload, used = pipe.execute()
         if payload is None:
             return None
-        return self.codec.decode(account_id, _raw(payload), used and _raw(used))
+        return self.codec.decode(account_id, raw(payload), used and raw(used))
 
     def set_account(self, account: Account) -> bool:
         """Store ``account`` unless a newer revision is cached; True when stored."""
@@ -287,154 +215,6 @@ class RedisSchedulerCache:
         for account_id, used in written.items():
             args += (int(account_id), to_ms(used))
         with redis_errors("ack_pending_last_used"):
-            return int(self._scripts["ack_last_used"](
-                keys=[self.keys.last_used_pending], args=args
-            ))
-
-    # -- locks -----------------------------------------------------------------------
-    def try_lock_bucket(
-        self, bucket: SchedulerBucket, ttl_seconds: float, token: str | None = None
-    ) -> str | None:
-        """Take the bucket's rebuild lock: a token when taken, None when busy.
-
-        Passing the token of an earlier hold renews it (a redelivered task whose first
-        run was killed gets its own lock back at once).
-        """
-        return self._lock(self.keys.lock(bucket), ttl_seconds, token, f"lock {bucket}")
-
-    def try_lock(self, name: str, ttl_seconds: float, token: str | None = None) -> str | None:
-        """Take a named lock for a singleton job; same contract as :meth:`try_lock_bucket`."""
-        validate_token(name, "lock name")
-        return self._lock(self.keys.named_lock(name), ttl_seconds, token, f"lock {name}")
-
-    def unlock(self, name: str, token: str) -> bool:
-        """Release a named lock if ``token`` still holds it."""
-        validate_token(name, "lock name")
-        with redis_errors(f"unlock {name}"):
-            return bool(self._scripts["unlock"](keys=[self.keys.named_lock(name)], args=[token]))
-
-    def unlock_bucket(self, bucket: SchedulerBucket, token: str) -> bool:
-        """Release the lock if ``token`` still holds it; False when it had moved on."""
-        with redis_errors(f"unlock {bucket}"):
-            return bool(self._scripts["unlock"](keys=[self.keys.lock(bucket)], args=[token]))
-
-    def _lock(self, key: str, ttl_seconds: float, token: str | None, action: str) -> str | None:
-        if ttl_seconds <= 0:
-            raise ValueError(f"lock ttl must be > 0 seconds, got {ttl_seconds}")
-        token = token or secrets.token_hex(16)
-        with redis_errors(action):
-            held = self._scripts["lock"](keys=[key], args=[token, int(ttl_seconds * 1000)])
-        return token if held else None
-
-    # -- registry --------------------------------------------------------------------
-    def list_buckets(self) -> list[SchedulerBucket]:
-        """Every registered bucket, sorted; malformed entries are logged and skipped."""
-        with redis_errors("list_buckets"):
-            members = self.client.smembers(self.keys.registry)
-        buckets: list[SchedulerBucket] = []
-        for raw in members:
-            try:
-                buckets.append(SchedulerBucket.parse(_text(raw)))
-            except CacheError as exc:
-                logger.warning("skipping registry entry: %s", exc)
-        return sorted(buckets, key=lambda b: (b.group_id, b.platform, b.mode.value))
-
-    def retire_bucket(self, bucket: SchedulerBucket) -> bool:
-        """Stop serving and refreshing ``bucket``; True when it was known."""
-        with redis_errors(f"retire_bucket {bucket}"):
-            return bool(self._scripts["retire_bucket"](
-                keys=[self.keys.meta(bucket), self.keys.registry, self.keys.rebuild_state(bucket)],
-                args=[self.keys.snapshot_stem(bucket), str(bucket), self.grace_seconds],
-            ))
-
-    # -- outbox ----------------------------------------------------------------------
-    def get_outbox_watermark(self) -> int:
-        with redis_errors("get_outbox_watermark"):
-            raw = self.client.get(self.keys.outbox_watermark)
-        return int(raw) if raw is not None else 0
-
-    def set_outbox_watermark(self, event_id: int) -> bool:
-        """Advance the watermark to ``event_id``; False when it would go backwards."""
-        return self.advance_outbox(event_id)
-
-    def advance_outbox(
-        self,
-        event_id: int,
-        *,
-        new_gaps: Iterable[int] = (),
-        resolved_gaps: Iterable[int] = (),
-    ) -> bool:
-        """Advance the watermark and, in the same step, update the skipped-id set.
-
-        ``new_gaps``: ids below ``event_id`` that were not visible yet (their
-        transaction had not committed); ``resolved_gaps``: ids applied or given up on.
-        """
-        if event_id < 0:
-            raise ValueError(f"outbox watermark must be >= 0, got {event_id}")
-        gaps = [int(i) for i in new_gaps]
-        args: list[Any] = [event_id, to_ms(self.clock()), len(gaps), *gaps]
-        args += [int(i) for i in resolved_gaps]
-        with redis_errors("advance_outbox"):
-            return bool(self._scripts["advance_watermark"](
-                keys=[self.keys.outbox_watermark, self.keys.outbox_gaps], args=args
-            ))
-
-    def outbox_gaps(self) -> dict[int, datetime]:
-        """Outbox ids skipped over, with when each was first missed."""
-        with redis_errors("outbox_gaps"):
-            raw = self.client.zrange(self.keys.outbox_gaps, 0, -1, withscores=True)
-        return {int(member): from_ms(int(score)) for member, score in raw}
-
-    # -- coalesced rebuild requests --------------------------------------------------
-    def request_rebuild(self, bucket: SchedulerBucket) -> bool:
-        """Note a rebuild request; True when the caller must enqueue a rebuild task."""
-        with redis_errors(f"request_rebuild {bucket}"):
-            return bool(self._scripts["request_rebuild"](
-                keys=[self.keys.rebuild_state(bucket)], args=[ttl.REBUILD_STATE_TTL_SECONDS]
-            ))
-
-    def begin_rebuild(self, bucket: SchedulerBucket, *, force: bool = False) -> int | None:
-        """Call holding the lock, before reading the source.
-
-        Returns the request generation this run covers, or None when every request so
-        far is covered by a finished run already (skip the rebuild). Requests from now
-        on make :meth:`request_rebuild` return True again.
-        """
-        with redis_errors(f"begin_rebuild {bucket}"):
-            generation = int(self._scripts["begin_rebuild"](
-                keys=[self.keys.rebuild_state(bucket)],
-                args=["1" if force else "0", ttl.REBUILD_STATE_TTL_SECONDS],
-            ))
-        return None if generation < 0 else generation
-
-    def finish_rebuild(self, bucket: SchedulerBucket, generation: int) -> int:
-        """Record a written rebuild; returns how many requests arrived during it."""
-        with redis_errors(f"finish_rebuild {bucket}"):
-            return int(self._scripts["finish_rebuild"](
-                keys=[self.keys.rebuild_state(bucket)],
-                args=[generation, ttl.REBUILD_STATE_TTL_SECONDS],
-            ))
-
-    # -- figures for status views ----------------------------------------------------
-    def record_stats(
-        self, counters: Mapping[str, int] | None = None, values: Mapping[str, str] | None = None
-    ) -> None:
-        """Add to named counters and set named values, in one round trip."""
-        with redis_errors("record_stats"):
-            pipe = self.client.pipeline(transaction=False)
-            for name, amount in (counters or {}).items():
-                pipe.hincrby(self.keys.stats, name, amount)
-            if values:
-                pipe.hset(self.keys.stats, mapping=dict(values))
-            pipe.execute()
-
-    def stats(self) -> dict[str, str]:
-        """Every counter and value recorded with :meth:`record_stats`."""
-        with redis_errors("stats"):
-            raw = self.client.hgetall(self.keys.stats)
-        return {_text(k): _text(v) for k, v in raw.items()}
-
-    def ping(self) -> None:
-        """Raise :class:`CacheUnavailable` unless Redis answers."""
-        with redis_errors("ping"):
-            self.client.ping()
+            return int(
+                self._scripts["ack_last_used"](keys=[self.keys.last_used_pending], args=args)
+            )

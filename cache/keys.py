@@ -57,7 +57,7 @@ class KeySpace:
 
     def snapshot_stem(self, bucket: SchedulerBucket) -> str:
         """Stem of the versioned snapshot lists; version N lives at ``stem + N``."""
-        return self._bucket(bucket, "v")
+        return self._bucket(bucket, "snap:")
 
     def snapshot(self, bucket: SchedulerBucket, version: int) -> str:
         return f"{self.snapshot_stem(bucket)}{version}"

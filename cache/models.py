@@ -15,7 +15,7 @@ from cache.errors import InvalidBucket
 # bucket's shape, braces would move the hash tag, whitespace and control characters
 # make keys that operators cannot type. Lowercase tokens are all the source uses.
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-# Digits only: int() would also take '+5', ' 5', '٥' and '1_000'.
+# Digits only: int() would also take '+5', ' 5', '1_000' and non-ASCII digits.
 _GROUP_ID = re.compile(r"[0-9]{1,19}")
 _MAX_GROUP_ID = 2**63 - 1
 
@@ -59,9 +59,8 @@ class SchedulerBucket(BaseModel):
         try:
             mode = SchedulerMode(mode)
         except ValueError:
-            raise InvalidBucket(
-                f"invalid mode {mode!r}: expected one of {', '.join(m.value for m in SchedulerMode)}"
-            ) from None
+            choices = ", ".join(m.value for m in SchedulerMode)
+            raise InvalidBucket(f"invalid mode {mode!r}: expected one of {choices}") from None
         super().__init__(group_id=group_id, platform=platform, mode=mode)
 
     @classmethod
@@ -71,12 +70,12 @@ class SchedulerBucket(BaseModel):
             raise InvalidBucket(f"invalid bucket {raw!r}: expected a string")
         parts = raw.split(":")
         if len(parts) != 3:
-            raise InvalidBucket(
-                f"invalid bucket {raw!r}: expected '<group_id>:<platform>:<mode>'"
-            )
+            raise InvalidBucket(f"invalid bucket {raw!r}: expected '<group_id>:<platform>:<mode>'")
         group, platform, mode = parts
         if not _GROUP_ID.fullmatch(group):
-            raise InvalidBucket(f"invalid bucket {raw!r}: group id {group!r} is not an integer >= 0")
+            raise InvalidBucket(
+                f"invalid bucket {raw!r}: group id {group!r} is not an integer >= 0"
+            )
         try:
             return cls(int(group), platform, mode)
         except InvalidBucket as exc:
@@ -175,7 +174,11 @@ class Account(BaseModel):
         """
         ends = [
             until
-            for until in (self.overload_until, self.rate_limit_reset_at, self.temp_unschedulable_until)
+            for until in (
+                self.overload_until,
+                self.rate_limit_reset_at,
+                self.temp_unschedulable_until,
+            )
             if until is not None and until > now
         ]
         return max(ends) if ends else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -37,7 +36,7 @@ class Scripts:
     restarted server costs one extra round trip, never an error.
     """
 
-    def __init__(self, client: redis.Redis[Any] | redis.Redis) -> None:  # type: ignore[type-arg]
+    def __init__(self, client: redis.Redis) -> None:
         self._scripts = {name: client.register_script(load_source(name)) for name in SCRIPT_NAMES}
 
     def __getitem__(self, name: str) -> Script:

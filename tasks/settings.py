@@ -39,9 +39,25 @@ class Settings(BaseSettings):
     lock_ttl_seconds: int = Field(default=30, ge=2)
     rebuild_time_limit_seconds: int = Field(default=20, ge=1)
     refresh_interval_seconds: float = Field(default=300.0, gt=0)
-    platforms: CsvList = Field(default_factory=lambda: ["anthropic", "openai", "gemini", "antigravity"])
+    platforms: CsvList = Field(
+        default_factory=lambda: ["anthropic", "openai", "gemini", "antigravity"]
+    )
     mixed_platforms: CsvList = Field(default_factory=lambda: ["anthropic", "gemini"])
     mixed_donor_platform: str = "antigravity"
+    # Where bucket accounts are read from: "module:callable" taking the Settings and
+    # returning a Source; unset means the SQL source at database_url.
+    source_factory: str | None = None
+
+    # -- retries and redelivery ------------------------------------------------------
+    # A task whose Redis or database is unavailable retries with exponential backoff
+    # (1 s, 2 s, 4 s ... capped, jittered); after the last retry it fails and logs, and
+    # the next request or refresh of its bucket tries again.
+    task_max_retries: int = Field(default=10, ge=0)
+    retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    # Redis broker only: a message not acknowledged this long is delivered again. With
+    # late acks a message stays unacknowledged while it waits for a retry countdown and
+    # while it runs, so this must exceed both (checked below).
+    visibility_timeout_seconds: int = Field(default=300, ge=1)
 
     # -- outbox ----------------------------------------------------------------------
     outbox_interval_seconds: float = Field(default=1.0, gt=0)
@@ -71,6 +87,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"rebuild_time_limit_seconds ({self.rebuild_time_limit_seconds}) must be "
                 f"below lock_ttl_seconds ({self.lock_ttl_seconds}) so a live rebuild keeps its lock"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redelivery_after_the_longest_wait(self) -> Self:
+        longest = self.rebuild_time_limit_seconds + self.retry_backoff_max_seconds
+        if self.visibility_timeout_seconds <= longest:
+            raise ValueError(
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must exceed "
+                f"rebuild_time_limit_seconds + retry_backoff_max_seconds ({longest}), or a "
+                "task that is still waiting or running would be delivered a second time"
             )
         return self
 

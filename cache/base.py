@@ -1,0 +1,87 @@
+"""What every part of the cache shares: the client, key space, scripts, clock, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cache import keys as ttl
+from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
+from cache.errors import CacheError, CacheUnavailable
+from cache.keys import KeySpace
+from cache.scripts import Scripts
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def redis_errors(action: str) -> Iterator[None]:
+    """Re-raise redis-py failures as this package's errors, naming the action."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
+    except RedisError as exc:
+        raise CacheError(f"redis error during {action}: {exc}") from exc
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def raw(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+class CacheBase:
+    """Holds the client and everything derived from the configuration."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "sched",
+        snapshot_grace_seconds: int = ttl.SNAPSHOT_GRACE_SECONDS,
+        cached_credentials: Iterable[str] = DEFAULT_CACHED_CREDENTIALS,
+        clock: Clock = utc_now,
+    ) -> None:
+        if snapshot_grace_seconds < 1:
+            raise ValueError(f"snapshot_grace_seconds must be >= 1, got {snapshot_grace_seconds}")
+        self.client = client
+        self.keys = KeySpace(prefix)
+        self.grace_seconds = snapshot_grace_seconds
+        self.codec = AccountCodec(cached_credentials)
+        self.clock = clock
+        self._scripts = Scripts(client)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        socket_timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> Self:
+        """A cache over a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+
+        Timeouts are set so that a dead server gives :class:`CacheUnavailable` quickly
+        instead of a hang.
+        """
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 2.0),
+            health_check_interval=30,
+        )
+        return cls(client, **kwargs)
