@@ -161,6 +161,16 @@ class CoordinationMixin(CacheBase):
                 )
             )
 
+    def abandon_rebuild_request(self, bucket: SchedulerBucket) -> None:
+        """Forget that a rebuild task is queued for ``bucket``.
+
+        For a task that was never sent, or that gave up: the next
+        :meth:`request_rebuild` returns True again. Requests stay counted, so the next
+        run still rebuilds. Called wrongly, it costs one extra task, which skips.
+        """
+        with redis_errors(f"abandon_rebuild_request {bucket}"):
+            self.client.hdel(self.keys.rebuild_state(bucket), "queued")
+
     # -- figures for status views ----------------------------------------------------
     def record_stats(
         self, counters: Mapping[str, int] | None = None, values: Mapping[str, str] | None = None

@@ -1,0 +1,88 @@
+"""Celery settings (lowercase), filled from the one settings object (``SCHED_*``).
+
+How the time numbers relate (defaults in brackets)::
+
+    soft time limit [18 s] < hard time limit [rebuild_time_limit_seconds, 20 s]
+                           < bucket lock TTL [lock_ttl_seconds, 30 s]
+    hard time limit + longest retry countdown [retry_backoff_max_seconds, 60 s]
+                           < visibility timeout [visibility_timeout_seconds, 300 s]
+
+- A rebuild is killed before its bucket lock expires, so a live rebuild always holds
+  its lock and two rebuilds of one bucket never overlap.
+- With late acknowledgement a message stays unacknowledged while it waits for a retry
+  countdown and while it runs; the Redis broker delivers an unacknowledged message
+  again after the visibility timeout, so the timeout must exceed the longest wait plus
+  run, or a task still alive would run twice. It is also how long a message of a
+  worker that died as a whole waits before another worker gets it.
+
+Two beat processes do not double the work: every periodic task is safe to run twice.
+``refresh_buckets`` holds a named lock for most of its interval and its rebuilds are
+coalesced requests; ``poll_outbox`` and ``flush_last_used`` run under named locks.
+Each tick also expires after its interval, so ticks queued behind a stopped worker do
+not pile up.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from tasks.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.effective_broker_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
+# No result backend: callers learn outcomes from the snapshot itself, and Flower from
+# task events.
+task_ignore_result = True
+
+# JSON only on the wire.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+
+# A task is acknowledged after it ran; a worker that dies mid-task gives it back.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# On a lost broker connection the broker redelivers unacknowledged messages anyway:
+# cancel their runs instead of letting them finish as duplicates.
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+task_time_limit = _settings.rebuild_time_limit_seconds
+task_soft_time_limit = max(1, _settings.rebuild_time_limit_seconds - 2)
+
+QUEUES = ("rebuild", "outbox", "last_used")
+task_queues = [Queue(name) for name in QUEUES]
+task_default_queue = "rebuild"
+task_routes = {
+    "tasks.rebuild_bucket": {"queue": "rebuild"},
+    "tasks.refresh_buckets": {"queue": "rebuild"},
+    "tasks.poll_outbox": {"queue": "outbox"},
+    "tasks.flush_last_used": {"queue": "last_used"},
+    "tasks.update_last_used": {"queue": "last_used"},
+}
+
+# Every task visible in Flower, from sending to its end.
+worker_send_task_events = True
+task_send_sent_event = True
+
+beat_schedule = {
+    "refresh-buckets": {
+        "task": "tasks.refresh_buckets",
+        "schedule": _settings.refresh_interval_seconds,
+        "options": {"expires": _settings.refresh_interval_seconds},
+    },
+    "poll-outbox": {
+        "task": "tasks.poll_outbox",
+        "schedule": _settings.outbox_interval_seconds,
+        "options": {"expires": max(_settings.outbox_interval_seconds * 5, 5.0)},
+    },
+    "flush-last-used": {
+        "task": "tasks.flush_last_used",
+        "schedule": _settings.last_used_db_flush_seconds,
+        "options": {"expires": _settings.last_used_db_flush_seconds},
+    },
+}

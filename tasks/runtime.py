@@ -1,0 +1,152 @@
+"""Process-wide objects, built on first use: the settings, the cache and the source.
+
+Web apps and workers share them per process. A forked worker child builds its own
+(connections must not cross a fork); tests and tools point everything elsewhere with
+:func:`reset`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from celery.signals import worker_process_init
+
+from cache import RedisSchedulerCache, SchedulerBucket, SchedulerMode
+from tasks.app import app
+from tasks.settings import Settings, get_settings
+from tasks.source import Group, Source
+from tasks.urls import mask_url
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_cache: RedisSchedulerCache | None = None
+_source: Source | None = None
+
+
+def settings() -> Settings:
+    """The settings in force: those given to :func:`reset`, else the environment's."""
+    return _settings or get_settings()
+
+
+def get_cache() -> RedisSchedulerCache:
+    """The process's cache client, connected on first use."""
+    global _cache
+    if _cache is None:
+        with _lock:
+            if _cache is None:
+                s = settings()
+                _cache = RedisSchedulerCache.from_url(
+                    s.redis_url,
+                    prefix=s.key_prefix,
+                    snapshot_grace_seconds=s.snapshot_grace_seconds,
+                    cached_credentials=s.cached_credentials,
+                )
+                logger.debug("cache at %s", mask_url(s.redis_url))
+    return _cache
+
+
+def get_source() -> Source:
+    """The process's source database, built on first use."""
+    global _source
+    if _source is None:
+        with _lock:
+            if _source is None:
+                _source = _build_source(settings())
+    return _source
+
+
+def _build_source(s: Settings) -> Source:
+    if s.source_factory:
+        return cast(Source, load_factory(s.source_factory)(s))
+    from tasks.sqlsource import SqlSource
+
+    logger.debug("source at %s", mask_url(s.database_url))
+    return SqlSource(
+        s.database_url,
+        mixed_platforms=s.mixed_platforms,
+        donor_platform=s.mixed_donor_platform,
+    )
+
+
+def load_factory(path: str) -> Callable[[Settings], Any]:
+    """The callable named ``"package.module:name"``."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"invalid source_factory {path!r}: expected 'package.module:callable'")
+    factory = getattr(importlib.import_module(module_name), attribute, None)
+    if not callable(factory):
+        raise ValueError(f"invalid source_factory {path!r}: {attribute!r} is not callable")
+    return cast(Callable[[Settings], Any], factory)
+
+
+def reset(new_settings: Settings | None = None) -> None:
+    """Drop the cache, the source and the broker connections of this process.
+
+    With ``new_settings`` they are rebuilt from those from now on; without, from the
+    environment, read again.
+    """
+    global _settings
+    get_settings.cache_clear()
+    _settings = new_settings
+    _forget_connections()
+    s = settings()
+    # The Celery app read its broker from the settings at start; follow the new ones.
+    app.conf.broker_url = s.effective_broker_url
+    app.conf.broker_transport_options = {"visibility_timeout": s.visibility_timeout_seconds}
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def _forget_connections() -> None:
+    global _cache, _source
+    with _lock:
+        cache, _cache = _cache, None
+        source, _source = _source, None
+    if cache is not None:
+        cache.client.close()
+    close = getattr(source, "close", None)
+    if callable(close):
+        close()
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _fresh_in_worker_child(**_: Any) -> None:
+    """A pool child must not use connections it inherited from its parent."""
+    global _cache, _source
+    _cache = None
+    _source = None
+
+
+def modes_for(platform: str, s: Settings | None = None) -> list[SchedulerMode]:
+    """The bucket modes a platform is read in (SPEC section 3)."""
+    s = s or settings()
+    modes = [SchedulerMode.SINGLE, SchedulerMode.FORCED]
+    if platform in s.mixed_platforms:
+        modes.append(SchedulerMode.MIXED)
+    return modes
+
+
+def buckets_of_groups(groups: Iterable[Group], s: Settings | None = None) -> list[SchedulerBucket]:
+    """The buckets kept warm: group 0 for every platform, and each group's platform."""
+    s = s or settings()
+    pairs = [(0, platform) for platform in s.platforms]
+    pairs += [(group.id, group.platform) for group in groups if group.id > 0]
+    buckets = {
+        SchedulerBucket(group_id, platform, mode)
+        for group_id, platform in pairs
+        for mode in modes_for(platform, s)
+    }
+    return sorted(buckets, key=lambda b: (b.group_id, b.platform, b.mode.value))
+
+
+def default_buckets(source: Source | None = None) -> list[SchedulerBucket]:
+    """Every default bucket (SPEC section 3), from the source's active groups."""
+    return buckets_of_groups((source or get_source()).active_groups())
