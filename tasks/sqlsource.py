@@ -1,0 +1,213 @@
+"""The SQL source of truth the tasks read (:class:`tasks.source.Source`).
+
+Write helpers live in :mod:`tasks.sqlstore`; another application may also write plain
+SQL (the revision trigger keeps the cache's ordering honest), but then it writes its
+own outbox rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from cache import Account, SchedulerBucket, SchedulerMode
+from tasks.db import (
+    SchemaMissing,
+    SourceError,
+    SourceUnavailable,
+    account_groups,
+    accounts,
+    scheduler_outbox,
+)
+from tasks.db import groups as groups_table
+from tasks.source import Group, OutboxEvent
+from tasks.sqlstore import (
+    ACCOUNT_COLUMNS,
+    AccountNotFound,
+    GroupNotFound,
+    SqlStore,
+    as_account_id,
+    chunks,
+    valid_accounts,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AccountNotFound",
+    "GroupNotFound",
+    "SchemaMissing",
+    "SourceError",
+    "SourceUnavailable",
+    "SqlSource",
+]
+
+
+def to_event(row: Row[Any]) -> OutboxEvent:
+    payload = row.payload
+    if not isinstance(payload, dict):
+        # Written by hand as a list or a scalar: keep the event, flag the payload.
+        logger.warning("outbox event %s has a non-object payload %r; using {}", row.id, payload)
+        payload = {}
+    return OutboxEvent(
+        id=row.id,
+        event_type=row.event_type,
+        account_id=row.account_id,
+        group_id=row.group_id,
+        payload=payload,
+        created_at=row.created_at,
+    )
+
+
+class SqlSource(SqlStore):
+    """:class:`tasks.source.Source` over SQLite or PostgreSQL (SQLAlchemy Core).
+
+    ``mixed_platforms`` are the platforms whose ``mixed`` buckets also take accounts of
+    ``donor_platform`` that opt in with ``extra.mixed_scheduling`` (SPEC section 3).
+    Failures to reach the database raise :class:`SourceUnavailable` (worth retrying);
+    tables never created raise :class:`SchemaMissing`.
+    """
+
+    # -- health ----------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise :class:`SourceUnavailable` (naming the masked URL) unless the database
+        answers, and :class:`SchemaMissing` when its tables were never created."""
+        with self._read("ping") as conn:
+            conn.execute(sa.select(scheduler_outbox.c.id).limit(1))
+
+    # -- the Source protocol ---------------------------------------------------------
+    def accounts_for_bucket(self, bucket: SchedulerBucket, now: datetime) -> list[Account]:
+        """The bucket's candidates in scheduling order.
+
+        Group > 0: members by membership priority, account priority, id. Group 0:
+        accounts in no group by priority, id. ``mixed`` adds donor accounts that opt in.
+        Accounts held back only by a time window are included (readers filter them).
+        """
+        donor_rule = (
+            bucket.mode is SchedulerMode.MIXED
+            and bucket.platform in self.mixed_platforms
+            and bucket.platform != self.donor_platform
+        )
+        platforms = [bucket.platform, self.donor_platform] if donor_rule else [bucket.platform]
+        wanted = sa.and_(
+            accounts.c.deleted_at.is_(None),
+            accounts.c.status == "active",
+            accounts.c.schedulable == sa.true(),
+            accounts.c.platform.in_(platforms),
+        )
+        memberships: dict[int, list[int]] = {}
+        with self._read(f"accounts_for_bucket {bucket}") as conn:
+            if bucket.group_id == 0:
+                no_group = ~sa.exists().where(account_groups.c.account_id == accounts.c.id)
+                query = (
+                    sa.select(*ACCOUNT_COLUMNS)
+                    .where(wanted, no_group)
+                    .order_by(accounts.c.priority, accounts.c.id)
+                )
+                rows = conn.execute(query).all()
+            else:
+                query = (
+                    sa.select(*ACCOUNT_COLUMNS)
+                    .join(account_groups, account_groups.c.account_id == accounts.c.id)
+                    .where(account_groups.c.group_id == bucket.group_id, wanted)
+                    .order_by(account_groups.c.priority, accounts.c.priority, accounts.c.id)
+                )
+                rows = conn.execute(query).all()
+                if rows:
+                    memberships = self._memberships_of_group(conn, bucket.group_id)
+        rows = [row for row in rows if row.platform == bucket.platform or _opts_in(row.extra)]
+        return [a for a in valid_accounts(rows, memberships) if a.is_candidate(now)]
+
+    def get_accounts(self, account_ids: Iterable[int]) -> dict[int, Account]:
+        """The named accounts that exist and are not deleted, by id."""
+        ids = sorted({as_account_id(i) for i in account_ids})
+        if not ids:
+            return {}
+        with self._read("get_accounts") as conn:
+            return self._load_accounts(conn, ids)
+
+    def active_groups(self) -> list[Group]:
+        """Active groups with a platform, by id. A platform that cannot name a bucket
+        is logged and skipped rather than breaking every refresh."""
+        query = (
+            sa.select(groups_table)
+            .where(groups_table.c.status == "active", groups_table.c.platform.is_not(None))
+            .order_by(groups_table.c.id)
+        )
+        with self._read("active_groups") as conn:
+            rows = conn.execute(query).all()
+        result = []
+        for row in rows:
+            try:
+                SchedulerBucket(row.id, row.platform, SchedulerMode.SINGLE)
+            except ValueError as exc:
+                logger.warning("skipping group %s: %s", row.id, exc)
+                continue
+            result.append(Group(id=row.id, name=row.name, platform=row.platform, status=row.status))
+        return result
+
+    def outbox_after(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        """Committed events with ``id > after_id``, lowest id first, at most ``limit``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"invalid outbox limit {limit!r}: expected an integer >= 1")
+        query = (
+            sa.select(scheduler_outbox)
+            .where(scheduler_outbox.c.id > after_id)
+            .order_by(scheduler_outbox.c.id)
+            .limit(limit)
+        )
+        with self._read("outbox_after") as conn:
+            return [to_event(row) for row in conn.execute(query)]
+
+    def outbox_by_ids(self, event_ids: Iterable[int]) -> list[OutboxEvent]:
+        """The named events that are committed now, lowest id first."""
+        ids = sorted({int(i) for i in event_ids})
+        events: list[OutboxEvent] = []
+        if not ids:
+            return events
+        with self._read("outbox_by_ids") as conn:
+            for part in chunks(ids):
+                query = sa.select(scheduler_outbox).where(scheduler_outbox.c.id.in_(part))
+                events.extend(to_event(row) for row in conn.execute(query))
+        return sorted(events, key=lambda event: event.id)
+
+    def max_outbox_id(self) -> int:
+        """The highest committed outbox id, 0 for an empty outbox."""
+        with self._read("max_outbox_id") as conn:
+            return int(conn.execute(sa.select(sa.func.max(scheduler_outbox.c.id))).scalar() or 0)
+
+    def update_last_used(self, updates: Mapping[int, datetime]) -> int:
+        """Move ``last_used_at`` forward, never back, in one statement batch.
+
+        Bumps no revision (the trigger does not watch this column) and writes no
+        outbox event. Returns how many rows moved.
+        """
+        batch = self._last_used_batch(updates)
+        if not batch:
+            return 0
+        with self._write("update_last_used") as conn:
+            return self._apply_last_used(conn, batch)
+
+    def _memberships_of_group(self, conn: Connection, group_id: int) -> dict[int, list[int]]:
+        # Every membership of the group's members, in one query without an id list.
+        mine = account_groups.alias("mine")
+        query = (
+            sa.select(account_groups.c.account_id, account_groups.c.group_id)
+            .join(mine, mine.c.account_id == account_groups.c.account_id)
+            .where(mine.c.group_id == group_id)
+        )
+        found: dict[int, list[int]] = defaultdict(list)
+        for account_id, member_of in conn.execute(query):
+            found[account_id].append(member_of)
+        return found
+
+
+def _opts_in(extra: object) -> bool:
+    # Strictly the JSON value true, as the original's `extra["mixed_scheduling"].(bool)`.
+    return isinstance(extra, dict) and extra.get("mixed_scheduling") is True
