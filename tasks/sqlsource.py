@@ -8,13 +8,10 @@ own outbox rows.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
 
 from cache import Account, SchedulerBucket, SchedulerMode
 from tasks.db import (
@@ -27,15 +24,8 @@ from tasks.db import (
 )
 from tasks.db import groups as groups_table
 from tasks.source import Group, OutboxEvent
-from tasks.sqlstore import (
-    ACCOUNT_COLUMNS,
-    AccountNotFound,
-    GroupNotFound,
-    SqlStore,
-    as_account_id,
-    chunks,
-    valid_accounts,
-)
+from tasks.sqlstore import IDENTITY_COLUMNS, AnyRow, as_account_id, chunks
+from tasks.sqlwrite import AccountNotFound, GroupNotFound, SqlWriter
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +39,7 @@ __all__ = [
 ]
 
 
-def to_event(row: Row[Any]) -> OutboxEvent:
+def to_event(row: AnyRow) -> OutboxEvent:
     payload = row.payload
     if not isinstance(payload, dict):
         # Written by hand as a list or a scalar: keep the event, flag the payload.
@@ -65,7 +55,27 @@ def to_event(row: Row[Any]) -> OutboxEvent:
     )
 
 
-class SqlSource(SqlStore):
+_WANTED = sa.and_(
+    accounts.c.deleted_at.is_(None),
+    accounts.c.status == "active",
+    accounts.c.schedulable == sa.true(),
+    accounts.c.platform.in_(sa.bindparam("platforms", expanding=True)),
+)
+# Built once: a rebuild pays for executing them, not for constructing them.
+GROUP_MEMBERS = (
+    sa.select(*IDENTITY_COLUMNS)
+    .join(account_groups, account_groups.c.account_id == accounts.c.id)
+    .where(account_groups.c.group_id == sa.bindparam("group_id"), _WANTED)
+    .order_by(account_groups.c.priority, accounts.c.priority, accounts.c.id)
+)
+UNGROUPED = (
+    sa.select(*IDENTITY_COLUMNS)
+    .where(_WANTED, ~sa.exists().where(account_groups.c.account_id == accounts.c.id))
+    .order_by(accounts.c.priority, accounts.c.id)
+)
+
+
+class SqlSource(SqlWriter):
     """:class:`tasks.source.Source` over SQLite or PostgreSQL (SQLAlchemy Core).
 
     ``mixed_platforms`` are the platforms whose ``mixed`` buckets also take accounts of
@@ -88,6 +98,9 @@ class SqlSource(SqlStore):
         Group > 0: members by membership priority, account priority, id. Group 0:
         accounts in no group by priority, id. ``mixed`` adds donor accounts that opt in.
         Accounts held back only by a time window are included (readers filter them).
+
+        The ordered ids come first with each row's identity; only rows whose state was
+        not decoded before are read whole, so a rebuild after one change decodes one row.
         """
         donor_rule = (
             bucket.mode is SchedulerMode.MIXED
@@ -95,34 +108,25 @@ class SqlSource(SqlStore):
             and bucket.platform != self.donor_platform
         )
         platforms = [bucket.platform, self.donor_platform] if donor_rule else [bucket.platform]
-        wanted = sa.and_(
-            accounts.c.deleted_at.is_(None),
-            accounts.c.status == "active",
-            accounts.c.schedulable == sa.true(),
-            accounts.c.platform.in_(platforms),
-        )
-        memberships: dict[int, list[int]] = {}
+        query = UNGROUPED if bucket.group_id == 0 else GROUP_MEMBERS
+        params = {"group_id": bucket.group_id, "platforms": platforms}
         with self._read(f"accounts_for_bucket {bucket}") as conn:
-            if bucket.group_id == 0:
-                no_group = ~sa.exists().where(account_groups.c.account_id == accounts.c.id)
-                query = (
-                    sa.select(*ACCOUNT_COLUMNS)
-                    .where(wanted, no_group)
-                    .order_by(accounts.c.priority, accounts.c.id)
-                )
-                rows = conn.execute(query).all()
-            else:
-                query = (
-                    sa.select(*ACCOUNT_COLUMNS)
-                    .join(account_groups, account_groups.c.account_id == accounts.c.id)
-                    .where(account_groups.c.group_id == bucket.group_id, wanted)
-                    .order_by(account_groups.c.priority, accounts.c.priority, accounts.c.id)
-                )
-                rows = conn.execute(query).all()
-                if rows:
-                    memberships = self._memberships_of_group(conn, bucket.group_id)
-        rows = [row for row in rows if row.platform == bucket.platform or _opts_in(row.extra)]
-        return [a for a in valid_accounts(rows, memberships) if a.is_candidate(now)]
+            identities = conn.execute(query, params).all()
+            found = {row.id: account for row in identities if (account := self._reuse(row))}
+            missing = [row.id for row in identities if row.id not in found]
+            if missing:
+                fresh = self._load_accounts(conn, sorted(missing))
+                self._remember((row for row in identities if row.id in fresh), fresh)
+                found.update(fresh)
+        result = []
+        for row in identities:
+            account = found.get(row.id)  # absent: an invalid row, logged when read
+            if account is None or not account.is_candidate(now):
+                continue
+            if account.platform != bucket.platform and not _opts_in(account.extra):
+                continue
+            result.append(account)
+        return result
 
     def get_accounts(self, account_ids: Iterable[int]) -> dict[int, Account]:
         """The named accounts that exist and are not deleted, by id."""
@@ -193,19 +197,6 @@ class SqlSource(SqlStore):
             return 0
         with self._write("update_last_used") as conn:
             return self._apply_last_used(conn, batch)
-
-    def _memberships_of_group(self, conn: Connection, group_id: int) -> dict[int, list[int]]:
-        # Every membership of the group's members, in one query without an id list.
-        mine = account_groups.alias("mine")
-        query = (
-            sa.select(account_groups.c.account_id, account_groups.c.group_id)
-            .join(mine, mine.c.account_id == account_groups.c.account_id)
-            .where(mine.c.group_id == group_id)
-        )
-        found: dict[int, list[int]] = defaultdict(list)
-        for account_id, member_of in conn.execute(query):
-            found[account_id].append(member_of)
-        return found
 
 
 def _opts_in(extra: object) -> bool:
