@@ -1,0 +1,413 @@
+"""``sched``: the operator's command line (also ``python -m tasks``).
+
+Exit status: 0 done, 1 a server could not be reached or the work failed, 2 malformed
+input (arguments or ``SCHED_*`` settings), 3 the bucket has no active snapshot.
+Errors are one line on stderr; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+
+from cache import CacheError, CacheUnavailable, InvalidBucket, SchedulerBucket
+from tasks.settings import Settings, get_settings
+from tasks.urls import mask_url
+
+logger = logging.getLogger(__name__)
+
+EXIT_UNREACHABLE = 1
+EXIT_USAGE = 2
+EXIT_NO_SNAPSHOT = 3
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class NoSnapshot(click.ClickException):
+    exit_code = EXIT_NO_SNAPSHOT
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _settings_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if not first["loc"]:  # a rule across settings: its message names them
+        return f"invalid settings: {first['msg']}{more}"
+    name = "SCHED_" + "_".join(str(part) for part in first["loc"]).upper()
+    return f"invalid setting {name}={first.get('input')!r}: {first['msg']}{more}"
+
+
+def _scrub(text: str, urls: Sequence[str]) -> str:
+    """``text`` with the password of any of ``urls`` masked, should a driver echo it."""
+    for url in urls:
+        masked = mask_url(url)
+        if masked != url:
+            text = text.replace(url, masked)
+        _, _, rest = url.partition("://")
+        userinfo = rest.rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        if len(password) >= 3:
+            text = text.replace(password, "***")
+    return text
+
+
+def _failure(exc: BaseException) -> tuple[int, str] | None:
+    """Exit status and one-line message for an error the user can act on, else None."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from tasks.db import SourceError, SourceUnavailable
+
+    if isinstance(exc, click.UsageError):
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return EXIT_USAGE, f"{exc.format_message()}{hint}"
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code, exc.format_message()
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
+        return EXIT_USAGE, _settings_error(exc)
+    if isinstance(exc, InvalidBucket):
+        return EXIT_USAGE, str(exc)
+    try:
+        settings = get_settings()
+    except ValidationError:
+        settings = None
+    if isinstance(exc, CacheUnavailable):
+        url = mask_url(settings.redis_url) if settings else "SCHED_REDIS_URL"
+        return EXIT_UNREACHABLE, f"cannot reach Redis at {url}: {exc.__cause__ or exc}"
+    if isinstance(exc, SourceUnavailable):
+        return EXIT_UNREACHABLE, str(exc)
+    if isinstance(exc, BrokerError):
+        url = mask_url(settings.effective_broker_url) if settings else "SCHED_BROKER_URL"
+        return EXIT_UNREACHABLE, f"cannot reach the broker at {url}: {exc}"
+    if isinstance(exc, SourceError | CacheError):
+        return EXIT_UNREACHABLE, str(exc)
+    return None
+
+
+class SchedGroup(click.Group):
+    """A group whose errors are one line, with the exit statuses of the module doc."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, False, **extra)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            failure = _failure(exc)
+            if failure is None:
+                raise
+            code, message = failure
+            urls = _known_urls()
+            click.echo(f"sched: error: {_one_line(_scrub(message, urls))}", err=True)
+            sys.exit(code)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def _known_urls() -> list[str]:
+    try:
+        s = get_settings()
+    except ValidationError:
+        return []
+    return [s.redis_url, s.effective_broker_url, s.database_url]
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _cache() -> Any:
+    from tasks.runtime import get_cache
+
+    cache = get_cache()
+    cache.ping()
+    return cache
+
+
+def _source() -> Any:
+    from tasks.runtime import get_source
+
+    source = get_source()
+    ping = getattr(source, "ping", None)
+    if callable(ping):
+        ping()
+    return source
+
+
+def _bucket(raw: str) -> SchedulerBucket:
+    return SchedulerBucket.parse(raw)
+
+
+@click.group(cls=SchedGroup, context_settings=_CONTEXT)
+@click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug.")
+def cli(verbose: int) -> None:
+    """Operate the scheduling cache: status, snapshots, rebuilds, the database, the demo.
+
+    Configuration comes from SCHED_* environment variables (see the README); the
+    commands read Redis at SCHED_REDIS_URL and the database at SCHED_DATABASE_URL.
+    Exit status: 0 done, 1 unreachable server or failure, 2 malformed input,
+    3 no active snapshot.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# -- status and snapshots -------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def status(as_json: bool) -> None:
+    """Buckets (active version, accounts, age, last rebuild), outbox lag, last-used flushes.
+
+    Reads Redis only: the outbox lag is the one the poller last recorded.
+    """
+    from tasks.live import render_report
+    from tasks.status import collect_status
+
+    settings = _settings()
+    report = collect_status(_cache(), redis_url=settings.redis_url)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    Console().print(render_report(report))
+
+
+@cli.command()
+@click.argument("bucket")
+@click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
+def snapshot(bucket: str, as_json: bool) -> None:
+    """The accounts of BUCKET's active snapshot, in scheduling order.
+
+    BUCKET is '<group_id>:<platform>:<mode>', e.g. 0:anthropic:single. Each account
+    shows whether it is schedulable now and, when held back by a rate limit,
+    overload or temporary block, until when.
+    """
+    from tasks.ops import print_snapshot
+
+    parsed = _bucket(bucket)
+    cache = _cache()
+    accounts = cache.get_snapshot(parsed)
+    if accounts is None:
+        raise NoSnapshot(
+            f"bucket {parsed} has no active snapshot (not built yet, or retired): "
+            f"try `sched rebuild {parsed}`"
+        )
+    print_snapshot(cache.bucket_info(parsed), accounts, datetime.now(UTC), as_json=as_json)
+
+
+@cli.command()
+@click.argument("bucket", required=False)
+@click.option("--all", "all_buckets", is_flag=True, help="Every registered and default bucket.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait up to SECONDS for the new snapshot to be active (needs a worker).",
+)
+def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
+    """Ask the workers to rebuild BUCKET, or --all buckets.
+
+    Requests coalesce: a bucket that already has a rebuild queued is not queued twice,
+    and its queued rebuild covers this request.
+    """
+    if (bucket is None) == (not all_buckets):
+        raise click.UsageError("give either BUCKET or --all, not both or neither")
+    from tasks.rebuild import request_rebuild
+
+    cache = _cache()
+    if all_buckets:
+        from tasks.runtime import default_buckets
+
+        targets = sorted(
+            {*cache.list_buckets(), *default_buckets(_source())},
+            key=lambda b: (b.group_id, b.platform, b.mode.value),
+        )
+    else:
+        targets = [_bucket(bucket or "")]
+    before = {b: cache.bucket_info(b).active_version or 0 for b in targets}
+    for target in targets:
+        sent = request_rebuild(target)
+        what = "rebuild queued" if sent else "rebuild already queued (coalesced)"
+        click.echo(f"{target}: {what}")
+    if wait is None:
+        return
+    deadline = time.monotonic() + wait
+    waiting = set(targets)
+    while waiting and time.monotonic() < deadline:
+        waiting = {b for b in waiting if (cache.bucket_info(b).active_version or 0) <= before[b]}
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        raise click.ClickException(
+            f"{len(waiting)} of {len(targets)} bucket(s) not rebuilt within {wait:g}s "
+            f"(e.g. {min(waiting, key=str)}): is a worker consuming the 'rebuild' queue?"
+        )
+    for target in targets:
+        click.echo(f"{target}: v{cache.bucket_info(target).active_version} active")
+
+
+# -- database and demo ----------------------------------------------------------------
+
+
+@cli.group(context_settings=_CONTEXT)
+def db() -> None:
+    """The source database at SCHED_DATABASE_URL."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Create the tables, indexes and triggers; safe to run again."""
+    from tasks.db import init_schema
+
+    settings = _settings()
+    init_schema(settings.database_url).dispose()
+    click.echo(f"schema ready in {mask_url(settings.database_url)}")
+
+
+@cli.group(context_settings=_CONTEXT)
+def demo() -> None:
+    """The demo data set."""
+
+
+@demo.command("seed")
+@click.option("--scale", type=click.FloatRange(min=0.01, max=100), default=1.0, show_default=True,
+              help="Multiply the number of demo accounts (about 300 at 1.0).")
+@click.option("--seed", "rng_seed", type=int, default=7, show_default=True,
+              help="Random seed: the same seed gives the same data set.")
+@click.option("--force", is_flag=True, help="Add the data set even if accounts exist.")
+def demo_seed(scale: float, rng_seed: int, force: bool) -> None:
+    """Create the schema if needed and write the demo groups and accounts.
+
+    A database that already has accounts is left alone unless --force is given.
+    """
+    from tasks.ops import count_accounts, seed_database
+
+    settings = _settings()
+    where = mask_url(settings.database_url)
+    existing = count_accounts(settings.database_url)
+    if existing and not force:
+        click.echo(f"{where} already has {existing} accounts: not seeding (--force adds more)")
+        return
+    summary = seed_database(settings, scale=scale, seed=rng_seed)
+    click.echo(
+        f"seeded {where}: {summary.groups} groups, {summary.accounts} accounts "
+        f"({summary.rate_limited} rate-limited, {summary.unschedulable} disabled or switched off)"
+    )
+
+
+# -- outbox ---------------------------------------------------------------------------
+
+
+@cli.group(context_settings=_CONTEXT)
+def outbox() -> None:
+    """The scheduler outbox: changes waiting to reach the cache."""
+
+
+@outbox.command("tail")
+@click.option("-n", "--limit", type=click.IntRange(min=1, max=10_000), default=20,
+              show_default=True, help="How many of the newest events to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="SECONDS", help="With --follow: how often to look for new events.")
+def outbox_tail(limit: int, follow: bool, interval: float) -> None:
+    """The newest outbox events, marked applied, pending or gap (not applied yet,
+    skipped over while its transaction was open)."""
+    from tasks.ops import event_line
+
+    cache = _cache()
+    source = _source()
+    newest = source.max_outbox_id()
+    events = source.outbox_after(max(0, newest - limit), limit)
+    watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
+    for event in events:
+        click.echo(event_line(event, watermark, gaps))
+    if not follow:
+        return
+    last = max([newest, *(e.id for e in events)])
+    with _stop_on_ctrl_c():
+        while True:
+            time.sleep(interval)
+            fresh = source.outbox_after(last, 500)
+            watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
+            for event in fresh:
+                click.echo(event_line(event, watermark, gaps))
+                last = max(last, event.id)
+
+
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+
+
+# -- services -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port to listen on [default: SCHED_FLOWER_PORT].")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 in a container).")
+def flower(port: int | None, address: str) -> None:
+    """Run Flower, the Celery monitor, with basic auth from SCHED_FLOWER_USER and
+    SCHED_FLOWER_PASSWORD (the password never appears on a command line)."""
+    from tasks.ops import run_flower
+
+    run_flower(_settings(), port=port, address=address)
+
+
+@cli.command()
+@click.option("--demo/--no-demo", default=None,
+              help="Seed the demo data set and run the demo driver "
+                   "[default: only when SCHED_DATABASE_URL is unset].")
+@click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
+              help="Flower's port [default: SCHED_FLOWER_PORT if free, else any free port].")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Worker processes.")
+def run(demo: bool | None, flower_port: int | None, concurrency: int) -> None:
+    """Run the system here: a worker with beat, Flower, and a live view (Ctrl-C stops it).
+
+    Without SCHED_DATABASE_URL it uses the SQLite file sched.sqlite3 and fills it with
+    the demo data set, then changes and uses accounts the way admins and a gateway
+    would, so the view shows snapshots being rebuilt. Logs go to .run/.
+    """
+    from tasks.runner import RunOptions, run_system
+
+    settings = _settings()
+    if demo is None:
+        demo = "database_url" not in settings.model_fields_set
+    run_system(settings, RunOptions(demo=demo, flower_port=flower_port, concurrency=concurrency))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console entry point (``sched``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="sched")
+    raise AssertionError("unreachable: click's main exits")  # pragma: no cover
+
+
+if __name__ == "__main__":
+    main()
