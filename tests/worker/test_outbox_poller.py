@@ -1,0 +1,484 @@
+"""The outbox poller's logic, in this process, against a real Redis and SQLite.
+
+Rebuild requests are recorded instead of sent, so each test can say exactly which
+buckets an event asks for; the worker tests run the same code through Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from cache import CacheUnavailable, RedisSchedulerCache, SchedulerBucket
+from tasks.db import SourceUnavailable, scheduler_outbox
+from tasks.outbox import OutboxPoller
+from tasks.settings import Settings
+from tasks.source import OutboxEvent
+from tasks.sqlsource import SqlSource
+from tests.support import RedisServer
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Recorder:
+    """Stands in for ``request_rebuild`` and the refresh, and remembers the calls."""
+
+    def __init__(self) -> None:
+        self.requested: list[SchedulerBucket] = []
+        self.refreshes = 0
+
+    def request(self, bucket: SchedulerBucket) -> bool:
+        self.requested.append(bucket)
+        return True
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+
+    def take(self) -> set[str]:
+        taken = {str(b) for b in self.requested}
+        self.requested.clear()
+        return taken
+
+
+def buckets(*names: str) -> set[str]:
+    return set(names)
+
+
+GROUP_5_ANTHROPIC = buckets("5:anthropic:single", "5:anthropic:forced", "5:anthropic:mixed")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def poller_cache(redis_client: redis.Redis, clock: Clock) -> RedisSchedulerCache:
+    return RedisSchedulerCache(redis_client, clock=clock)
+
+
+@pytest.fixture
+def make_poller(
+    configured: Settings, recorder: Recorder, clock: Clock, poller_cache: RedisSchedulerCache
+) -> Callable[..., OutboxPoller]:
+    def make(source: Any, cache: RedisSchedulerCache | None = None, **changes: Any) -> OutboxPoller:
+        config = configured.model_copy(update=changes)
+        return OutboxPoller(
+            cache or poller_cache, source, config=config,
+            request_rebuild=recorder.request, refresh_all=recorder.refresh, clock=clock,
+        )
+
+    return make
+
+
+def insert_event(source: SqlSource, event_id: int | None = None, **values: Any) -> int:
+    """An outbox row written as another application would, optionally with its id."""
+    row = {"event_type": "full_rebuild", "payload": {}, **values}
+    if event_id is not None:
+        row["id"] = event_id
+    with source.engine.begin() as conn:
+        key = conn.execute(scheduler_outbox.insert().values(**row)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+class HidingSource:
+    """The SQL source, except that some outbox ids are not visible yet."""
+
+    def __init__(self, inner: SqlSource, hidden: Iterable[int]) -> None:
+        self.inner = inner
+        self.hidden = set(hidden)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def outbox_after(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        return [e for e in self.inner.outbox_after(after_id, limit) if e.id not in self.hidden]
+
+    def outbox_by_ids(self, event_ids: Iterable[int]) -> list[OutboxEvent]:
+        return [e for e in self.inner.outbox_by_ids(event_ids) if e.id not in self.hidden]
+
+
+# -- event types ------------------------------------------------------------------------
+def test_account_changed_refreshes_the_payload_and_requests_its_buckets(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+) -> None:
+    source.create_group("g5", "anthropic", id=5)
+    poller = make_poller(source)
+    poller.poll_batch()
+    recorder.take()
+
+    account = source.create_account(name="a", platform="anthropic", type="oauth", group_ids=[5])
+    report = poller.poll_batch()
+
+    assert report.applied == 1
+    cached = poller_cache.get_account(account.id)
+    assert cached is not None and cached.revision == account.revision
+    assert recorder.take() == GROUP_5_ANTHROPIC
+
+    source.update_account(account.id, priority=3)
+    poller.poll_batch()
+    cached = poller_cache.get_account(account.id)
+    assert cached is not None and cached.priority == 3
+    assert recorder.take() == GROUP_5_ANTHROPIC
+    assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
+
+
+def test_a_donor_account_also_requests_the_mixed_buckets_it_can_join(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+) -> None:
+    source.create_account(
+        name="d", platform="antigravity", type="oauth", extra={"mixed_scheduling": True}
+    )
+    make_poller(source).poll_batch()
+    # No group: group 0. Its own buckets, and the mixed buckets of the mixing platforms.
+    assert recorder.take() == buckets(
+        "0:antigravity:single", "0:antigravity:forced", "0:anthropic:mixed", "0:gemini:mixed"
+    )
+
+
+def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+) -> None:
+    account = source.create_account(name="o", platform="openai", type="apikey")
+    poller = make_poller(source)
+    poller.poll_batch()
+    assert poller_cache.get_account(account.id) is not None
+    recorder.take()
+
+    source.delete_account(account.id)
+    poller.poll_batch()
+
+    assert poller_cache.get_account(account.id) is None
+    assert recorder.take() == buckets("0:openai:single", "0:openai:forced")
+
+
+def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+) -> None:
+    source.create_group("g5", "openai", id=5)
+    source.create_group("g6", "openai", id=6)
+    account = source.create_account(name="o", platform="openai", type="apikey", group_ids=[5])
+    poller = make_poller(source)
+    poller.poll_batch()
+    recorder.take()
+
+    source.set_account_groups(account.id, {6: 1})
+    poller.poll_batch()
+
+    assert recorder.take() == buckets(
+        "5:openai:single", "5:openai:forced", "6:openai:single", "6:openai:forced"
+    )
+
+
+def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+) -> None:
+    source.create_group("g5", "openai", id=5)
+    source.create_group("g6", "openai", id=6)
+    account = source.create_account(name="o", platform="openai", type="apikey", group_ids=[5])
+    poller = make_poller(source)
+    poller.poll_batch()  # the cache now knows it in group 5
+    recorder.take()
+
+    # Another application moves it with plain SQL and writes a bare event.
+    with source.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE account_groups SET group_id = 6 WHERE account_id = :a"),
+                     {"a": account.id})
+    insert_event(source, event_type="account_changed", account_id=account.id)
+    poller.poll_batch()
+
+    assert recorder.take() == buckets(
+        "5:openai:single", "5:openai:forced", "6:openai:single", "6:openai:forced"
+    )
+    cached = poller_cache.get_account(account.id)
+    assert cached is not None and cached.group_ids == (6,)
+
+
+def test_bulk_changes_refresh_every_named_account(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+) -> None:
+    ids = [
+        source.create_account(name=f"o{i}", platform="openai", type="apikey").id for i in range(5)
+    ]
+    poller = make_poller(source)
+    poller.poll_batch()
+    recorder.take()
+
+    source.bulk_update_accounts(ids, priority=7)
+    report = poller.poll_batch()
+
+    assert report.applied == 1
+    for account_id in ids:
+        cached = poller_cache.get_account(account_id)
+        assert cached is not None and cached.priority == 7
+    assert recorder.take() == buckets("0:openai:single", "0:openai:forced")
+
+
+def test_group_changed_rebuilds_every_bucket_of_the_group(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+) -> None:
+    source.create_group("g9", "gemini", id=9)
+    # A bucket of another platform that is served in that group (registered by a read).
+    poller_cache.set_snapshot(SchedulerBucket(9, "openai", "single"), [])
+    make_poller(source).poll_batch()
+    assert recorder.take() == buckets(
+        "9:gemini:single", "9:gemini:forced", "9:gemini:mixed", "9:openai:single"
+    )
+
+
+def test_full_rebuild_goes_through_the_refresh_once_per_batch(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+) -> None:
+    source.request_full_rebuild()
+    source.request_full_rebuild()
+    report = make_poller(source).poll_batch()
+    assert report.applied == 2
+    assert recorder.refreshes == 1
+
+
+def test_last_used_events_move_the_cached_time_forward_only(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    account = source.create_account(name="o", platform="openai", type="apikey")
+    poller = make_poller(source)
+    poller.poll_batch()
+    later = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    earlier = later - timedelta(seconds=60)
+    source.record_last_used_event({account.id: later})
+    insert_event(source, event_type="account_last_used",
+                 payload={"last_used": {str(account.id): earlier.timestamp()}})
+    poller.poll_batch()
+
+    cached = poller_cache.get_account(account.id)
+    assert cached is not None and cached.last_used_at == later
+    # From the database: nothing left pending to write back to it.
+    assert poller_cache.pending_last_used() == {}
+
+
+# -- malformed and failing events ------------------------------------------------------
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"event_type": "account_exploded", "payload": {}},
+        {"event_type": "account_changed", "payload": {}},
+        {"event_type": "account_changed", "payload": {"account_id": "seven"}},
+        {"event_type": "account_changed", "account_id": 3, "payload": {"group_ids": "all"}},
+        {"event_type": "account_bulk_changed", "payload": {"account_ids": []}},
+        {"event_type": "group_changed", "payload": {}},
+        {"event_type": "account_last_used", "payload": {"last_used": {"x": 1}}},
+        {"event_type": "account_last_used", "payload": {"last_used": {"3": -5}}},
+        {"event_type": "account_last_used", "payload": {"last_used": {"3": 1e300}}},
+        {"event_type": "account_last_used", "payload": [1, 2]},
+    ],
+    ids=lambda row: f"{row['event_type']}-{row.get('payload')!r}",
+)
+def test_a_malformed_event_is_skipped_and_counted_without_blocking_the_rest(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+    row: dict[str, Any],
+) -> None:
+    before = source.create_account(name="b", platform="openai", type="apikey")
+    insert_event(source, **row)
+    after = source.create_account(name="a", platform="openai", type="apikey")
+
+    report = make_poller(source).poll_batch()
+
+    assert (report.applied, report.malformed) == (2, 1)
+    assert poller_cache.get_account(before.id) is not None
+    assert poller_cache.get_account(after.id) is not None
+    assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
+
+
+def test_an_event_whose_handling_fails_is_skipped_alone(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    good = source.create_account(name="g", platform="openai", type="apikey")
+    poison = source.create_account(name="p", platform="openai", type="apikey")
+    also_good = source.create_account(name="h", platform="openai", type="apikey")
+
+    class PoisonSource(HidingSource):
+        # A fault no server shows on demand: one account's row cannot be handled.
+        def get_accounts(self, ids: Iterable[int]) -> Any:
+            wanted = list(ids)
+            if poison.id in wanted:
+                raise RuntimeError(f"account {poison.id} cannot be read")
+            return self.inner.get_accounts(wanted)
+
+    report = make_poller(PoisonSource(source, ())).poll_batch()
+
+    assert (report.applied, report.failed) == (2, 1)
+    assert poller_cache.get_account(good.id) is not None
+    assert poller_cache.get_account(also_good.id) is not None
+    assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
+
+
+def test_when_every_event_fails_nothing_is_skipped(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    source.create_account(name="a", platform="openai", type="apikey")
+    source.create_account(name="b", platform="openai", type="apikey")
+    poller = make_poller(source)
+
+    def broken(bucket: SchedulerBucket) -> bool:
+        raise RuntimeError("rebuild requests are broken")
+
+    poller.request_rebuild = broken
+    with pytest.raises(RuntimeError, match="broken"):
+        poller.poll_batch()
+    assert poller_cache.get_outbox_watermark() == 0
+
+
+def test_a_database_outage_stops_the_batch_without_advancing(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    account = source.create_account(name="a", platform="openai", type="apikey")
+
+    class Flaky(HidingSource):
+        failures = 1
+
+        def get_accounts(self, ids: Iterable[int]) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise SourceUnavailable("database unavailable (injected)")
+            return self.inner.get_accounts(ids)
+
+    poller = make_poller(Flaky(source, ()))
+    with pytest.raises(SourceUnavailable):
+        poller.poll_batch()
+    assert poller_cache.get_outbox_watermark() == 0
+    poller.poll_batch()
+    assert poller_cache.get_account(account.id) is not None
+    assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
+
+
+def test_redis_going_away_mid_poll_advances_nothing_and_loses_nothing(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    private_redis: RedisServer, clock: Clock,
+) -> None:
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=2, socket_connect_timeout=1)
+    cache = RedisSchedulerCache(client, clock=clock)
+    ids = [source.create_account(name=f"a{i}", platform="openai", type="apikey").id
+           for i in range(3)]
+    # What Redis has on disk when it dies (its RDB file is loaded again at start).
+    client.save()
+
+    class DiesMidPoll(HidingSource):
+        def get_accounts(self, wanted: Iterable[int]) -> Any:
+            private_redis.stop()  # events read, nothing applied yet
+            return self.inner.get_accounts(wanted)
+
+    with pytest.raises(CacheUnavailable):
+        make_poller(DiesMidPoll(source, ()), cache=cache).poll_batch()
+
+    private_redis.start()
+    assert cache.get_outbox_watermark() == 0
+    make_poller(source, cache=cache).poll_batch()
+    for account_id in ids:
+        assert cache.get_account(account_id) is not None
+    assert cache.get_outbox_watermark() == source.max_outbox_id()
+    assert "0:openai:single" in recorder.take()
+    client.close()
+
+
+# -- gaps: ids that commit out of order --------------------------------------------------
+def test_an_id_that_becomes_visible_late_is_applied_on_a_later_poll(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    first = source.create_account(name="a", platform="openai", type="apikey")
+    late = source.create_account(name="b", platform="openai", type="apikey")
+    last = source.create_account(name="c", platform="openai", type="apikey")
+    late_event = source.max_outbox_id() - 1
+    hiding = HidingSource(source, {late_event})
+    poller = make_poller(hiding)
+
+    report = poller.poll_batch()
+    assert report.gaps_recorded == 1
+    assert poller_cache.get_outbox_watermark() == late_event + 1
+    assert set(poller_cache.outbox_gaps()) == {late_event}
+    assert poller_cache.get_account(first.id) is not None
+    assert poller_cache.get_account(last.id) is not None
+    assert poller_cache.get_account(late.id) is None
+
+    hiding.hidden.clear()  # its transaction commits
+    report = poller.poll_batch()
+    assert (report.applied, report.gaps_resolved) == (1, 1)
+    assert poller_cache.get_account(late.id) is not None
+    assert poller_cache.outbox_gaps() == {}
+
+
+def test_ids_inserted_out_of_order_are_all_applied(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    a = source.create_account(name="a", platform="openai", type="apikey")
+    b = source.create_account(name="b", platform="openai", type="apikey")
+    insert_event(source, 10, event_type="account_changed", account_id=b.id)
+    poller = make_poller(source)
+    poller.poll_batch()
+    assert set(poller_cache.outbox_gaps()) == set(range(3, 10))
+    insert_event(source, 7, event_type="account_changed", account_id=a.id)
+    source.update_account(a.id, priority=1)  # the row changes after it was first cached
+    poller.poll_batch()
+    cached = poller_cache.get_account(a.id)
+    assert cached is not None and cached.priority == 1
+    assert 7 not in poller_cache.outbox_gaps()
+
+
+def test_a_gap_that_never_shows_is_given_up_after_the_timeout(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+    clock: Clock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    insert_event(source, 5)
+    poller = make_poller(source, outbox_gap_timeout_seconds=30.0)
+    poller.poll_batch()
+    assert set(poller_cache.outbox_gaps()) == {1, 2, 3, 4}
+
+    clock.advance(29)
+    insert_event(source, 3)
+    report = poller.poll_batch()
+    assert (report.gaps_resolved, report.gaps_given_up) == (1, 0)
+    assert set(poller_cache.outbox_gaps()) == {1, 2, 4}
+
+    clock.advance(2)
+    report = poller.poll_batch()
+    assert report.gaps_given_up == 3
+    assert poller_cache.outbox_gaps() == {}
+    assert "outbox event 4 never became visible" in caplog.text
+
+
+def test_a_long_backlog_is_read_in_batches_until_caught_up(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+) -> None:
+    for _ in range(25):
+        source.request_full_rebuild()
+    report = make_poller(source, outbox_batch_size=10).poll(budget_seconds=30)
+    assert (report.batches, report.applied) == (3, 25)
+    stats = poller_cache.stats()
+    assert stats["outbox_events_applied"] == "25"
+    assert stats["outbox_lag"] == "0"
+    assert stats["outbox_watermark"] == str(source.max_outbox_id())
