@@ -58,6 +58,8 @@ class CacheBase:
     ) -> None:
         if snapshot_grace_seconds < 1:
             raise ValueError(f"snapshot_grace_seconds must be >= 1, got {snapshot_grace_seconds}")
+        if client.get_encoder().decode_responses:
+            raise ValueError("the cache needs a client with decode_responses=False (bytes)")
         self.client = client
         self.keys = KeySpace(prefix)
         self.grace_seconds = snapshot_grace_seconds

@@ -35,31 +35,38 @@ class RedisSchedulerCache(CoordinationMixin):
         A miss: no active version, an empty snapshot, a missing account payload, or a
         corrupt one (logged). Each account's ``last_used_at`` is the cached last use.
         """
+        name = str(bucket)
+        last = self.codec.last_read(name)
         with redis_errors(f"get_snapshot {bucket}"):
             reply = self._scripts["get_snapshot"](
-                keys=[self.keys.meta(bucket), self.keys.accounts, self.keys.last_used],
-                args=[self.keys.snapshot_stem(bucket)],
+                keys=[
+                    self.keys.meta(bucket),
+                    self.keys.accounts,
+                    self.keys.digests,
+                    self.keys.last_used,
+                ],
+                args=[self.keys.snapshot_stem(bucket), last.fingerprint if last else b""],
             )
         if not reply:
             return None
-        version, ids, payloads, last_used = reply
-        decode = self.codec.decode
-        accounts: list[Account] = []
+        if reply[1] is None:
+            version, _, missing = reply
+            logger.info(
+                "snapshot miss for %s v%s: account %s has no payload",
+                bucket,
+                text(version),
+                text(missing),
+            )
+            return None
+        version, fingerprint, uses, *changed = reply
         try:
-            for raw_id, payload, used in zip(ids, payloads, last_used, strict=True):
-                if payload is None:
-                    logger.info(
-                        "snapshot miss for %s v%s: account %s has no payload",
-                        bucket,
-                        text(version),
-                        text(raw_id),
-                    )
-                    return None
-                accounts.append(decode(int(raw_id), raw(payload), used and raw(used)))
+            if not changed:
+                return self.codec.decode_snapshot(name, last, fingerprint, uses)
+            ids, payloads = changed
+            return self.codec.decode_snapshot(name, last, fingerprint, uses, ids, payloads)
         except CorruptPayload as exc:
             logger.warning("snapshot miss for %s v%s: %s", bucket, text(version), exc)
             return None
-        return accounts
 
     def reserve_version(self, bucket: SchedulerBucket) -> int:
         """A new version number for ``bucket``; call it before reading the source."""
@@ -100,10 +107,12 @@ class RedisSchedulerCache(CoordinationMixin):
                 raise ValueError(f"bucket {bucket}: account {account.id} appears twice")
             seen.add(account.id)
             used = account.last_used_at
+            payload, payload_digest = encode(account)
             args += (
                 account.id,
                 -1 if account.revision is None else account.revision,
-                encode(account),
+                payload,
+                payload_digest,
                 "" if used is None else to_ms(used),
             )
         with redis_errors(f"set_snapshot {bucket} v{version}"):
@@ -113,6 +122,7 @@ class RedisSchedulerCache(CoordinationMixin):
                     self.keys.version_counter(bucket),
                     self.keys.accounts,
                     self.keys.revisions,
+                    self.keys.digests,
                     self.keys.last_used,
                     self.keys.registry,
                 ],
@@ -158,13 +168,20 @@ class RedisSchedulerCache(CoordinationMixin):
     def set_account(self, account: Account) -> bool:
         """Store ``account`` unless a newer revision is cached; True when stored."""
         used = account.last_used_at
+        payload, payload_digest = self.codec.encode(account)
         with redis_errors(f"set_account {account.id}"):
             stored = self._scripts["set_account"](
-                keys=[self.keys.accounts, self.keys.revisions, self.keys.last_used],
+                keys=[
+                    self.keys.accounts,
+                    self.keys.revisions,
+                    self.keys.digests,
+                    self.keys.last_used,
+                ],
                 args=[
                     account.id,
                     -1 if account.revision is None else account.revision,
-                    self.codec.encode(account),
+                    payload,
+                    payload_digest,
                     "" if used is None else to_ms(used),
                 ],
             )
@@ -174,7 +191,12 @@ class RedisSchedulerCache(CoordinationMixin):
         """Forget an account; with ``revision``, only if nothing newer is cached."""
         with redis_errors(f"delete_account {account_id}"):
             deleted = self._scripts["delete_account"](
-                keys=[self.keys.accounts, self.keys.revisions, self.keys.last_used],
+                keys=[
+                    self.keys.accounts,
+                    self.keys.revisions,
+                    self.keys.digests,
+                    self.keys.last_used,
+                ],
                 args=[account_id, "" if revision is None else revision],
             )
         return bool(deleted)
@@ -193,10 +215,11 @@ class RedisSchedulerCache(CoordinationMixin):
             return 0
         args: list[Any] = ["1" if record_pending else "0"]
         for account_id, used in updates.items():
-            args += (int(account_id), to_ms(used))
+            args.append(int(account_id))
+            args.append(to_ms(used))
         with redis_errors("update_last_used"):
             moved = self._scripts["update_last_used"](
-                keys=[self.keys.last_used, self.keys.accounts, self.keys.last_used_pending],
+                keys=[self.keys.last_used, self.keys.revisions, self.keys.last_used_pending],
                 args=args,
             )
         return int(moved)

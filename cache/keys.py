@@ -26,6 +26,8 @@ REBUILD_STATE_TTL_SECONDS = 86_400
 # Decoded accounts kept per cache object: a payload that has not changed since the last
 # read is not decoded again. Bounded so that a huge pool cannot grow the process forever.
 DECODED_ACCOUNTS_MAX = 200_000
+# Buckets whose last read is kept decoded per cache object (each holds its payload bytes).
+DECODED_SNAPSHOTS_MAX = 1_024
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.{}-]{1,64}")
 
@@ -88,6 +90,11 @@ class KeySpace:
     def revisions(self) -> str:
         """Hash: account id -> revision of the stored payload."""
         return self._join("acc_rev")
+
+    @property
+    def digests(self) -> str:
+        """Hash: account id -> digest of the stored payload (what readers compare)."""
+        return self._join("acc_digest")
 
     @property
     def last_used(self) -> str:

@@ -1,14 +1,23 @@
 -- Read the active snapshot of one bucket with its account payloads and last-use times,
--- in one atomic step.
+-- in one atomic step. Payloads are sent only when they differ from what the caller
+-- decoded last time: the caller passes the fingerprint of its last read (a SHA-1 of the
+-- payload digests in snapshot order), and an unchanged snapshot costs no payload bytes.
 -- KEYS[1] - the bucket's meta hash (field 'active' holds the active version)
 -- KEYS[2] - account payload hash (id -> JSON)
--- KEYS[3] - last-used hash (id -> integer ms)
+-- KEYS[3] - account digest hash (id -> digest of the payload)
+-- KEYS[4] - last-used hash (id -> integer ms)
 -- ARGV[1] - stem of the bucket's snapshot lists; version N is ARGV[1] .. N.
 --           It carries KEYS[1]'s hash tag, so it always lives in KEYS[1]'s slot.
+-- ARGV[2] - fingerprint of the caller's last read of this bucket, or ''
 -- returns {} when the bucket has no active version or its snapshot is empty;
---         otherwise {version, ids, payloads, last_used}: payloads and last_used are
---         aligned with ids and hold false where an entry is missing
+--         {version, false, id} when the payload of account `id` is missing;
+--         {version, fingerprint, last uses joined by ','} when the fingerprint matches;
+--         {version, fingerprint, last uses joined by ',', ids, payloads} otherwise.
+--         Last uses are integer ms, empty where unknown.
 local stem = ARGV[1]
+local known = ARGV[2]
+-- unpack() is bounded by Lua's C stack (8000 slots): read in chunks.
+local chunk = 4000
 
 local active = redis.call('HGET', KEYS[1], 'active')
 if not active then
@@ -19,20 +28,34 @@ if #ids == 0 then
   return {}
 end
 
--- unpack() is bounded by Lua's C stack (8000 slots): read in chunks.
-local chunk = 4000
-if #ids <= chunk then
-  return {active, ids, redis.call('HMGET', KEYS[2], unpack(ids)),
-          redis.call('HMGET', KEYS[3], unpack(ids))}
+local digests, uses = {}, {}
+for first = 1, #ids, chunk do
+  local last = math.min(first + chunk - 1, #ids)
+  local d = redis.call('HMGET', KEYS[3], unpack(ids, first, last))
+  local u = redis.call('HMGET', KEYS[4], unpack(ids, first, last))
+  for k = 1, last - first + 1 do
+    if not d[k] then
+      return {active, false, ids[first + k - 1]}
+    end
+    digests[first + k - 1] = d[k]
+    uses[first + k - 1] = u[k] or ''
+  end
 end
-local payloads, last_used = {}, {}
+local fingerprint = redis.sha1hex(table.concat(digests, ','))
+local joined_uses = table.concat(uses, ',')
+if fingerprint == known then
+  return {active, fingerprint, joined_uses}
+end
+
+local payloads = {}
 for first = 1, #ids, chunk do
   local last = math.min(first + chunk - 1, #ids)
   local p = redis.call('HMGET', KEYS[2], unpack(ids, first, last))
-  local l = redis.call('HMGET', KEYS[3], unpack(ids, first, last))
-  for k = 1, #p do
+  for k = 1, last - first + 1 do
+    if not p[k] then
+      return {active, false, ids[first + k - 1]}
+    end
     payloads[first + k - 1] = p[k]
-    last_used[first + k - 1] = l[k]
   end
 end
-return {active, ids, payloads, last_used}
+return {active, fingerprint, joined_uses, ids, payloads}

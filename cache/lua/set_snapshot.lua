@@ -5,16 +5,17 @@
 -- KEYS[2] - the bucket's version counter
 -- KEYS[3] - account payload hash (id -> JSON)
 -- KEYS[4] - account revision hash (id -> revision)
--- KEYS[5] - last-used hash (id -> integer ms)
--- KEYS[6] - bucket registry set
+-- KEYS[5] - account digest hash (id -> digest of the payload)
+-- KEYS[6] - last-used hash (id -> integer ms)
+-- KEYS[7] - bucket registry set
 -- ARGV[1] - version N
 -- ARGV[2] - stem of the bucket's snapshot lists (carries KEYS[1]'s hash tag)
 -- ARGV[3] - the bucket's name, for the registry
 -- ARGV[4] - seconds a replaced snapshot stays readable
 -- ARGV[5] - built_at, integer ms
 -- ARGV[6] - rebuild duration in ms, or '' when unknown
--- ARGV[7..] - four values per account: id, revision (-1 for none), payload, last use
---             in ms ('' for none)
+-- ARGV[7..] - five values per account: id, revision (-1 for none), payload, digest of
+--             the payload, last use in ms ('' for none)
 -- returns {1, previous active version or 0} when N became active;
 --         {0, active version} when the active version is N or newer;
 --         {-1, last reserved version} when N was never reserved
@@ -25,6 +26,9 @@ local grace = tonumber(ARGV[4])
 local built_at = ARGV[5]
 local duration = ARGV[6]
 local first_account = 7
+local width = 5
+-- unpack() is bounded by Lua's C stack (8000 slots): write in chunks.
+local chunk = 1500
 
 local reserved = tonumber(redis.call('GET', KEYS[2]) or '0')
 if version > reserved then
@@ -37,37 +41,59 @@ if version <= floor then
   return {0, floor}
 end
 
-local ids = {}
-for i = first_account, #ARGV, 4 do
-  local id, revision, payload, used = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
-  ids[#ids + 1] = id
-  -- A payload never replaces a newer one: the account may have changed since we read it.
-  local stored = redis.call('HGET', KEYS[4], id)
-  if not stored or revision >= tonumber(stored) then
-    redis.call('HSET', KEYS[3], id, payload)
-    redis.call('HSET', KEYS[4], id, revision)
+local count = (#ARGV - first_account + 1) / width
+for first = 0, count - 1, chunk do
+  local last = math.min(first + chunk, count) - 1
+  local ids = {}
+  for n = first, last do
+    ids[#ids + 1] = ARGV[first_account + width * n]
   end
-  if used ~= '' then
-    local seen = redis.call('HGET', KEYS[5], id)
-    if not seen or tonumber(used) > tonumber(seen) then
-      redis.call('HSET', KEYS[5], id, used)
+  local stored_revisions = redis.call('HMGET', KEYS[4], unpack(ids))
+  local stored_digests = redis.call('HMGET', KEYS[5], unpack(ids))
+  local seen_uses = redis.call('HMGET', KEYS[6], unpack(ids))
+  local payload_pairs, revision_pairs, digest_pairs, use_pairs = {}, {}, {}, {}
+  for k = 1, #ids do
+    local at = first_account + width * (first + k - 1)
+    local id, revision, payload = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+    local digest, used = ARGV[at + 3], ARGV[at + 4]
+    -- A payload never replaces a newer one: the account may have changed since we read it.
+    local stored = stored_revisions[k]
+    if not stored or tonumber(revision) >= tonumber(stored) then
+      revision_pairs[#revision_pairs + 1] = id
+      revision_pairs[#revision_pairs + 1] = revision
+      -- An unchanged payload is not rewritten, so readers keep their decoded copy.
+      if digest ~= stored_digests[k] then
+        payload_pairs[#payload_pairs + 1] = id
+        payload_pairs[#payload_pairs + 1] = payload
+        digest_pairs[#digest_pairs + 1] = id
+        digest_pairs[#digest_pairs + 1] = digest
+      end
+    end
+    if used ~= '' and (not seen_uses[k] or tonumber(used) > tonumber(seen_uses[k])) then
+      use_pairs[#use_pairs + 1] = id
+      use_pairs[#use_pairs + 1] = used
     end
   end
+  if #revision_pairs > 0 then
+    redis.call('HSET', KEYS[4], unpack(revision_pairs))
+  end
+  if #payload_pairs > 0 then
+    redis.call('HSET', KEYS[3], unpack(payload_pairs))
+    redis.call('HSET', KEYS[5], unpack(digest_pairs))
+  end
+  if #use_pairs > 0 then
+    redis.call('HSET', KEYS[6], unpack(use_pairs))
+  end
+  redis.call('RPUSH', stem .. version, unpack(ids))
 end
 
-local snapshot = stem .. version
-local chunk = 4000
-for first = 1, #ids, chunk do
-  redis.call('RPUSH', snapshot, unpack(ids, first, math.min(first + chunk - 1, #ids)))
-end
-
-redis.call('HSET', KEYS[1], 'active', version, 'count', #ids, 'built_at', built_at)
+redis.call('HSET', KEYS[1], 'active', version, 'count', count, 'built_at', built_at)
 if duration ~= '' then
   redis.call('HSET', KEYS[1], 'rebuild_ms', duration)
 else
   redis.call('HDEL', KEYS[1], 'rebuild_ms')
 end
-redis.call('SADD', KEYS[6], bucket)
+redis.call('SADD', KEYS[7], bucket)
 -- Expire rather than delete: a reader that saw the old version number may still read it.
 if active > 0 then
   redis.call('EXPIRE', stem .. active, grace)

@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed next to baselines measured in the same run."""
