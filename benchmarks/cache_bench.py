@@ -66,33 +66,37 @@ def row(name: str, ours: float, baseline_name: str, baseline: float) -> str:
 
 def bench_get_snapshot(client: redis.Redis, lines: list[str]) -> None:
     for count in (10, 100, 1000):
-        client.flushdb()
-        accounts = realistic_accounts(count)
-        cache = RedisSchedulerCache(client)
-        cache.set_snapshot(BUCKET, accounts, cache.reserve_version(BUCKET))
-        ref = ReferenceCache(client)
-        ref.set_snapshot(BUCKET, accounts)
-        payloads = client.hmget(cache.keys.accounts, [a.id for a in accounts])
-        floor_keys = [f"floor:{a.id}" for a in accounts]
-        client.mset(dict(zip(floor_keys, payloads, strict=True)))
-        repeat = 400 if count < 1000 else 150
-        assert cache.get_snapshot(BUCKET) == ref.get_snapshot(BUCKET) != None  # noqa: E711
-        ours = median_ms(lambda: cache.get_snapshot(BUCKET), repeat=repeat)
-        reference = median_ms(lambda: ref.get_snapshot(BUCKET), repeat=repeat)
-        floor = median_ms(lambda: client.mget(floor_keys), repeat=repeat)
-        # The first read of a process decodes everything.
-        first = median_ms(
-            lambda: RedisSchedulerCache(client).get_snapshot(BUCKET),
-            repeat=max(repeat // 10, 5),
-            warmup=1,
-        )
-        lines.append(f"get_snapshot, {count} accounts (faster is the ratio > 1)")
-        lines.append(row("get_snapshot", ours, "reference 4-step read", reference))
-        lines.append(
-            row("get_snapshot", ours, "floor: raw MGET, no decode", floor)
-            + f"   (ours / floor = {ours / floor:.2f})"
-        )
-        lines.append(row("get_snapshot, cold process", first, "reference 4-step read", reference))
+        _bench_read(client, count, lines)
+
+
+def _bench_read(client: redis.Redis, count: int, lines: list[str]) -> None:
+    client.flushdb()
+    accounts = realistic_accounts(count)
+    cache = RedisSchedulerCache(client)
+    cache.set_snapshot(BUCKET, accounts, cache.reserve_version(BUCKET))
+    ref = ReferenceCache(client)
+    ref.set_snapshot(BUCKET, accounts)
+    payloads = client.hmget(cache.keys.accounts, [a.id for a in accounts])
+    floor_keys = [f"floor:{a.id}" for a in accounts]
+    client.mset(dict(zip(floor_keys, payloads, strict=True)))
+    repeat = 400 if count < 1000 else 150
+    assert cache.get_snapshot(BUCKET) == ref.get_snapshot(BUCKET)
+    ours = median_ms(lambda: cache.get_snapshot(BUCKET), repeat=repeat)
+    reference = median_ms(lambda: ref.get_snapshot(BUCKET), repeat=repeat)
+    floor = median_ms(lambda: client.mget(floor_keys), repeat=repeat)
+    # The first read of a process decodes everything.
+    first = median_ms(
+        lambda: RedisSchedulerCache(client).get_snapshot(BUCKET),
+        repeat=max(repeat // 10, 5),
+        warmup=1,
+    )
+    lines.append(f"get_snapshot, {count} accounts (faster is the ratio > 1)")
+    lines.append(row("get_snapshot", ours, "reference 4-step read", reference))
+    lines.append(
+        row("get_snapshot", ours, "floor: raw MGET, no decode", floor)
+        + f"   (ours / floor = {ours / floor:.2f})"
+    )
+    lines.append(row("get_snapshot, cold process", first, "reference 4-step read", reference))
 
 
 def bench_update_last_used(client: redis.Redis, lines: list[str]) -> None:

@@ -204,3 +204,49 @@ def test_get_account_of_corrupt_payload_names_it(
 def test_accounts_are_models(cache: RedisSchedulerCache) -> None:
     cache.set_account(account(1))
     assert isinstance(cache.get_account(1), Account)
+
+
+def test_unchanged_rebuild_keeps_readers_decoded_accounts(cache: RedisSchedulerCache) -> None:
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
+    first = cache.get_snapshot(BUCKET)
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))  # same data
+    second = cache.get_snapshot(BUCKET)
+    assert first is not None and second is not None
+    assert all(a is b for a, b in zip(first, second, strict=True))
+
+
+def test_reordered_snapshot_is_read_in_its_new_order(cache: RedisSchedulerCache) -> None:
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
+    assert cache.get_snapshot(BUCKET) is not None
+    cache.set_snapshot(BUCKET, accounts(3)[::-1], cache.reserve_version(BUCKET))
+    got = cache.get_snapshot(BUCKET)
+    assert got is not None and [a.id for a in got] == [3, 2, 1]
+
+
+def test_a_touch_renews_only_the_touched_account(cache: RedisSchedulerCache) -> None:
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
+    before = cache.get_snapshot(BUCKET)
+    cache.update_last_used({2: T0})
+    after = cache.get_snapshot(BUCKET)
+    assert before is not None and after is not None
+    assert after[0] is before[0] and after[2] is before[2]
+    assert after[1].last_used_at == T0 and before[1].last_used_at is None
+
+
+def test_changes_by_another_process_reach_a_warm_reader(redis_client: redis.Redis) -> None:
+    reader = RedisSchedulerCache(redis_client)
+    writer = RedisSchedulerCache(redis_client)
+    writer.set_snapshot(BUCKET, accounts(2), writer.reserve_version(BUCKET))
+    assert reader.get_snapshot(BUCKET) is not None
+    writer.set_account(account(2, revision=2, status="disabled"))
+    got = reader.get_snapshot(BUCKET)
+    assert got is not None and got[1].status == "disabled"
+    # Same revision, new content (a source that did not bump it): still seen.
+    writer.set_account(account(2, revision=2, status="error"))
+    got = reader.get_snapshot(BUCKET)
+    assert got is not None and got[1].status == "error"
+
+
+def test_client_must_return_bytes(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisSchedulerCache(redis.Redis.from_url(redis_url, decode_responses=True))
