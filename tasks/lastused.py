@@ -1,0 +1,336 @@
+"""Last use of accounts: batched touches from web apps, and their way into the database.
+
+The path of one touch, with no Celery message per request::
+
+    record_last_used(7)          in the web process: max time per account, in memory
+      .. every ~0.5 s ..         one update_last_used script call (one round trip):
+                                 the cache's last-used hash moves forward, and the
+                                 pending hash keeps the time until the database has it
+      .. every ~10 s ..          tasks.flush_last_used (beat): pending -> database in
+                                 one batch -> ack (entries touched again stay pending)
+
+A worker or web process dying between the steps loses nothing that reached Redis: the
+pending hash survives it, and the next flush writes it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from celery import Task
+
+from cache import CacheError, CacheUnavailable, RedisSchedulerCache
+from tasks.app import app
+from tasks.db import SourceError
+from tasks.runtime import get_cache, get_source, settings
+from tasks.source import Source
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+# The database flush is a singleton: two beats, or a slow flush overlapping the next
+# tick, would only write the same rows twice, but there is no reason to let them.
+FLUSH_LOCK = "last-used-flush"
+# Failures worth retrying: the data is safe in Redis (or still in the message) meanwhile.
+TRANSIENT_ERRORS = (CacheUnavailable, SourceError)
+RETRY: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": settings().retry_backoff_max_seconds,
+    "retry_jitter": True,
+    "max_retries": settings().task_max_retries,
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InvalidLastUsed(ValueError):
+    """A last-use update that names no account or no time; never worth a retry."""
+
+
+class LastUsedSink(Protocol):
+    """Where a batcher sends its batches: the cache, or a stand-in in tests."""
+
+    def update_last_used(
+        self, updates: Mapping[int, datetime], *, record_pending: bool = False
+    ) -> int: ...
+
+
+def _utc(value: datetime) -> datetime:
+    # The source stores UTC without a zone; a naive time here means the same.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class LastUsedBatcher:
+    """Keeps the latest touch per account and sends them to the cache in batches.
+
+    :meth:`touch` costs a lock and a dict update, never a network call. A daemon thread,
+    started on the first touch, calls :meth:`flush` every ``interval_seconds``; a flush is
+    one ``update_last_used(batch, record_pending=True)`` call, so one Redis round trip.
+    While Redis is unreachable the batch is kept, merged with newer touches (memory stays
+    one entry per account), retried every tick, and the outage is logged once.
+    """
+
+    def __init__(
+        self,
+        cache: LastUsedSink | None = None,
+        *,
+        cache_factory: Callable[[], LastUsedSink] | None = None,
+        interval_seconds: float | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        if interval_seconds is not None and not interval_seconds > 0:
+            raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
+        self._cache = cache
+        self._cache_factory: Callable[[], LastUsedSink] = cache_factory or get_cache
+        self._interval = interval_seconds
+        self._clock = clock
+        self._reset_state()
+        # Figures for tests, benchmarks and status views.
+        self.flushes = 0
+        self.sent = 0
+        ref = weakref.ref(self)
+        # A forked child (gunicorn, a Celery prefork pool) must not share the parent's
+        # lock or believe it has a flusher thread: the thread did not survive the fork.
+        os.register_at_fork(after_in_child=lambda: _call(ref, "_reset_state"))
+        atexit.register(_call, ref, "close")
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._batch: dict[int, datetime] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._failing = False
+
+    @property
+    def pending(self) -> int:
+        """Accounts touched since the last batch that reached the cache."""
+        with self._lock:
+            return len(self._batch)
+
+    def touch(self, account_id: int, at: datetime | None = None) -> None:
+        """Note that ``account_id`` was used at ``at`` (default: now)."""
+        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
+            raise ValueError(f"account id must be a positive int, got {account_id!r}")
+        if at is None:
+            at = self._clock()
+        elif not isinstance(at, datetime):
+            raise ValueError(f"last use of account {account_id} must be a datetime, got {at!r}")
+        else:
+            at = _utc(at)
+        with self._lock:
+            seen = self._batch.get(account_id)
+            if seen is None or at > seen:
+                self._batch[account_id] = at
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            interval = self._interval or settings().last_used_cache_flush_seconds
+            self._thread = threading.Thread(
+                target=self._run, args=(interval, self._stop), name="last-used-flusher", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            try:
+                self.flush()
+            except Exception:
+                # The thread must outlive any surprise: it is the only way touches leave.
+                logger.exception("last-used flush failed; the batch is kept for the next tick")
+
+    def flush(self) -> int:
+        """Send the current batch now; returns how many accounts it held (0 if kept)."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._batch = self._batch, {}
+            if not batch:
+                return 0
+            try:
+                # Asked each time, not kept: the process's cache may be replaced.
+                cache = self._cache or self._cache_factory()
+                cache.update_last_used(batch, record_pending=True)
+            except Exception as exc:
+                # Kept whatever went wrong: the batch is the only copy of these touches.
+                self._keep(batch)
+                if not self._failing:
+                    self._failing = True
+                    logger.warning(
+                        "last-used batch of %d accounts kept in memory, cache unavailable: %s",
+                        len(batch), exc, exc_info=not isinstance(exc, CacheError),
+                    )
+                return 0
+            if self._failing:
+                self._failing = False
+                logger.warning("last-used batches reach the cache again (%d accounts)", len(batch))
+            self.flushes += 1
+            self.sent += len(batch)
+            return len(batch)
+
+    def _keep(self, batch: Mapping[int, datetime]) -> None:
+        with self._lock:
+            for account_id, at in batch.items():
+                seen = self._batch.get(account_id)
+                if seen is None or at > seen:
+                    self._batch[account_id] = at
+
+    def close(self) -> None:
+        """Stop the flusher thread and send what is left (also run at interpreter exit)."""
+        thread = self._thread
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self.flush()
+        with self._lock:
+            self._thread = None
+            self._stop = threading.Event()
+
+
+def _call(ref: weakref.ReferenceType[LastUsedBatcher], method: str) -> None:
+    batcher = ref()
+    if batcher is not None:
+        getattr(batcher, method)()
+
+
+default_batcher = LastUsedBatcher()
+
+
+def record_last_used(account_id: int, at: datetime | None = None) -> None:
+    """Note a use of ``account_id`` for least-recently-used picking; costs no message.
+
+    Reaches the cache within ``SCHED_LAST_USED_CACHE_FLUSH_SECONDS`` and the database
+    within ``SCHED_LAST_USED_DB_FLUSH_SECONDS`` after that.
+    """
+    default_batcher.touch(account_id, at)
+
+
+# -- tasks ----------------------------------------------------------------------------
+def flush_pending(cache: RedisSchedulerCache, source: Source) -> dict[str, int]:
+    """Write the cache's pending last-use times to the database and acknowledge them."""
+    pending = cache.pending_last_used()
+    if not pending:
+        return {"pending": 0, "written": 0, "acked": 0}
+    written = source.update_last_used(pending)
+    # Ack exactly what was read: a touch that arrived meanwhile is newer and stays.
+    acked = cache.ack_pending_last_used(pending)
+    cache.record_stats(
+        {"last_used_db_flushes": 1, "last_used_db_rows": len(pending)},
+        {"last_used_db_flush_at": utc_now().isoformat()},
+    )
+    logger.info(
+        "last-used flush: %d pending, %d rows moved, %d acked", len(pending), written, acked
+    )
+    return {"pending": len(pending), "written": int(written), "acked": acked}
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name="tasks.flush_last_used",
+    bind=True,
+    queue="last_used",
+    **RETRY,
+)
+def flush_last_used(self: Task) -> dict[str, Any]:
+    """Beat: pending last-use times from Redis to the database, one batch, at least once."""
+    cache = get_cache()
+    token = cache.try_lock(FLUSH_LOCK, settings().lock_ttl_seconds, token=self.request.id)
+    if token is None:
+        logger.info("last-used flush skipped: another flush holds the lock")
+        return {"status": "busy"}
+    try:
+        return {"status": "done", **flush_pending(cache, get_source())}
+    finally:
+        _unlock(cache, FLUSH_LOCK, token)
+
+
+def _unlock(cache: RedisSchedulerCache, name: str, token: str) -> None:
+    try:
+        cache.unlock(name, token)
+    except CacheError as exc:
+        # The lock's TTL ends it anyway; do not hide the error the body may be raising.
+        logger.warning("could not release lock %s: %s", name, exc)
+
+
+def parse_updates(updates: object) -> dict[int, datetime]:
+    """``{account_id: ISO time or unix seconds}`` as datetimes; raise naming the bad value."""
+    if not isinstance(updates, Mapping):
+        raise InvalidLastUsed(f"updates must be a mapping of account id to time, got {updates!r}")
+    parsed: dict[int, datetime] = {}
+    for raw_id, raw_time in updates.items():
+        account_id = _account_id(raw_id)
+        at = _time(account_id, raw_time)
+        if account_id not in parsed or at > parsed[account_id]:
+            parsed[account_id] = at
+    return parsed
+
+
+def _account_id(raw: object) -> int:
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        value = int(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        raise InvalidLastUsed(f"invalid account id {raw!r}: expected a positive integer")
+    if value <= 0:
+        raise InvalidLastUsed(f"invalid account id {raw!r}: expected a positive integer")
+    return value
+
+
+def _time(account_id: int, raw: object) -> datetime:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if not math.isfinite(raw) or raw < 0:
+            raise InvalidLastUsed(f"invalid last use {raw!r} for account {account_id}")
+        try:
+            return datetime.fromtimestamp(raw, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidLastUsed(
+                f"invalid last use {raw!r} for account {account_id}: out of range"
+            ) from None
+    if isinstance(raw, str):
+        try:
+            return _utc(datetime.fromisoformat(raw))
+        except ValueError:
+            raise InvalidLastUsed(
+                f"invalid last use {raw!r} for account {account_id}: expected ISO 8601 "
+                "or unix seconds"
+            ) from None
+    raise InvalidLastUsed(
+        f"invalid last use {raw!r} for account {account_id}: expected ISO 8601 or unix seconds"
+    )
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name="tasks.update_last_used",
+    queue="last_used",
+    **RETRY,
+    throws=(InvalidLastUsed,),
+)
+def update_last_used(updates: dict[str, str | float]) -> dict[str, int]:
+    """Apply ``{account_id: time}`` to the cache and the database, monotonic on both.
+
+    The cache records the times as pending first, so a database failure after that only
+    delays them to the next flush.
+    """
+    parsed = parse_updates(updates)
+    if not parsed:
+        return {"accounts": 0, "cache_moved": 0, "db_moved": 0}
+    cache = get_cache()
+    moved = cache.update_last_used(parsed, record_pending=True)
+    written = get_source().update_last_used(parsed)
+    cache.ack_pending_last_used(parsed)
+    return {"accounts": len(parsed), "cache_moved": moved, "db_moved": int(written)}
