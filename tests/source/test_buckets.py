@@ -1,0 +1,198 @@
+"""Which accounts a bucket holds, and in which order (SPEC section 3)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cache import Account, SchedulerBucket
+from tasks.db import account_groups, accounts
+from tasks.sqlsource import SqlSource
+from tests.source.helpers import sql
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(minutes=5)
+EARLIER = NOW - timedelta(minutes=5)
+
+
+def ids(source: SqlSource, bucket: str, now: datetime = NOW) -> list[int]:
+    return [a.id for a in source.accounts_for_bucket(SchedulerBucket.parse(bucket), now)]
+
+
+def make(source: SqlSource, account_id: int, platform: str = "anthropic", **fields: Any) -> Account:
+    return source.create_account(
+        id=account_id, name=f"acc-{account_id}", platform=platform, type="oauth", **fields
+    )
+
+
+@pytest.mark.parametrize("mode", ["single", "forced", "mixed"])
+def test_group_members_by_membership_priority_then_priority_then_id(
+    source: SqlSource, mode: str
+) -> None:
+    group = source.create_group("g", "anthropic", id=5)
+    other = source.create_group("h", "anthropic", id=6)
+    make(source, 1, priority=1, group_ids={group.id: 20})
+    make(source, 2, priority=9, group_ids={group.id: 10})
+    make(source, 3, priority=1, group_ids={group.id: 10, other.id: 1})
+    make(source, 4, priority=1, group_ids={group.id: 10})
+    make(source, 5, priority=0, group_ids={other.id: 1})  # another group
+    make(source, 6, platform="openai", group_ids={group.id: 1})  # another platform
+    make(source, 7, priority=0)  # no group
+
+    assert ids(source, f"5:anthropic:{mode}") == [3, 4, 2, 1]
+    accounts = source.accounts_for_bucket(SchedulerBucket.parse(f"5:anthropic:{mode}"), NOW)
+    assert accounts[0].group_ids == (5, 6)
+    assert all(a.revision is not None for a in accounts)
+
+
+@pytest.mark.parametrize("mode", ["single", "forced", "mixed"])
+def test_group_zero_holds_accounts_in_no_group_by_priority_then_id(
+    source: SqlSource, mode: str
+) -> None:
+    group = source.create_group("g", "anthropic")
+    make(source, 1, priority=5)
+    make(source, 2, priority=1)
+    make(source, 3, priority=5)
+    make(source, 4, priority=0, group_ids=[group.id])
+    make(source, 5, platform="gemini", priority=0)
+
+    assert ids(source, f"0:anthropic:{mode}") == [2, 1, 3]
+
+
+def test_mixed_adds_donor_accounts_that_opt_in(source: SqlSource) -> None:
+    group = source.create_group("g", "anthropic")
+    make(source, 1, priority=5, group_ids=[group.id])
+    make(source, 2, platform="antigravity", priority=1, group_ids=[group.id],
+         extra={"mixed_scheduling": True})
+    make(source, 3, platform="antigravity", priority=1, group_ids=[group.id])
+    make(source, 4, platform="antigravity", priority=1, group_ids=[group.id],
+         extra={"mixed_scheduling": "true"})  # only the JSON value true opts in
+    make(source, 5, platform="antigravity", priority=1, group_ids=[group.id],
+         extra={"mixed_scheduling": False})
+
+    assert ids(source, f"{group.id}:anthropic:mixed") == [2, 1]
+    assert ids(source, f"{group.id}:anthropic:single") == [1]
+    assert ids(source, f"{group.id}:anthropic:forced") == [1]
+    assert ids(source, f"{group.id}:antigravity:single") == [2, 3, 4, 5]
+
+
+def test_donors_join_only_the_mixing_platforms(source: SqlSource) -> None:
+    make(source, 1, platform="openai")
+    make(source, 2, platform="gemini")
+    make(source, 3, platform="antigravity", extra={"mixed_scheduling": True})
+
+    assert ids(source, "0:openai:mixed") == [1]
+    assert ids(source, "0:gemini:mixed") == [2, 3]
+    assert ids(source, "0:antigravity:mixed") == [3]
+
+
+def test_configured_mixing_platforms_and_donor(db_url: str, source: SqlSource) -> None:
+    make(source, 1, platform="openai")
+    make(source, 2, platform="gemini", extra={"mixed_scheduling": True})
+    custom = SqlSource(source.engine, mixed_platforms=["openai"], donor_platform="gemini")
+
+    assert ids(custom, "0:openai:mixed") == [1, 2]
+    assert ids(custom, "0:gemini:mixed") == [2]
+
+
+def test_accounts_held_back_by_a_time_window_are_included(source: SqlSource) -> None:
+    make(source, 1, rate_limit_reset_at=LATER, rate_limited_at=EARLIER)
+    make(source, 2, overload_until=LATER)
+    make(source, 3, temp_unschedulable_until=LATER, temp_unschedulable_reason="429 burst")
+    make(source, 4)
+
+    accounts = source.accounts_for_bucket(SchedulerBucket.parse("0:anthropic:single"), NOW)
+
+    assert [a.id for a in accounts] == [1, 2, 3, 4]
+    assert [a.is_schedulable(NOW) for a in accounts] == [False, False, False, True]
+    assert all(a.is_schedulable(LATER) for a in accounts)
+
+
+def test_expired_accounts_are_excluded_only_when_auto_paused(source: SqlSource) -> None:
+    make(source, 1, expires_at=EARLIER, auto_pause_on_expired=True)
+    make(source, 2, expires_at=EARLIER, auto_pause_on_expired=False)
+    make(source, 3, expires_at=LATER, auto_pause_on_expired=True)
+
+    assert ids(source, "0:anthropic:single") == [2, 3]
+    assert ids(source, "0:anthropic:single", now=LATER) == [2]
+
+
+def test_disabled_unschedulable_and_deleted_accounts_never_appear(source: SqlSource) -> None:
+    group = source.create_group("g", "anthropic")
+    make(source, 1, status="disabled", group_ids=[group.id])
+    make(source, 2, status="error", group_ids=[group.id])
+    make(source, 3, schedulable=False, group_ids=[group.id])
+    make(source, 4, group_ids=[group.id])
+    make(source, 5, group_ids=[group.id])
+    make(source, 6)
+    source.delete_account(5)
+    source.delete_account(6)
+
+    assert ids(source, f"{group.id}:anthropic:single") == [4]
+    assert ids(source, "0:anthropic:single") == []
+    assert source.get_accounts([1, 4, 5, 6, 99]).keys() == {1, 4}
+
+
+def test_changes_show_in_the_next_read(source: SqlSource) -> None:
+    """Decoded accounts are reused only while their row is unchanged."""
+    bucket = "0:anthropic:single"
+    make(source, 1, priority=1)
+    make(source, 2, priority=2)
+    first = source.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)
+
+    sql(source, "UPDATE accounts SET concurrency = 9 WHERE id = 2")
+    source.update_last_used({1: NOW})
+    second = source.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)
+
+    assert [a.concurrency for a in second] == [3, 9]
+    assert second[0].last_used_at == NOW and first[0].last_used_at is None
+    assert second[0].revision == first[0].revision
+
+    sql(source, "DELETE FROM accounts WHERE id = 2")
+    sql(source, "INSERT INTO accounts (id, name, platform, type, priority, created_at) "
+                "VALUES (2, 'reborn', 'anthropic', 'apikey', 2, :at)", at=NOW)
+    assert [a.name for a in source.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)] == [
+        "acc-1", "reborn",
+    ]
+
+
+def test_a_badly_written_row_is_skipped_not_fatal(source: SqlSource) -> None:
+    make(source, 1)
+    make(source, 2)
+    sql(source, "UPDATE accounts SET status = 'Sleeping' WHERE id = 1")
+    sql(source, "UPDATE accounts SET type = 'Not A Token', status = 'active' WHERE id = 2")
+
+    assert ids(source, "0:anthropic:single") == []
+    assert source.get_accounts([1, 2]) == {}
+    make(source, 3)
+    assert ids(source, "0:anthropic:single") == [3]
+
+
+def test_active_groups_have_a_usable_platform(source: SqlSource) -> None:
+    source.create_group("a", "anthropic", id=1)
+    source.create_group("b", "openai", id=2, status="disabled")
+    sql(source, "INSERT INTO groups (id, name, platform) VALUES (3, 'c', 'Bad Platform')")
+    sql(source, "INSERT INTO groups (id, name) VALUES (4, 'd')")
+    source.create_group("e", "gemini", id=5)
+
+    assert [(g.id, g.platform) for g in source.active_groups()] == [(1, "anthropic"), (5, "gemini")]
+
+
+def test_a_large_bucket_is_read_whole_and_in_order(source: SqlSource) -> None:
+    group = source.create_group("big", "openai")
+    with source.engine.begin() as conn:
+        conn.execute(accounts.insert(), [
+            {"id": i, "name": f"a{i}", "platform": "openai", "type": "apikey", "priority": i % 7}
+            for i in range(1, 1501)
+        ])
+        conn.execute(account_groups.insert(), [
+            {"account_id": i, "group_id": group.id, "priority": i % 3} for i in range(1, 1501)
+        ])
+
+    got = source.accounts_for_bucket(SchedulerBucket(group.id, "openai", "single"), NOW)
+
+    expected = sorted(range(1, 1501), key=lambda i: (i % 3, i % 7, i))
+    assert [a.id for a in got] == expected
+    assert source.get_accounts(range(1, 1501)).keys() == set(range(1, 1501))

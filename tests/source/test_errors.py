@@ -1,0 +1,100 @@
+"""Failures of the database surface as one retryable class, naming the masked URL."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cache import SchedulerBucket
+from tasks.db import SchemaMissing, SourceUnavailable, init_schema, make_engine, mask_url
+from tasks.sqlsource import SqlSource
+from tests.source.helpers import sql
+from tests.support import free_port
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+BUCKET = SchedulerBucket.parse("0:openai:single")
+
+
+def test_mask_url_hides_the_password_only() -> None:
+    assert mask_url("postgresql+psycopg://app:s3cret@db:5432/sched") == (
+        "postgresql+psycopg://app:***@db:5432/sched"
+    )
+    assert mask_url("sqlite:///var/lib/sched.sqlite3") == "sqlite:///var/lib/sched.sqlite3"
+
+
+def test_unreachable_postgres_is_source_unavailable_quickly_with_a_masked_url() -> None:
+    url = f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/sched"
+    source = SqlSource(url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceUnavailable) as caught:
+            source.ping()
+        with pytest.raises(SourceUnavailable):
+            source.accounts_for_bucket(BUCKET, NOW)
+        with pytest.raises(SourceUnavailable):
+            source.request_full_rebuild()
+        with pytest.raises(SourceUnavailable):
+            init_schema(source.engine)
+    finally:
+        source.close()
+
+    message = str(caught.value)
+    assert "app:***@127.0.0.1" in message and "s3cret" not in message
+    assert caught.value.__cause__ is not None
+    assert time.monotonic() - started < 60  # refused at once; bounded by the connect timeout
+
+
+def test_unopenable_sqlite_file_is_source_unavailable(tmp_path: Path) -> None:
+    source = SqlSource(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'db.sqlite3'}")
+    try:
+        with pytest.raises(SourceUnavailable, match=r"missing/dir/db\.sqlite3"):
+            source.ping()
+    finally:
+        source.close()
+
+
+def test_a_database_without_the_schema_says_how_to_create_it(db_url: str) -> None:
+    source = SqlSource(db_url)
+    try:
+        with pytest.raises(SchemaMissing, match="sched db init"):
+            source.ping()
+        with pytest.raises(SchemaMissing):
+            source.accounts_for_bucket(BUCKET, NOW)
+        with pytest.raises(SchemaMissing):
+            source.outbox_after(0, 10)
+        with pytest.raises(SchemaMissing):
+            source.update_last_used({1: NOW})
+        init_schema(source.engine)
+        source.ping()
+    finally:
+        source.close()
+
+
+def test_dropped_postgres_connections_are_replaced_without_an_error(pg_url: str) -> None:
+    source = SqlSource(init_schema(pg_url))
+    admin = make_engine(pg_url)
+    try:
+        with source.engine.connect() as conn:  # the pooled connection the next call reuses
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.begin() as conn:  # what a server restart does to pooled connections
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+
+        source.ping()
+        assert source.max_outbox_id() == 0
+    finally:
+        admin.dispose()
+        source.close()
+
+
+def test_sqlite_engine_settings(tmp_path: Path) -> None:
+    source = SqlSource(init_schema(f"sqlite:///{tmp_path / 's.sqlite3'}"))
+    try:
+        assert sql(source, "PRAGMA journal_mode") == [("wal",)]
+        assert sql(source, "PRAGMA foreign_keys") == [(1,)]
+        assert sql(source, "PRAGMA busy_timeout")[0][0] >= 5000
+    finally:
+        source.close()
