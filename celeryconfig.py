@@ -24,7 +24,7 @@ not pile up.
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from tasks.settings import get_settings
 
@@ -55,7 +55,8 @@ task_time_limit = _settings.rebuild_time_limit_seconds
 task_soft_time_limit = max(1, _settings.rebuild_time_limit_seconds - 2)
 
 QUEUES = ("rebuild", "outbox", "last_used")
-task_queues = [Queue(name) for name in QUEUES]
+# One direct exchange per queue: a message reaches exactly the queue it is routed to.
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
 task_default_queue = "rebuild"
 task_routes = {
     "tasks.rebuild_bucket": {"queue": "rebuild"},
@@ -64,6 +65,8 @@ task_routes = {
     "tasks.flush_last_used": {"queue": "last_used"},
     "tasks.update_last_used": {"queue": "last_used"},
 }
+task_default_exchange = "rebuild"
+task_default_routing_key = "rebuild"
 
 # Every task visible in Flower, from sending to its end.
 worker_send_task_events = True

@@ -7,10 +7,12 @@ One burst of requests for a bucket, and the rebuilds it costs::
                                 version -> read the source -> write -> finish -> unlock
     request during that run     enqueues exactly one more task: its change may have
                                 landed after the read, so it is never lost
-    that task                   waits for the lock (short retries), then rebuilds
+    that task                   waits for the lock (short retries) and until
+                                rebuild_min_interval_seconds after the last write,
+                                gathering every request meanwhile, then rebuilds
 
 Figures kept in ``cache.stats()``: counters ``rebuilds``, ``rebuilds_skipped``,
-``rebuilds_superseded``, ``rebuilds_lock_busy``, ``rebuilds_failed``,
+``rebuilds_superseded``, ``rebuilds_lock_busy``, ``rebuilds_deferred``, ``rebuilds_failed``,
 ``rebuild_requests_sent``, ``rebuild_requests_requeued``, ``refresh_runs``,
 ``refresh_skipped``, ``buckets_retired``; values ``last_rebuild_bucket``,
 ``last_rebuild_ms``, ``last_rebuild_at`` (unix seconds, when its version became
@@ -130,12 +132,31 @@ def rebuild_bucket(self: Task, bucket: str) -> str:
         # change that caused this request. The lock's TTL bounds the wait.
         raise self.retry(countdown=delay * random.uniform(0.5, 1.0), max_retries=None)
     try:
+        wait = _too_soon(cache, parsed)
+        if wait > 0:
+            # Not begun: the queued flag stays set, so requests meanwhile join this run.
+            cache.record_stats({"rebuilds_deferred": 1})
+            raise self.retry(countdown=wait, max_retries=None)
         return _rebuild_locked(cache, parsed)
     finally:
         try:
             cache.unlock_bucket(parsed, token)
         except CacheError as exc:
             logger.warning("bucket %s: unlock failed, the lock expires by itself: %s", parsed, exc)
+
+
+def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
+    """Seconds to wait before rebuilding ``bucket`` again; 0 after a quiet spell."""
+    interval = _settings.rebuild_min_interval_seconds
+    if interval <= 0:
+        return 0.0
+    built_at = cache.bucket_info(bucket).built_at
+    if built_at is None:
+        return 0.0
+    since = (datetime.now(UTC) - built_at).total_seconds()
+    # Capped at the interval: a writer's clock ahead of ours must not stall the bucket.
+    wait = min(interval - since, interval)
+    return wait if wait > 0.001 else 0.0
 
 
 def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:

@@ -11,6 +11,7 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from typing import Any, cast
 
 from celery.signals import worker_process_init
@@ -96,13 +97,22 @@ def reset(new_settings: Settings | None = None) -> None:
     _settings = new_settings
     _forget_connections()
     s = settings()
-    # The Celery app read its broker from the settings at start; follow the new ones.
-    app.conf.broker_url = s.effective_broker_url
-    app.conf.broker_transport_options = {"visibility_timeout": s.visibility_timeout_seconds}
-    if app._pool is not None:
-        app._pool.force_close_all()
+    _repoint_broker(s.effective_broker_url, {"visibility_timeout": s.visibility_timeout_seconds})
+
+
+def _repoint_broker(url: str, transport_options: dict[str, Any]) -> None:
+    """Send from now on through ``url``: the app read its broker once, at start.
+
+    The app caches its connection pool, its producer pool and the control mailbox's
+    producer pool; each is dropped, as Celery itself does after a fork. They are not
+    closed: kombu shares pools between equal URLs, and going back to one must work.
+    """
+    app.conf.broker_url = url
+    app.conf.broker_transport_options = transport_options
     app._pool = None
     app.amqp._producer_pool = None
+    with suppress(AttributeError):
+        del app.control.mailbox.producer_pool
 
 
 def _forget_connections() -> None:

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     lock_ttl_seconds: int = Field(default=30, ge=2)
     rebuild_time_limit_seconds: int = Field(default=20, ge=1)
     refresh_interval_seconds: float = Field(default=300.0, gt=0)
+    # A bucket's next rebuild starts at least this long after its last one was written;
+    # the first after a quiet spell starts at once. Requests meanwhile coalesce into
+    # that next rebuild, so a burst costs one or two rebuilds, not one per request.
+    rebuild_min_interval_seconds: float = Field(default=0.25, ge=0)
     platforms: CsvList = Field(
         default_factory=lambda: ["anthropic", "openai", "gemini", "antigravity"]
     )
