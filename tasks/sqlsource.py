@@ -8,8 +8,10 @@ own outbox rows.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -24,7 +26,14 @@ from tasks.db import (
 )
 from tasks.db import groups as groups_table
 from tasks.source import Group, OutboxEvent
-from tasks.sqlstore import IDENTITY_COLUMNS, AnyRow, as_account_id, chunks
+from tasks.sqlstore import (
+    ACCOUNT_COLUMNS,
+    IDENTITY_COLUMNS,
+    AnyRow,
+    as_account_id,
+    chunks,
+    valid_accounts,
+)
 from tasks.sqlwrite import AccountNotFound, GroupNotFound, SqlWriter
 
 logger = logging.getLogger(__name__)
@@ -61,18 +70,31 @@ _WANTED = sa.and_(
     accounts.c.schedulable == sa.true(),
     accounts.c.platform.in_(sa.bindparam("platforms", expanding=True)),
 )
-# Built once: a rebuild pays for executing them, not for constructing them.
-GROUP_MEMBERS = (
-    sa.select(*IDENTITY_COLUMNS)
-    .join(account_groups, account_groups.c.account_id == accounts.c.id)
-    .where(account_groups.c.group_id == sa.bindparam("group_id"), _WANTED)
-    .order_by(account_groups.c.priority, accounts.c.priority, accounts.c.id)
-)
-UNGROUPED = (
-    sa.select(*IDENTITY_COLUMNS)
-    .where(_WANTED, ~sa.exists().where(account_groups.c.account_id == accounts.c.id))
-    .order_by(accounts.c.priority, accounts.c.id)
-)
+
+
+def _group_members(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .join(account_groups, account_groups.c.account_id == accounts.c.id)
+        .where(account_groups.c.group_id == sa.bindparam("group_id"), _WANTED)
+        .order_by(account_groups.c.priority, accounts.c.priority, accounts.c.id)
+    )
+
+
+def _ungrouped(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .where(_WANTED, ~sa.exists().where(account_groups.c.account_id == accounts.c.id))
+        .order_by(accounts.c.priority, accounts.c.id)
+    )
+
+
+# Built once: a rebuild pays for executing them, not for constructing them. The
+# identity queries give the order; the whole-row ones serve a first read of a bucket.
+GROUP_MEMBERS = _group_members(*IDENTITY_COLUMNS)
+UNGROUPED = _ungrouped(*IDENTITY_COLUMNS)
+GROUP_MEMBER_ROWS = _group_members(*ACCOUNT_COLUMNS)
+UNGROUPED_ROWS = _ungrouped(*ACCOUNT_COLUMNS)
 
 
 class SqlSource(SqlWriter):
@@ -108,19 +130,32 @@ class SqlSource(SqlWriter):
             and bucket.platform != self.donor_platform
         )
         platforms = [bucket.platform, self.donor_platform] if donor_rule else [bucket.platform]
-        query = UNGROUPED if bucket.group_id == 0 else GROUP_MEMBERS
+        grouped = bucket.group_id != 0
         params = {"group_id": bucket.group_id, "platforms": platforms}
         with self._read(f"accounts_for_bucket {bucket}") as conn:
-            identities = conn.execute(query, params).all()
-            found = {row.id: account for row in identities if (account := self._reuse(row))}
-            missing = [row.id for row in identities if row.id not in found]
-            if missing:
+            identities = conn.execute(GROUP_MEMBERS if grouped else UNGROUPED, params).all()
+            found: dict[int, Account] = {}
+            missing: list[int] = []
+            for row in identities:
+                account = self._reuse(row)
+                if account is None:
+                    missing.append(row[0])
+                else:
+                    found[row[0]] = account
+            if len(missing) * 2 > len(identities):
+                # Mostly new: one more pass over the bucket beats id lists (same snapshot).
+                rows = conn.execute(GROUP_MEMBER_ROWS if grouped else UNGROUPED_ROWS, params)
+                memberships = self._memberships_of_group(conn, bucket.group_id) if grouped else {}
+                fresh = {a.id: a for a in valid_accounts(rows, memberships)}
+            elif missing:
                 fresh = self._load_accounts(conn, sorted(missing))
-                self._remember((row for row in identities if row.id in fresh), fresh)
-                found.update(fresh)
+            else:
+                fresh = {}
+        self._remember((row for row in identities if row[0] in fresh), fresh)
+        found.update(fresh)
         result = []
         for row in identities:
-            account = found.get(row.id)  # absent: an invalid row, logged when read
+            account = found.get(row[0])  # absent: an invalid row, logged when read
             if account is None or not account.is_candidate(now):
                 continue
             if account.platform != bucket.platform and not _opts_in(account.extra):
@@ -198,6 +233,19 @@ class SqlSource(SqlWriter):
         with self._write("update_last_used") as conn:
             return self._apply_last_used(conn, batch)
 
+
+    def _memberships_of_group(self, conn: sa.Connection, group_id: int) -> dict[int, list[int]]:
+        # Every membership of the group's members, in one query without an id list.
+        mine = account_groups.alias("mine")
+        query = (
+            sa.select(account_groups.c.account_id, account_groups.c.group_id)
+            .join(mine, mine.c.account_id == account_groups.c.account_id)
+            .where(mine.c.group_id == group_id)
+        )
+        found: dict[int, list[int]] = defaultdict(list)
+        for account_id, member_of in conn.execute(query):
+            found[account_id].append(member_of)
+        return found
 
 def _opts_in(extra: object) -> bool:
     # Strictly the JSON value true, as the original's `extra["mixed_scheduling"].(bool)`.

@@ -19,6 +19,7 @@ from tasks.db import (
     account_groups,
     accounts,
     as_engine,
+    as_utc,
     db_errors,
     mask_url,
     scheduler_outbox,
@@ -40,10 +41,16 @@ ACCOUNT_COLUMNS = tuple(accounts.c[name] for name in Account.model_fields if nam
 # What identifies one decoded state of an account row: the triggers bump the revision on
 # every change of every other column and of its memberships, and created_at tells a row
 # from an earlier one with the same id (a database rebuilt under a running worker).
-# last_used_at changes without a revision and is patched in, not decoded again.
+# last_used_at changes without a revision and is patched in, not decoded again. The
+# times are compared as stored, so an unchanged row costs no datetime parsing.
 IDENTITY_COLUMNS = (
-    accounts.c.id, accounts.c.revision, accounts.c.created_at, accounts.c.last_used_at
+    accounts.c.id,
+    accounts.c.revision,
+    sa.type_coerce(accounts.c.created_at, sa.types.NULLTYPE).label("created_at"),
+    sa.type_coerce(accounts.c.last_used_at, sa.types.NULLTYPE).label("last_used_at"),
 )
+# (revision, created_at, last_used_at) as stored, and the account decoded from them.
+Decoded: TypeAlias = tuple[int, object, object, Account]
 
 
 def utc_now() -> datetime:
@@ -105,9 +112,8 @@ class SqlStore:
         self.donor_platform = donor_platform
         self.clock = clock
         self._postgres = self.engine.dialect.name == "postgresql"
-        # id -> ((revision, created_at), account): committed states only, never a
-        # state seen inside a write transaction that may still roll back.
-        self._decoded: dict[int, tuple[tuple[Any, Any], Account]] = {}
+        # Committed states only, never one seen inside a write that may roll back.
+        self._decoded: dict[int, Decoded] = {}
         self._writer = writing(self.engine)
         # One snapshot for an account query and its membership query on PostgreSQL;
         # SQLite's read transaction is a snapshot already.
@@ -160,23 +166,25 @@ class SqlStore:
 
     def _reuse(self, row: AnyRow) -> Account | None:
         """The decoded account for an identity row, if this state was decoded before."""
-        known = self._decoded.get(row.id)
-        if known is None or known[0] != (row.revision, row.created_at):
+        account_id, revision, created_at, last_used_at = row
+        known = self._decoded.get(account_id)
+        if known is None or known[0] != revision or known[1] != created_at:
             return None
-        account = known[1]
-        if account.last_used_at != row.last_used_at:
+        account = known[3]
+        if known[2] != last_used_at:
             # Only the per-request touch moved: no need to decode the row again.
-            account = account.model_copy(update={"last_used_at": row.last_used_at})
-            self._decoded[row.id] = (known[0], account)
+            account = account.model_copy(update={"last_used_at": as_utc(last_used_at)})
+            self._decoded[account_id] = (revision, created_at, last_used_at, account)
         return account
 
     def _remember(self, rows: Iterable[AnyRow], found: Mapping[int, Account]) -> None:
+        """Keep accounts decoded in a read transaction (committed states only)."""
         if len(self._decoded) > MAX_DECODED:
             self._decoded.clear()
-        for row in rows:
-            account = found.get(row.id)
+        for account_id, revision, created_at, last_used_at in rows:
+            account = found.get(account_id)
             if account is not None:
-                self._decoded[row.id] = ((row.revision, row.created_at), account)
+                self._decoded[account_id] = (revision, created_at, last_used_at, account)
 
     def _load_accounts(
         self, conn: Connection, ids: Sequence[int], *, strict: bool = False

@@ -196,3 +196,30 @@ def test_a_large_bucket_is_read_whole_and_in_order(source: SqlSource) -> None:
     expected = sorted(range(1, 1501), key=lambda i: (i % 3, i % 7, i))
     assert [a.id for a in got] == expected
     assert source.get_accounts(range(1, 1501)).keys() == set(range(1, 1501))
+
+
+def test_reads_after_a_few_changes_in_a_large_bucket(source: SqlSource) -> None:
+    """Most rows decoded before, a few changed: each read matches a fresh source."""
+    group = source.create_group("g", "anthropic", id=1)
+    source.create_group("h", "anthropic", id=2)
+    for account_id in range(1, 21):
+        make(source, account_id, priority=account_id, group_ids=[group.id])
+    make(source, 21, platform="antigravity", priority=0, group_ids=[group.id])
+    bucket = "1:anthropic:mixed"
+    assert ids(source, bucket) == list(range(1, 21))
+
+    source.set_account_groups(5, {1: 50, 2: 1})
+    source.update_account(7, priority=0)
+    source.update_account(21, extra={"mixed_scheduling": True})
+    sql(source, "UPDATE accounts SET schedulable = :no WHERE id = 9", no=False)
+    source.update_last_used({3: NOW})
+
+    fresh = SqlSource(source.engine)
+    for reader in (source, fresh):
+        got = reader.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)
+        assert [a.id for a in got][:3] == [7, 21, 1]  # priority 0, then id
+        assert 9 not in [a.id for a in got]
+        by_id = {a.id: a for a in got}
+        assert by_id[5].group_ids == (1, 2)
+        assert by_id[3].last_used_at == NOW
+    assert got == source.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)
