@@ -1,8 +1,8 @@
 """The SQL source of truth the tasks read (:class:`tasks.source.Source`).
 
-Write helpers live in :mod:`tasks.sqlstore`; another application may also write plain
-SQL (the revision trigger keeps the cache's ordering honest), but then it writes its
-own outbox rows.
+Write helpers live in :mod:`tasks.sqlwrite`, connections and shared queries in
+:mod:`tasks.sqlstore`. Another application may also write plain SQL (the revision
+triggers keep the cache's ordering honest), but then it writes its own outbox rows.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -25,7 +25,7 @@ from tasks.db import (
     scheduler_outbox,
 )
 from tasks.db import groups as groups_table
-from tasks.source import Group, OutboxEvent
+from tasks.source import Group, OutboxEvent, Source
 from tasks.sqlstore import (
     ACCOUNT_COLUMNS,
     IDENTITY_COLUMNS,
@@ -250,3 +250,8 @@ class SqlSource(SqlWriter):
 def _opts_in(extra: object) -> bool:
     # Strictly the JSON value true, as the original's `extra["mixed_scheduling"].(bool)`.
     return isinstance(extra, dict) and extra.get("mixed_scheduling") is True
+
+
+if TYPE_CHECKING:
+    # mypy proves the class implements the seam the tasks are written against.
+    _conforms: type[Source] = SqlSource
