@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from cache import CacheError, CacheUnavailable, InvalidBucket, SchedulerBucket
-from tasks.settings import Settings, get_settings
+from tasks.settings import Settings
 from tasks.urls import mask_url
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _failure(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, InvalidBucket):
         return EXIT_USAGE, str(exc)
     try:
-        settings = get_settings()
+        settings: Settings | None = _settings()
     except ValidationError:
         settings = None
     if isinstance(exc, CacheUnavailable):
@@ -126,14 +126,17 @@ class SchedGroup(click.Group):
 
 def _known_urls() -> list[str]:
     try:
-        s = get_settings()
+        s = _settings()
     except ValidationError:
         return []
     return [s.redis_url, s.effective_broker_url, s.database_url]
 
 
 def _settings() -> Settings:
-    return get_settings()
+    """The settings in force: the environment's, or those a test gave ``runtime.reset``."""
+    from tasks import runtime
+
+    return runtime.settings()
 
 
 def _cache() -> Any:
@@ -190,7 +193,7 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
-    Console().print(render_report(report))
+    Console(emoji=False, highlight=False, markup=False).print(render_report(report))
 
 
 @cli.command()

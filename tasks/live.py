@@ -40,7 +40,7 @@ def bucket_table(rows: Sequence[BucketStatus], max_rows: int | None = None) -> T
     for row in shown:
         missing = row.active_version is None
         table.add_row(
-            row.bucket,
+            Text(row.bucket),  # Text: a bucket like 0:gemini:single is no emoji code
             Text("no snapshot", style="yellow") if missing else f"v{row.active_version}",
             "-" if missing else str(row.account_count),
             _num(row.schedulable_now),

@@ -161,16 +161,18 @@ def print_snapshot(
     for row in rows:
         now_flag = Text("yes", style="green") if row["schedulable_now"] else Text("no", style="red")
         table.add_row(
-            str(row["position"]), str(row["id"]), row["name"], row["type"], str(row["priority"]),
+            # Text, not str: names are data, never Rich markup or emoji codes.
+            str(row["position"]), str(row["id"]), Text(row["name"]), Text(row["type"]),
+            str(row["priority"]),
             now_flag, _relative(row["blocked_until"], now), _relative(row["last_used_at"], now),
         )
-    console = Console()
+    console = Console(emoji=False, highlight=False, markup=False)
     console.print(table)
     rebuild = "" if info.rebuild_ms is None else f", rebuild {info.rebuild_ms:.1f} ms"
     console.print(
         f"{info.bucket} v{info.active_version}: {len(rows)} accounts,"
         f" {schedulable} schedulable now, built {_relative(info.built_at, now)}{rebuild}",
-        highlight=False,
+        markup=False,
     )
 
 

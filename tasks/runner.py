@@ -194,7 +194,7 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     from tasks.ops import account_ids, count_accounts, open_source, seed_database
     from tasks.runtime import default_buckets, get_cache
 
-    console = Console()
+    console = Console(emoji=False, highlight=False, markup=False)
     cache = get_cache()
     cache.ping()  # fail before starting anything when Redis is not there
     init_schema(settings.database_url).dispose()

@@ -1,0 +1,332 @@
+"""The ``sched`` command line, as an operator uses it: real Redis, SQLite, subprocesses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from cache import Account, RedisSchedulerCache, SchedulerBucket
+from tasks.cli import cli
+from tasks.settings import Settings
+from tasks.sqlsource import SqlSource
+from tests.ops.conftest import CliResult, Worker, closed_port, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+RunCli = Callable[..., CliResult]
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def _one_line_error(result: CliResult) -> str:
+    assert "Traceback" not in result.err, result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.err}"
+    assert lines[0].startswith("sched: error: "), lines[0]
+    return lines[0]
+
+
+# -- help -----------------------------------------------------------------------------
+
+
+def test_every_command_has_clear_help() -> None:
+    paths = list(_command_paths(cli))
+    expected = {("status",), ("snapshot",), ("rebuild",), ("db", "init"), ("demo", "seed"),
+                ("outbox", "tail"), ("run",), ("flower",)}
+    assert expected <= set(paths)
+    runner = CliRunner()
+    for path in paths:
+        for flag in ("--help", "-h"):
+            result = runner.invoke(cli, [*path, flag], prog_name="sched")
+            assert result.exit_code == 0, (path, result.output)
+            usage = f"Usage: sched {' '.join(path)}".rstrip()
+            assert result.output.startswith(usage), result.output
+            # A summary line under the usage line, not an empty docstring.
+            assert len(result.output.splitlines()[2].strip()) > 10, (path, result.output)
+
+
+def test_module_and_console_script_run(run_cli: RunCli) -> None:
+    result = run_cli("--help")
+    assert result.code == 0 and "snapshot" in result.out
+    script = Path(sys.executable).parent / "sched"
+    if not script.exists():
+        script = Path(shutil.which("sched") or "sched")
+    done = subprocess.run([str(script), "--help"], capture_output=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Usage: sched" in done.stdout
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("snapshot", "0:anthropic"), "invalid bucket '0:anthropic'"),
+        (("snapshot", "x:anthropic:single"), "group id 'x'"),
+        (("snapshot", "0:anthropic:sideways"), "invalid mode 'sideways'"),
+        (("rebuild",), "either BUCKET or --all"),
+        (("rebuild", "0:anthropic:single", "--all"), "either BUCKET or --all"),
+        (("outbox", "tail", "-n", "0"), "0 is not in the range"),
+        (("status", "--color"), "No such option '--color'"),
+        (("nonsense",), "No such command 'nonsense'"),
+        (("snapshot",), "Missing argument 'BUCKET'"),
+    ],
+)
+def test_malformed_input_is_one_line_and_exit_2(
+    run_cli: RunCli, args: tuple[str, ...], needle: str
+) -> None:
+    result = run_cli(*args)
+    assert result.code == 2, result
+    assert needle in _one_line_error(result)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tasks/__init__.py imports the Celery app and tasks, which read the settings at "
+    "import, before the CLI can report a bad SCHED_* value; needs a lazy tasks/__init__",
+)
+def test_malformed_setting_is_one_line_and_exit_2(run_cli: RunCli, ops_env: dict[str, str]) -> None:
+    result = run_cli("status", env={**ops_env, "SCHED_OUTBOX_BATCH_SIZE": "many"})
+    assert result.code == 2, result
+    assert "SCHED_OUTBOX_BATCH_SIZE='many'" in _one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    "args", [("status",), ("snapshot", "0:openai:single"), ("rebuild", "0:openai:single")]
+)
+def test_unreachable_redis_names_the_masked_url(
+    run_cli: RunCli, ops_env: dict[str, str], args: tuple[str, ...]
+) -> None:
+    url = f"redis://:hunter2pw@127.0.0.1:{closed_port()}/0"
+    result = run_cli(*args, env={**ops_env, "SCHED_REDIS_URL": url})
+    assert result.code == 1, result
+    line = _one_line_error(result)
+    assert url.replace("hunter2pw", "***") in line
+    assert "hunter2pw" not in result.err + result.out
+
+
+def test_unreachable_database_names_the_masked_url(
+    run_cli: RunCli, ops_env: dict[str, str]
+) -> None:
+    url = f"postgresql+psycopg://sched:hunter2pw@127.0.0.1:{closed_port()}/sched"
+    for args in (("db", "init"), ("demo", "seed"), ("outbox", "tail")):
+        result = run_cli(*args, env={**ops_env, "SCHED_DATABASE_URL": url})
+        assert result.code == 1, (args, result)
+        line = _one_line_error(result)
+        assert "postgresql+psycopg://sched:***@127.0.0.1" in line, line
+        assert "hunter2pw" not in result.err + result.out
+
+
+def test_missing_snapshot_is_exit_3(run_cli: RunCli) -> None:
+    result = run_cli("snapshot", "0:openai:single")
+    assert result.code == 3
+    assert "no active snapshot" in _one_line_error(result)
+
+
+# -- status and snapshot --------------------------------------------------------------
+
+
+def _account(account_id: int, **fields: object) -> Account:
+    base: dict[str, object] = {
+        "id": account_id, "name": f"acc-{account_id}", "platform": "openai", "type": "apikey",
+        "credentials": {"api_key": f"sk-secret-{account_id}", "base_url": "https://x.invalid"},
+    }
+    return Account.model_validate({**base, **fields})
+
+
+@pytest.fixture
+def built(configured: Settings) -> RedisSchedulerCache:
+    """One bucket with three accounts: usable, rate-limited for a minute, overloaded."""
+    from tasks.runtime import get_cache
+
+    cache = get_cache()
+    now = datetime.now(UTC)
+    accounts = [
+        _account(1, priority=10),
+        _account(
+            2, priority=20, rate_limited_at=now, rate_limit_reset_at=now + timedelta(minutes=1)
+        ),
+        _account(3, priority=30, overload_until=now + timedelta(minutes=2)),
+    ]
+    cache.set_snapshot(SchedulerBucket.parse("0:openai:single"), accounts, rebuild_ms=1.5)
+    cache.update_last_used({1: now - timedelta(seconds=5)})
+    cache.advance_outbox(5)
+    return cache
+
+
+def test_status_json_shape(run_cli: RunCli, built: RedisSchedulerCache) -> None:
+    result = run_cli("status", "--json")
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert set(report) >= {"generated_at", "redis_url", "buckets", "outbox", "last_used", "stats"}
+    (bucket,) = report["buckets"]
+    assert bucket["bucket"] == "0:openai:single"
+    assert bucket["active_version"] == 1
+    assert bucket["account_count"] == 3
+    assert bucket["schedulable_now"] == 1
+    assert bucket["rebuild_ms"] == pytest.approx(1.5)
+    assert 0 <= bucket["age_seconds"] < 60
+    assert report["outbox"]["watermark"] == 5
+    assert report["outbox"]["gaps"] == 0
+    assert set(report["last_used"]) >= {"pending_db_writes", "db_flushes"}
+
+
+def test_status_tables(run_cli: RunCli, built: RedisSchedulerCache) -> None:
+    result = run_cli("status")
+    assert result.code == 0, result
+    assert "0:openai:single" in result.out and "v1" in result.out
+    assert "watermark 5" in result.out
+
+
+def test_snapshot_lists_accounts_in_order_with_flags(
+    run_cli: RunCli, built: RedisSchedulerCache
+) -> None:
+    result = run_cli("snapshot", "0:openai:single")
+    assert result.code == 0, result
+    rows = [line.split() for line in result.out.splitlines() if line.split()[:1] != []]
+    rows = [row for row in rows if row[0].isdigit()]
+    assert [row[1] for row in rows] == ["1", "2", "3"]
+    assert [row[5] for row in rows] == ["yes", "no", "no"]
+    assert "in 1m" in result.out or "in 60s" in result.out or "in 59s" in result.out
+    assert "5s ago" in result.out or "6s ago" in result.out
+    assert "1 schedulable now" in result.out
+    assert "sk-secret" not in result.out
+
+    as_json = json.loads(run_cli("snapshot", "0:openai:single", "--json").out)
+    assert as_json["version"] == 1
+    assert [a["schedulable_now"] for a in as_json["accounts"]] == [True, False, False]
+    assert as_json["accounts"][1]["blocked_until"] is not None
+    assert "sk-secret" not in json.dumps(as_json)
+
+
+# -- database, demo, rebuild, outbox --------------------------------------------------
+
+
+def test_db_init_creates_the_schema_and_is_idempotent(
+    run_cli: RunCli, ops_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    env = {**ops_env, "SCHED_DATABASE_URL": url}
+    for _ in range(2):
+        result = run_cli("db", "init", env=env)
+        assert result.code == 0, result
+        assert f"schema ready in {url}" in result.out
+    store = SqlSource(url, mixed_platforms=["anthropic", "gemini"], donor_platform="antigravity")
+    try:
+        assert store.max_outbox_id() == 0
+    finally:
+        store.close()
+
+
+def test_demo_seed(run_cli: RunCli, source: SqlSource) -> None:
+    result = run_cli("demo", "seed")
+    assert result.code == 0, result
+    assert "4 groups, 300 accounts" in result.out
+    groups = source.active_groups()
+    assert {g.platform for g in groups} == {"anthropic", "openai", "gemini"}
+    accounts = source.get_accounts(range(1, 301))
+    assert len(accounts) == 300
+    platforms = {a.platform for a in accounts.values()}
+    assert platforms == {"anthropic", "openai", "gemini", "antigravity"}
+    now = datetime.now(UTC)
+    resets = [a.rate_limit_reset_at for a in accounts.values() if a.rate_limit_reset_at]
+    limited = [reset for reset in resets if reset > now]
+    assert limited and all(reset <= now + timedelta(seconds=61) for reset in limited)
+    assert any(a.extra.get("mixed_scheduling") for a in accounts.values())
+    again = run_cli("demo", "seed")
+    assert again.code == 0 and "not seeding" in again.out
+    assert len(source.get_accounts(range(1, 400))) == 300
+
+
+def test_rebuild_through_a_real_worker(
+    run_cli: RunCli, source: SqlSource, worker: Worker
+) -> None:
+    source.create_account(name="a", platform="openai", type="apikey")
+    result = run_cli("rebuild", "0:openai:single", "--wait", "30")
+    assert result.code == 0, (result, worker.log())
+    assert "0:openai:single: rebuild queued" in result.out
+    assert "0:openai:single: v" in result.out and "active" in result.out
+    shown = run_cli("snapshot", "0:openai:single", "--json")
+    assert [a["name"] for a in json.loads(shown.out)["accounts"]] == ["a"]
+
+    everything = run_cli("rebuild", "--all", "--wait", "60")
+    assert everything.code == 0, (everything, worker.log())
+    assert "0:anthropic:mixed" in everything.out and "0:gemini:forced" in everything.out
+
+
+def test_rebuild_without_a_worker_coalesces_and_wait_times_out(
+    run_cli: RunCli, configured: Settings
+) -> None:
+    first = run_cli("rebuild", "0:openai:single")
+    assert first.code == 0 and "rebuild queued" in first.out
+    second = run_cli("rebuild", "0:openai:single", "--wait", "0.5")
+    assert "already queued (coalesced)" in second.out
+    assert second.code == 1
+    assert "is a worker consuming" in _one_line_error(second)
+
+
+def test_outbox_tail_marks_applied_pending_and_gaps(
+    run_cli: RunCli, source: SqlSource, configured: Settings
+) -> None:
+    from tasks.runtime import get_cache
+
+    for n in range(5):
+        source.create_account(name=f"a{n}", platform="openai", type="apikey")
+    get_cache().advance_outbox(3, new_gaps=[2])
+    result = run_cli("outbox", "tail", "-n", "10")
+    assert result.code == 0, result
+    states = {int(line.split()[0]): line.split()[3] for line in result.out.splitlines()}
+    assert states == {1: "applied", 2: "gap", 3: "applied", 4: "pending", 5: "pending"}
+    assert "account_changed" in result.out
+    assert len(run_cli("outbox", "tail", "-n", "2").out.splitlines()) == 2
+
+
+def test_outbox_tail_follow_prints_new_events_until_ctrl_c(
+    ops_env: dict[str, str], source: SqlSource, tmp_path: Path
+) -> None:
+    source.create_account(name="first", platform="openai", type="apikey")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tasks", "outbox", "tail", "--follow", "--interval", "0.2"],
+        env=ops_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().split()[0] == b"1"
+        source.create_group("team", "openai")
+        started = time.monotonic()
+        line = process.stdout.readline()
+        assert line.split()[0] == b"2" and b"group_changed" in line
+        assert time.monotonic() - started < 30
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert b"Traceback" not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_in_process_status_uses_runtime_settings(built: RedisSchedulerCache) -> None:
+    """The CLI reads the settings in force (what tests and embedding apps set)."""
+    result = CliRunner().invoke(cli, ["status", "--json"], prog_name="sched")
+    assert result.exit_code == 0, result.output
+    assert wait_for(lambda: json.loads(result.output)["buckets"], what="buckets")
