@@ -25,12 +25,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import redis
 
-from cache import RedisSchedulerCache
+from cache import Account, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
 from tasks.app import app
 from tasks.db import init_schema
@@ -201,6 +203,77 @@ class EventLog:
                 e for e in self.events
                 if e.get("type") == event_type and (name is None or e.get("name") == name)
             ]
+
+
+# -- a source whose reads a test holds open ------------------------------------------
+GATE_READS = "test-gate:reads"
+GATE_GO = "test-gate:go"
+# Below the default soft time limit (18 s): a gate nobody opens fails the read, not the
+# worker.
+GATE_TIMEOUT_SECONDS = 15
+
+
+class GatedSource:
+    """The SQL source, except that each bucket read, once done, waits for the test.
+
+    It reports ``"<pid>:<bucket>:<account count>"`` on ``GATE_READS`` and then waits for
+    a token on ``GATE_GO``: the test decides what happens between a rebuild's read and
+    its write. Workers load it with ``SCHED_SOURCE_FACTORY=tests.worker.conftest:gated_source``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.inner = SqlSource(
+            settings.database_url,
+            mixed_platforms=settings.mixed_platforms,
+            donor_platform=settings.mixed_donor_platform,
+        )
+        self.redis = redis.Redis.from_url(settings.redis_url)
+
+    def accounts_for_bucket(self, bucket: SchedulerBucket, now: datetime) -> list[Account]:
+        accounts = self.inner.accounts_for_bucket(bucket, now)
+        self.redis.rpush(GATE_READS, f"{os.getpid()}:{bucket}:{len(accounts)}")
+        if self.redis.blpop([GATE_GO], timeout=GATE_TIMEOUT_SECONDS) is None:
+            raise RuntimeError(f"gate for {bucket} not opened in {GATE_TIMEOUT_SECONDS} s")
+        return accounts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def close(self) -> None:
+        self.inner.close()
+        self.redis.close()
+
+
+def gated_source(settings: Settings) -> GatedSource:
+    return GatedSource(settings)
+
+
+class Gate:
+    """The test's side of :class:`GatedSource`."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def wait_read(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str, int]:
+        """The next finished read, now waiting: (worker child pid, bucket, accounts)."""
+        reply = self.client.blpop([GATE_READS], timeout=timeout)
+        if reply is None:
+            pytest.fail(f"no gated read within {timeout} s")
+        pid, group, platform, mode, count = reply[1].decode().split(":")
+        return int(pid), f"{group}:{platform}:{mode}", int(count)
+
+    def open(self, times: int = 1) -> None:
+        self.client.rpush(GATE_GO, *["go"] * times)
+
+
+@pytest.fixture
+def gated_env(worker_env: dict[str, str]) -> dict[str, str]:
+    return {**worker_env, "SCHED_SOURCE_FACTORY": "tests.worker.conftest:gated_source"}
+
+
+@pytest.fixture
+def gate(redis_client: redis.Redis) -> Gate:
+    return Gate(redis_client)
 
 
 @pytest.fixture
