@@ -1,0 +1,170 @@
+"""A gateway in miniature: pick an upstream account per request from the scheduling cache.
+
+    SCHED_REDIS_URL=... SCHED_DATABASE_URL=... uvicorn gateway:app --app-dir examples
+
+with a worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
+
+- ``GET /pick?group=0&platform=openai[&force=true]``: the least recently used
+  schedulable account of the best priority, from the bucket's snapshot in Redis (no
+  database read); the touch is recorded with ``record_last_used`` (batched, no Celery
+  message per request).
+- ``POST /admin/accounts/{id}``: change an account's status, admin switch, priority or
+  rate limit in the database, then enqueue the rebuild of its buckets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from cache import Account, InvalidBucket, SchedulerBucket, SchedulerMode
+from tasks import list_schedulable, record_last_used, request_rebuild, runtime
+from tasks.reader import bucket_for
+
+logger = logging.getLogger(__name__)
+
+EPOCH = datetime.min.replace(tzinfo=UTC)
+# Own picks are remembered until the cache surely has them (touches are flushed about
+# every half second); then the cache's time is as new and the entry can go.
+LOCAL_MEMORY = timedelta(seconds=10)
+
+
+class LeastRecentlyUsed:
+    """Picks the least recently used account of the best priority.
+
+    Touches reach the cache in batches, so requests served by this process within one
+    flush would all see the same least-recently-used account; the picker merges its
+    own recent picks with the cache's times to spread them at once. Other processes
+    see them after the next flush.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._picked: dict[int, datetime] = {}
+        self._last = EPOCH
+
+    def pick(self, accounts: Sequence[Account]) -> tuple[Account, datetime] | None:
+        """The account to use and the time of this use; None when there is none."""
+        if not accounts:
+            return None
+        with self._lock:
+            best = min(account.priority for account in accounts)
+            tier = [account for account in accounts if account.priority == best]
+            chosen = min(tier, key=lambda a: (self._used(a), a.id))
+            # Strictly increasing, so two picks in one clock tick still order.
+            now = max(self._clock(), self._last + timedelta(microseconds=1))
+            self._last = now
+            self._picked[chosen.id] = now
+            if len(self._picked) > 10_000:
+                self._forget(now - LOCAL_MEMORY)
+            return chosen, now
+
+    def _used(self, account: Account) -> datetime:
+        return max(account.last_used_at or EPOCH, self._picked.get(account.id, EPOCH))
+
+    def _forget(self, before: datetime) -> None:
+        self._picked = {k: v for k, v in self._picked.items() if v >= before}
+
+
+class Picked(BaseModel):
+    """What the gateway tells about the account it chose: never a credential."""
+
+    id: int
+    name: str
+    platform: str
+    type: str
+    priority: int
+    previous_use: datetime | None
+    bucket: str
+
+
+class AdminChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["active", "disabled", "error"] | None = None
+    schedulable: bool | None = None
+    priority: int | None = Field(default=None, ge=0)
+    rate_limited_for_seconds: float | None = Field(default=None, gt=0, le=86_400)
+    clear_rate_limit: bool = False
+
+
+app = FastAPI(title="sched gateway example")
+picker = LeastRecentlyUsed()
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, str]:
+    runtime.get_cache().ping()
+    return {"status": "ok"}
+
+
+@app.get("/pick", response_model=Picked)
+def pick(
+    group: int = Query(ge=0, description="group id, 0 for accounts in no group"),
+    platform: str = Query(min_length=1, max_length=64),
+    force: bool = False,
+) -> Picked:
+    try:
+        accounts = list_schedulable(group, platform, has_force=force)
+    except InvalidBucket as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    chosen = picker.pick(accounts)
+    if chosen is None:
+        detail = f"no schedulable {platform} account in group {group}"
+        raise HTTPException(status_code=503, detail=detail)
+    account, used_at = chosen
+    record_last_used(account.id, used_at)
+    return Picked(
+        id=account.id, name=account.name, platform=account.platform, type=account.type,
+        priority=account.priority, previous_use=account.last_used_at,
+        bucket=str(bucket_for(group, platform, force, runtime.settings())),
+    )
+
+
+@app.post("/admin/accounts/{account_id}")
+def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
+    from tasks.sqlsource import AccountNotFound
+
+    changes = change.model_dump(
+        exclude_none=True, exclude={"rate_limited_for_seconds", "clear_rate_limit"}
+    )
+    now = datetime.now(UTC)
+    if change.rate_limited_for_seconds is not None:
+        changes["rate_limited_at"] = now
+        changes["rate_limit_reset_at"] = now + timedelta(seconds=change.rate_limited_for_seconds)
+    elif change.clear_rate_limit:
+        changes.update(rate_limited_at=None, rate_limit_reset_at=None)
+    if not changes:
+        raise HTTPException(status_code=422, detail="no change given")
+    source: Any = runtime.get_source()
+    try:
+        account = source.update_account(account_id, **changes)
+    except AccountNotFound as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    # The outbox poller would rebuild these too; asking now makes the change visible
+    # in the time of one rebuild instead of one poll interval later.
+    buckets = sorted(str(bucket) for bucket in buckets_of(account))
+    for bucket in buckets:
+        request_rebuild(bucket)
+    return {"id": account.id, "revision": account.revision, "rebuilds_requested": buckets}
+
+
+def buckets_of(account: Account) -> set[SchedulerBucket]:
+    """Every bucket that can hold ``account``: its platform's modes in each of its groups
+    (group 0 when it has none), and the mixed buckets it is a donor to."""
+    settings = runtime.settings()
+    buckets: set[SchedulerBucket] = set()
+    for group in account.group_ids or (0,):
+        for mode in runtime.modes_for(account.platform, settings):
+            buckets.add(SchedulerBucket(group, account.platform, mode))
+        if account.platform == settings.mixed_donor_platform:
+            for platform in settings.mixed_platforms:
+                buckets.add(SchedulerBucket(group, platform, SchedulerMode.MIXED))
+    return buckets
