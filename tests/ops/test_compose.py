@@ -1,0 +1,164 @@
+"""docker-compose.yml and the Dockerfile, checked without a container engine.
+
+Every service command must be one that works outside compose: a ``sched`` command the
+CLI knows, or ``celery -A tasks`` with options Celery accepts and queues the app routes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from celery.bin.celery import celery as celery_cli
+from click.testing import CliRunner
+
+import celeryconfig
+from tasks.app import app
+from tasks.cli import cli
+from tasks.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+PYTHON_SERVICES = ("db-init", "worker", "beat", "flower")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    services = compose["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_every_service_is_there(compose: dict[str, Any]) -> None:
+    assert set(_services(compose)) >= {"redis", "postgres", *PYTHON_SERVICES}
+
+
+def test_redis_never_evicts_and_keeps_its_data(compose: dict[str, Any]) -> None:
+    redis = _services(compose)["redis"]
+    command = [str(part) for part in redis["command"]]
+    assert command[0] == "redis-server"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(str(v).endswith(":/data") for v in redis["volumes"])
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_postgres_has_a_healthcheck_and_a_volume(compose: dict[str, Any]) -> None:
+    postgres = _services(compose)["postgres"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert any("/var/lib/postgresql/data" in str(v) for v in postgres["volumes"])
+
+
+def test_python_services_share_the_one_image(compose: dict[str, Any]) -> None:
+    for name in PYTHON_SERVICES:
+        service = _services(compose)[name]
+        assert service.get("build") == ".", name
+        assert service.get("image") == "sched-cache:latest", name
+
+
+def test_workers_start_after_the_schema_exists(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    assert services["db-init"]["command"] == ["sched", "db", "init"]
+    assert services["db-init"]["restart"] == "no"
+    assert services["db-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker", "beat", "flower"):
+        depends = services[name]["depends_on"]
+        assert depends["db-init"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_sched_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
+    runner = CliRunner()
+    seen = 0
+    for name, service in _services(compose).items():
+        command = [str(part) for part in service.get("command") or []]
+        if command[:1] != ["sched"]:
+            continue
+        seen += 1
+        # --help after the real arguments: Click still parses (and rejects) every
+        # option name, so a misspelt option or command fails here.
+        result = runner.invoke(cli, [*command[1:], "--help"], prog_name="sched")
+        assert result.exit_code == 0, (name, result.output)
+        assert result.output.startswith(f"Usage: sched {' '.join(_words(command[1:]))}"), name
+    assert seen >= 2
+
+
+def _words(args: list[str]) -> list[str]:
+    words = []
+    for arg in args:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return words
+
+
+def test_celery_commands_name_the_app_and_its_queues(compose: dict[str, Any]) -> None:
+    routed = {queue.name for queue in app.conf.task_queues}
+    assert routed == set(celeryconfig.QUEUES)
+    runner = CliRunner()
+    kinds = set()
+    for name, service in _services(compose).items():
+        command = [str(part) for part in service.get("command") or []]
+        if command[:1] != ["celery"]:
+            continue
+        assert command[1:3] == ["-A", "tasks"], name
+        kind = command[3]
+        kinds.add(kind)
+        if "-Q" in command:
+            queues = set(command[command.index("-Q") + 1].split(","))
+            assert queues == routed, (name, queues)
+        result = runner.invoke(celery_cli, [*command[1:], "--help"])
+        assert result.exit_code == 0, (name, result.output)
+    assert kinds == {"worker", "beat"}
+
+
+def test_every_sched_variable_is_a_setting(compose: dict[str, Any]) -> None:
+    known = {f"SCHED_{name.upper()}" for name in Settings.model_fields}
+    text = COMPOSE.read_text() + DOCKERFILE.read_text()
+    used = set(re.findall(r"\bSCHED_[A-Z0-9_]+", text))
+    for service in _services(compose).values():
+        used |= {key for key in _env(service) if key.startswith("SCHED_")}
+    assert used, "no SCHED_ variable at all?"
+    assert used <= known, used - known
+
+
+def test_flower_has_basic_auth_from_the_environment(compose: dict[str, Any]) -> None:
+    flower = _services(compose)["flower"]
+    assert flower["command"][:2] == ["sched", "flower"]
+    env = _env(flower)
+    assert env["SCHED_FLOWER_USER"]
+    # No default password: compose refuses to start without one.
+    assert re.fullmatch(r"\$\{SCHED_FLOWER_PASSWORD:\?[^}]+\}", env["SCHED_FLOWER_PASSWORD"])
+    assert "password" not in " ".join(flower["command"]).lower()
+    assert flower["healthcheck"]["test"]
+
+
+def test_no_pickle_anywhere() -> None:
+    for path in (COMPOSE, DOCKERFILE, REPO / "celeryconfig.py"):
+        assert "pickle" not in path.read_text().lower(), path
+    assert celeryconfig.accept_content == ["json"]
+
+
+def test_dockerfile_installs_the_project_with_its_service_extras() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.1[1-9]", text, re.MULTILINE)
+    assert "COPY celeryconfig.py" in text
+    assert re.search(r'pip install "\.\[[^\]]*postgres[^\]]*flower[^\]]*\]"', text)
+    assert re.search(r"^USER (?!root)", text, re.MULTILINE)
