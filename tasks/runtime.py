@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from celery.signals import worker_process_init
 
-from cache import RedisSchedulerCache, SchedulerBucket, SchedulerMode
+from cache import InvalidBucket, RedisSchedulerCache, SchedulerBucket, SchedulerMode
 from tasks.app import app
 from tasks.settings import Settings, get_settings
 from tasks.source import Group, Source
@@ -149,11 +149,15 @@ def buckets_of_groups(groups: Iterable[Group], s: Settings | None = None) -> lis
     s = s or settings()
     pairs = [(0, platform) for platform in s.platforms]
     pairs += [(group.id, group.platform) for group in groups if group.id > 0]
-    buckets = {
-        SchedulerBucket(group_id, platform, mode)
-        for group_id, platform in pairs
-        for mode in modes_for(platform, s)
-    }
+    buckets: set[SchedulerBucket] = set()
+    for group_id, platform in pairs:
+        try:
+            buckets.update(
+                SchedulerBucket(group_id, platform, mode) for mode in modes_for(platform, s)
+            )
+        except InvalidBucket as exc:
+            # One bad row in the groups table must not stop every other refresh.
+            logger.warning("group %s has no usable platform: %s", group_id, exc)
     return sorted(buckets, key=lambda b: (b.group_id, b.platform, b.mode.value))
 
 
