@@ -242,7 +242,6 @@ def flush_pending(cache: RedisSchedulerCache, source: Source) -> dict[str, int]:
 @app.task(  # type: ignore[untyped-decorator]
     name="tasks.flush_last_used",
     bind=True,
-    queue="last_used",
     **RETRY,
 )
 def flush_last_used(self: Task) -> dict[str, Any]:
@@ -316,7 +315,6 @@ def _time(account_id: int, raw: object) -> datetime:
 
 @app.task(  # type: ignore[untyped-decorator]
     name="tasks.update_last_used",
-    queue="last_used",
     **RETRY,
     throws=(InvalidLastUsed,),
 )

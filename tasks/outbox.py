@@ -348,7 +348,7 @@ POLL_MAX_RETRIES = 3
 
 
 @app.task(  # type: ignore[untyped-decorator]
-    name="tasks.poll_outbox", bind=True, queue="outbox", max_retries=POLL_MAX_RETRIES
+    name="tasks.poll_outbox", bind=True, max_retries=POLL_MAX_RETRIES
 )
 def poll_outbox(self: Task) -> dict[str, Any]:
     """Beat, every ``outbox_interval_seconds``: apply new outbox events (one at a time)."""
