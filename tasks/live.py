@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -21,6 +22,15 @@ def _age(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def _since(iso: str | None, now: datetime) -> str:
+    if not iso:
+        return "-"
+    try:
+        return f"{_age((now - datetime.fromisoformat(iso)).total_seconds())} ago"
+    except (ValueError, TypeError):
+        return iso
 
 
 def _num(value: int | None) -> str:
@@ -72,7 +82,7 @@ def summary_lines(report: StatusReport) -> list[Text]:
         ("last used  ", "bold"),
         f"flushes to db {_num(used.db_flushes)}  rows {_num(used.db_rows_written)}"
         f"  pending {used.pending_db_writes}"
-        f"  last flush {used.last_db_flush_at or '-'}",
+        f"  last flush {_since(used.last_db_flush_at, report.generated_at)}",
     )
     active = sum(1 for row in report.buckets if row.active_version is not None)
     buckets = Text.assemble(

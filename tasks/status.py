@@ -64,24 +64,14 @@ class StatusReport(BaseModel):
     stats: dict[str, str]
 
 
-def _first_int(stats: Mapping[str, str], *names: str) -> int | None:
-    # The counters are written by the tasks; reading a couple of spellings keeps the
-    # view working while their names settle, and an absent counter reads as None.
-    for name in names:
-        raw = stats.get(name)
-        if raw is not None:
-            try:
-                return int(float(raw))
-            except ValueError:
-                return None
-    return None
-
-
-def _first_text(stats: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        if name in stats:
-            return stats[name]
-    return None
+def _int(stats: Mapping[str, str], name: str) -> int | None:
+    """A counter the tasks record (tasks/rebuild.py, outbox.py, lastused.py name them);
+    None until the first time it is recorded."""
+    raw = stats.get(name)
+    try:
+        return None if raw is None else int(float(raw))
+    except ValueError:
+        return None
 
 
 def collect_status(
@@ -107,21 +97,21 @@ def collect_status(
     watermark = cache.get_outbox_watermark()
     gaps = cache.outbox_gaps()
     newest = source.max_outbox_id() if source is not None else None
-    lag = max(0, newest - watermark) if newest is not None else _first_int(stats, "outbox_lag")
+    lag = max(0, newest - watermark) if newest is not None else _int(stats, "outbox_lag")
     outbox = OutboxStatus(
         watermark=watermark,
         newest_id=newest,
         lag=lag,
         gaps=len(gaps),
         oldest_gap_seconds=(now - min(gaps.values())).total_seconds() if gaps else None,
-        events_applied=_first_int(stats, "outbox_events", "outbox_events_applied"),
-        last_poll_at=_first_text(stats, "outbox_last_poll_at", "outbox_polled_at"),
+        events_applied=_int(stats, "outbox_events_applied"),
+        last_poll_at=stats.get("outbox_last_poll_at"),
     )
     last_used = LastUsedStatus(
         pending_db_writes=len(cache.pending_last_used()),
-        db_flushes=_first_int(stats, "last_used_db_flushes"),
-        db_rows_written=_first_int(stats, "last_used_db_rows"),
-        last_db_flush_at=_first_text(stats, "last_used_db_flush_at"),
+        db_flushes=_int(stats, "last_used_db_flushes"),
+        db_rows_written=_int(stats, "last_used_db_rows"),
+        last_db_flush_at=stats.get("last_used_db_flush_at"),
     )
     return StatusReport(
         generated_at=now,
@@ -129,7 +119,7 @@ def collect_status(
         buckets=rows,
         outbox=outbox,
         last_used=last_used,
-        rebuilds=_first_int(stats, "rebuilds", "rebuilds_done"),
+        rebuilds=_int(stats, "rebuilds"),
         stats=stats,
     )
 
