@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -58,6 +59,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
     @property
@@ -90,6 +92,13 @@ class Child:
         finally:
             if self._log is not None:
                 self._log.close()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM should ``sched run`` itself be killed outright, so a
+    `kill -9` or a closed terminal leaves no worker behind (Linux's PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
