@@ -335,13 +335,17 @@ def test_postgres_transactions_committing_out_of_order_are_both_applied(
 
 # -- sources for worker processes (SCHED_SOURCE_FACTORY) --------------------------------
 class SlowSource:
-    """The SQL source with a slow account read: a poll stays in flight long enough for
-    the test to act while it runs."""
+    """The SQL source with slow account reads and last-use writes: a poll or a flush
+    stays in flight long enough for the test to act while it runs. While a slow write
+    runs, the key :data:`WRITING` is set in the worker's Redis, for the test to see."""
 
     delay = 0.6
+    # Long enough that a test sees the flush in its write and kills it there.
+    write_delay = 1.5
 
-    def __init__(self, inner: SqlSource) -> None:
+    def __init__(self, inner: SqlSource, redis_url: str) -> None:
         self.inner = inner
+        self.redis = redis.Redis.from_url(redis_url)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -354,14 +358,18 @@ class SlowSource:
         return self.inner.outbox_after(after_id, limit)
 
     def update_last_used(self, updates: Mapping[int, datetime]) -> int:
-        time.sleep(self.delay)
+        self.redis.set(WRITING, 1, px=int(self.write_delay * 1000))
+        time.sleep(self.write_delay)
         return self.inner.update_last_used(updates)
 
 
+WRITING = "test:slow-source:writing"
+
+
 def slow_source(settings: Settings) -> SlowSource:
-    return SlowSource(SqlSource(
+    inner = SqlSource(
         settings.database_url,
         mixed_platforms=settings.mixed_platforms,
         donor_platform=settings.mixed_donor_platform,
-    ))
-
+    )
+    return SlowSource(inner, settings.redis_url)
