@@ -66,8 +66,10 @@ def _scrub(text: str, urls: Sequence[str]) -> str:
 def _failure(exc: BaseException) -> tuple[int, str] | None:
     """Exit status and one-line message for an error the user can act on, else None."""
     from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import ArgumentError as BadDatabaseUrl
 
     from tasks.db import SourceError, SourceUnavailable
+    from tasks.ops import BadSetting
 
     if isinstance(exc, click.UsageError):
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
@@ -76,12 +78,15 @@ def _failure(exc: BaseException) -> tuple[int, str] | None:
         return exc.exit_code, exc.format_message()
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         return EXIT_USAGE, _settings_error(exc)
-    if isinstance(exc, InvalidBucket):
+    if isinstance(exc, InvalidBucket | BadSetting):
         return EXIT_USAGE, str(exc)
     try:
         settings: Settings | None = _settings()
     except ValidationError:
         settings = None
+    if isinstance(exc, BadDatabaseUrl):
+        url = mask_url(settings.database_url) if settings else "?"
+        return EXIT_USAGE, f"invalid SCHED_DATABASE_URL {url!r}: {exc}"
     if isinstance(exc, CacheUnavailable):
         url = mask_url(settings.redis_url) if settings else "SCHED_REDIS_URL"
         return EXIT_UNREACHABLE, f"cannot reach Redis at {url}: {exc.__cause__ or exc}"
@@ -140,9 +145,14 @@ def _settings() -> Settings:
 
 
 def _cache() -> Any:
+    from tasks.ops import BadSetting
     from tasks.runtime import get_cache
 
-    cache = get_cache()
+    try:
+        cache = get_cache()
+    except ValueError as exc:  # redis-py's verdict on a malformed URL
+        url = mask_url(_settings().redis_url)
+        raise BadSetting(f"invalid SCHED_REDIS_URL {url!r}: {exc}") from exc
     cache.ping()
     return cache
 

@@ -110,6 +110,27 @@ def test_malformed_setting_is_one_line_and_exit_2(run_cli: RunCli, ops_env: dict
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "args", "shown"),
+    [
+        ("SCHED_REDIS_URL", "localhost:6379", ("status",), "'localhost:6379'"),
+        ("SCHED_REDIS_URL", "redis://:hunter2pw@h:port/0", ("status",), "redis://:***@h:port/0"),
+        ("SCHED_DATABASE_URL", "nonsense", ("db", "init"), "'nonsense'"),
+        ("SCHED_DATABASE_URL", "postgresql+nodriver://u:hunter2pw@h/db", ("db", "init"),
+         "postgresql+nodriver://u:***@h/db"),
+    ],
+)
+def test_malformed_url_is_exit_2_and_masked(
+    run_cli: RunCli, ops_env: dict[str, str], variable: str, value: str,
+    args: tuple[str, ...], shown: str,
+) -> None:
+    result = run_cli(*args, env={**ops_env, variable: value})
+    assert result.code == 2, result
+    line = _one_line_error(result)
+    assert f"invalid {variable}" in line and shown in line
+    assert "hunter2pw" not in result.err
+
+
+@pytest.mark.parametrize(
     "args", [("status",), ("snapshot", "0:openai:single"), ("rebuild", "0:openai:single")]
 )
 def test_unreachable_redis_names_the_masked_url(
