@@ -290,7 +290,9 @@ class OutboxPoller:
             old = self._cached(account_id)
             new = current.get(account_id)
             if new is not None:
-                self.cache.set_account(new)
+                # Many events name one account; after the first, the cache has its row.
+                if old is None or new.revision is None or old.revision != new.revision:
+                    self.cache.set_account(new)
             else:
                 self.cache.delete_account(account_id)
             buckets |= self.account_buckets(old, new, groups)
