@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -327,13 +329,33 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+        _sqlite_use_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         # Safe with WAL: a power loss may drop the last commits, never corrupt the file.
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _sqlite_use_wal(cursor: Any) -> None:
+    # WAL is a property of the file, set once. Switching needs the file to itself and
+    # SQLite does not wait on its busy timeout for that: when several processes open a
+    # new file at once the losers see "database is locked" and try again.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:

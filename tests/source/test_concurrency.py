@@ -153,3 +153,29 @@ def test_concurrent_updates_of_one_account_each_get_a_revision(db_url: str) -> N
         assert sorted(revisions) == list(range(start + 1, start + 41))
     finally:
         source.close()
+
+
+def test_init_schema_run_at_once_by_several_processes_settles(db_url: str) -> None:
+    """`sched db init` from a worker start and an operator at the same moment."""
+    errors: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            init_schema(db_url).dispose()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=init) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    source = SqlSource(db_url)
+    try:
+        first = source.create_account(name="a", platform="openai", type="apikey").revision
+        assert first is not None
+        assert source.update_account(1, priority=1).revision == first + 1  # one trigger
+    finally:
+        source.close()
