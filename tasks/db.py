@@ -51,6 +51,10 @@ class SchemaMissing(SourceError):
     """The tables do not exist: the schema was never created (``sched db init``)."""
 
 
+class InvalidDatabaseUrl(SourceError, ValueError):
+    """A database URL that does not parse or names a driver that is not installed."""
+
+
 def mask_url(url: str | sa.URL) -> str:
     """``url`` with its password replaced by ``***``, fit to print or log."""
     try:
@@ -304,17 +308,25 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
     queue on the busy timeout instead of failing on a lock upgrade. PostgreSQL:
     connections are pinged before use, so a restarted server costs no failed task.
     """
-    url = sa.make_url(url)
-    if url.get_backend_name() == "sqlite":
-        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
-        engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
-        event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
-    else:
-        connect_args = {}
-        if url.get_backend_name() == "postgresql":
-            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
-        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    try:
+        url = sa.make_url(url)
+        if url.get_backend_name() == "sqlite":
+            connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+            engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+        else:
+            connect_args = {}
+            if url.get_backend_name() == "postgresql":
+                connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+            engine = sa.create_engine(
+                url, pool_pre_ping=True, connect_args=connect_args, **kwargs
+            )
+    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as err:
+        raise InvalidDatabaseUrl(
+            f"invalid database url {mask_url(url)}: {err}"
+            " (expected sqlite:///path or postgresql+psycopg://user:password@host/db)"
+        ) from err
     _dispose_in_forked_children(engine)
     return engine
 

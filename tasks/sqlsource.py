@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from cache import Account, SchedulerBucket, SchedulerMode
 from tasks.db import (
+    InvalidDatabaseUrl,
     SchemaMissing,
     SourceError,
     SourceUnavailable,
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AccountNotFound",
     "GroupNotFound",
+    "InvalidDatabaseUrl",
     "SchemaMissing",
     "SourceError",
     "SourceUnavailable",

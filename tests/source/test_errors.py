@@ -10,7 +10,14 @@ import pytest
 import sqlalchemy as sa
 
 from cache import SchedulerBucket
-from tasks.db import SchemaMissing, SourceUnavailable, init_schema, make_engine, mask_url
+from tasks.db import (
+    InvalidDatabaseUrl,
+    SchemaMissing,
+    SourceUnavailable,
+    init_schema,
+    make_engine,
+    mask_url,
+)
 from tasks.sqlsource import SqlSource
 from tests.source.helpers import sql
 from tests.support import free_port
@@ -98,3 +105,14 @@ def test_sqlite_engine_settings(tmp_path: Path) -> None:
         assert sql(source, "PRAGMA busy_timeout")[0][0] >= 5000
     finally:
         source.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "postgresql+nosuchdriver://app:s3cret@h/db", "mysql://app:s3cret@h/db"]
+)
+def test_a_bad_url_is_a_clear_error_without_the_password(url: str) -> None:
+    with pytest.raises(InvalidDatabaseUrl, match="invalid database url") as caught:
+        SqlSource(url)
+
+    assert "s3cret" not in str(caught.value)
+    assert isinstance(caught.value, ValueError)
