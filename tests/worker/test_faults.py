@@ -151,3 +151,30 @@ def test_bad_task_arguments_fail_once_with_a_clear_error(
     # The worker is still fine.
     assert request_rebuild("0:openai:single") is True
     wait_for(lambda: task_cache.stats().get("rebuilds"), what="a good rebuild after")
+
+
+def test_a_rebuild_whose_database_stays_down_retries_then_fails_loudly(
+    worker_env: dict[str, str], start_worker: Any, task_cache: RedisSchedulerCache
+) -> None:
+    # Port 1 refuses connections: the database is "down" for the whole test.
+    env = {
+        **worker_env,
+        "SCHED_DATABASE_URL": "postgresql+psycopg://sched:secret@127.0.0.1:1/none",
+        "SCHED_TASK_MAX_RETRIES": "2",
+        "SCHED_RETRY_BACKOFF_MAX_SECONDS": "1",
+    }
+    worker: WorkerProcess = start_worker(env)
+    bucket = SchedulerBucket(7, "openai", "single")
+    with EventLog() as events:
+        assert request_rebuild(bucket) is True
+        failed = wait_for(lambda: events.of("task-failed"), what="the rebuild to give up")
+        retried = events.of("task-retried")
+
+    assert len(failed) == 1 and len(retried) == 2
+    assert "unavailable" in failed[0]["exception"]
+    assert "secret" not in failed[0]["exception"]  # the password is masked
+    log = worker.log_tail(20_000)
+    assert f"rebuild of bucket {bucket} given up after 2 retries" in log
+    wait_for(lambda: task_cache.stats().get("rebuilds_failed") == "1", what="failure counted")
+    # Not silently dropped: the next request sends a rebuild again.
+    assert request_rebuild(bucket) is True
