@@ -213,6 +213,7 @@ def run_system(settings: Settings, options: RunOptions) -> None:
         console.print(f"  {summary.groups} groups, {summary.accounts} accounts")
     source = open_source(settings)
     options.run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(options.run_dir / "sched-run.log")
     port = choose_flower_port(settings, options.flower_port)
     services = _Services(
         settings=settings,
@@ -248,6 +249,18 @@ def run_system(settings: Settings, options: RunOptions) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         console.print("stopped everything `sched run` started.")
+
+
+def _log_to_file(path: Path) -> None:
+    """This process's own log lines go to a file: on the terminal they would tear the
+    live view (and at Ctrl-C, ``make run``'s Redis stops first, which they would report)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
 
 
 def _worker_argv(options: RunOptions) -> list[str]:
