@@ -60,7 +60,7 @@ def _failure(exc: BaseException) -> tuple[int, str] | None:
     from kombu.exceptions import OperationalError as BrokerError
     from sqlalchemy.exc import ArgumentError as BadDatabaseUrl
 
-    from tasks.db import SourceError, SourceUnavailable
+    from tasks.db import InvalidDatabaseUrl, SourceError, SourceUnavailable
     from tasks.ops import BadSetting
 
     if isinstance(exc, click.UsageError):
@@ -76,9 +76,9 @@ def _failure(exc: BaseException) -> tuple[int, str] | None:
         settings: Settings | None = settings_in_force()
     except ValidationError:
         settings = None
-    if isinstance(exc, BadDatabaseUrl):
+    if isinstance(exc, InvalidDatabaseUrl | BadDatabaseUrl):
         url = mask_url(settings.database_url) if settings else "?"
-        return EXIT_USAGE, f"invalid SCHED_DATABASE_URL {url!r}: {exc}"
+        return EXIT_USAGE, f"invalid SCHED_DATABASE_URL {url!r}: {exc.__cause__ or exc}"
     if isinstance(exc, CacheUnavailable):
         url = mask_url(settings.redis_url) if settings else "SCHED_REDIS_URL"
         return EXIT_UNREACHABLE, f"cannot reach Redis at {url}: {exc.__cause__ or exc}"
