@@ -52,6 +52,7 @@ REFRESH_LOCK_SHARE = 0.9
 # refresh intervals has lost its queued task (it gave up, or the broker lost it).
 STALE_AFTER_INTERVALS = 2
 
+# Task options are fixed when the task is declared, from the settings at import.
 _settings = runtime.settings()
 _retry: dict[str, Any] = {
     "autoretry_for": TRANSIENT,
@@ -124,7 +125,8 @@ def rebuild_bucket(self: Task, bucket: str) -> str:
     cache = runtime.get_cache()
     # The task id as token: a redelivered task whose first run was killed takes its
     # own lock back at once instead of waiting for the TTL.
-    token = cache.try_lock_bucket(parsed, _settings.lock_ttl_seconds, token=self.request.id)
+    ttl = runtime.settings().lock_ttl_seconds
+    token = cache.try_lock_bucket(parsed, ttl, token=self.request.id)
     if token is None:
         cache.record_stats({"rebuilds_lock_busy": 1})
         delay = min(BUSY_RETRY_FIRST_SECONDS * 2 ** self.request.retries, BUSY_RETRY_MAX_SECONDS)
@@ -147,7 +149,7 @@ def rebuild_bucket(self: Task, bucket: str) -> str:
 
 def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
     """Seconds to wait before rebuilding ``bucket`` again; 0 after a quiet spell."""
-    interval = _settings.rebuild_min_interval_seconds
+    interval = runtime.settings().rebuild_min_interval_seconds
     if interval <= 0:
         return 0.0
     built_at = cache.bucket_info(bucket).built_at
@@ -197,20 +199,20 @@ def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
     """
     if not isinstance(force, bool):
         raise TypeError(f"force must be a bool, got {force!r}")
-    cache, source = runtime.get_cache(), runtime.get_source()
-    ttl = _settings.refresh_interval_seconds * REFRESH_LOCK_SHARE
+    s, cache, source = runtime.settings(), runtime.get_cache(), runtime.get_source()
+    ttl = s.refresh_interval_seconds * REFRESH_LOCK_SHARE
     if not force and cache.try_lock(REFRESH_LOCK, ttl, token=self.request.id) is None:
         cache.record_stats({"refresh_skipped": 1})
         return {"skipped": 1}
     groups = source.active_groups()
-    defaults = set(runtime.buckets_of_groups(groups, _settings))
+    defaults = set(runtime.buckets_of_groups(groups, s))
     active_groups = {group.id for group in groups}
     stale_before = datetime.now(UTC) - timedelta(
-        seconds=_settings.refresh_interval_seconds * STALE_AFTER_INTERVALS
+        seconds=s.refresh_interval_seconds * STALE_AFTER_INTERVALS
     )
     figures = {"sent": 0, "coalesced": 0, "requeued": 0, "retired": 0}
     for bucket in sorted(defaults | set(cache.list_buckets()), key=str):
-        if bucket not in defaults and not _exists(bucket, active_groups):
+        if bucket not in defaults and not _exists(bucket, active_groups, s.platforms):
             cache.retire_bucket(bucket)
             figures["retired"] += 1
             logger.info("retired bucket %s: its group is gone or inactive", bucket)
@@ -227,9 +229,9 @@ def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
     return figures
 
 
-def _exists(bucket: SchedulerBucket, active_groups: set[int]) -> bool:
+def _exists(bucket: SchedulerBucket, active_groups: set[int], platforms: list[str]) -> bool:
     if bucket.group_id == 0:
-        return bucket.platform in _settings.platforms
+        return bucket.platform in platforms
     return bucket.group_id in active_groups
 
 
