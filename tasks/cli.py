@@ -93,7 +93,9 @@ def status(as_json: bool) -> None:
     Console(emoji=False, highlight=False, markup=False).print(render_report(report))
 
 
-@cli.command()
+@cli.command(
+    epilog="\b\nExamples:\n  sched snapshot 0:openai:single\n  sched snapshot 12:anthropic:mixed --json"
+)
 @click.argument("bucket")
 @click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
 def snapshot(bucket: str, as_json: bool) -> None:
@@ -116,7 +118,9 @@ def snapshot(bucket: str, as_json: bool) -> None:
     print_snapshot(cache.bucket_info(parsed), accounts, datetime.now(UTC), as_json=as_json)
 
 
-@cli.command()
+@cli.command(
+    epilog="\b\nExamples:\n  sched rebuild 0:anthropic:single --wait 10\n  sched rebuild --all"
+)
 @click.argument("bucket", required=False)
 @click.option("--all", "all_buckets", is_flag=True, help="Every registered and default bucket.")
 @click.option(
@@ -193,8 +197,9 @@ def demo() -> None:
 
 @demo.command("seed")
 @click.option("--scale", type=click.FloatRange(min=0.01, max=100), default=1.0, show_default=True,
+              metavar="FACTOR",
               help="Multiply the number of demo accounts (about 300 at 1.0).")
-@click.option("--seed", "rng_seed", type=int, default=7, show_default=True,
+@click.option("--seed", "rng_seed", type=int, default=7, show_default=True, metavar="N",
               help="Random seed: the same seed gives the same data set.")
 @click.option("--force", is_flag=True, help="Add the data set even if accounts exist.")
 def demo_seed(scale: float, rng_seed: int, force: bool) -> None:
@@ -225,9 +230,9 @@ def outbox() -> None:
     """The scheduler outbox: changes waiting to reach the cache."""
 
 
-@outbox.command("tail")
+@outbox.command("tail", epilog="\b\nExamples:\n  sched outbox tail -n 50\n  sched outbox tail -f")
 @click.option("-n", "--limit", type=click.IntRange(min=1, max=10_000), default=20,
-              show_default=True, help="How many of the newest events to show.")
+              show_default=True, metavar="N", help="How many of the newest events to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               metavar="SECONDS", help="With --follow: how often to look for new events.")
@@ -268,9 +273,9 @@ def _stop_on_ctrl_c() -> Iterator[None]:
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
+@click.option("--port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="Port to listen on [default: SCHED_FLOWER_PORT].")
-@click.option("--address", default="127.0.0.1", show_default=True,
+@click.option("--address", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on (0.0.0.0 in a container).")
 def flower(port: int | None, address: str) -> None:
     """Run Flower, the Celery monitor, with basic auth from SCHED_FLOWER_USER and
@@ -284,9 +289,10 @@ def flower(port: int | None, address: str) -> None:
 @click.option("--demo/--no-demo", default=None,
               help="Seed the demo data set and run the demo driver "
                    "[default: only when SCHED_DATABASE_URL is unset].")
-@click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
+@click.option("--flower-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="Flower's port [default: SCHED_FLOWER_PORT if free, else any free port].")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True,
+              metavar="N",
               help="Worker processes.")
 def run(demo: bool | None, flower_port: int | None, concurrency: int) -> None:
     """Run the system here: a worker with beat, Flower, and a live view (Ctrl-C stops it).
