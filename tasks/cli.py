@@ -94,7 +94,8 @@ def status(as_json: bool) -> None:
 
 
 @cli.command(
-    epilog="\b\nExamples:\n  sched snapshot 0:openai:single\n  sched snapshot 12:anthropic:mixed --json"
+    epilog="\b\nExamples:\n  sched snapshot 0:openai:single\n"
+    "  sched snapshot 12:anthropic:mixed --json"
 )
 @click.argument("bucket")
 @click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
