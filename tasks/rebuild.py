@@ -30,16 +30,13 @@ from typing import Any
 
 from celery import Task
 
-from cache import CacheError, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
+from cache import CacheError, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
 from tasks.app import app
-from tasks.db import SourceUnavailable
+from tasks.retrying import TRANSIENT, RetryingTask
 
 logger = logging.getLogger(__name__)
 
-# Failures worth retrying: the server may be back in a moment. Anything else (a
-# malformed bucket, wrong arguments) fails at once.
-TRANSIENT = (CacheUnavailable, SourceUnavailable)
 # A busy lock is another rebuild of the same bucket, which takes milliseconds: retry
 # soon, doubling from this up to the cap, with jitter so waiters do not march in step.
 BUSY_RETRY_FIRST_SECONDS = 0.05
@@ -52,16 +49,6 @@ REFRESH_LOCK_SHARE = 0.9
 # refresh intervals has lost its queued task (it gave up, or the broker lost it).
 STALE_AFTER_INTERVALS = 2
 
-# Task options are fixed when the task is declared, from the settings at import.
-_settings = runtime.settings()
-_retry: dict[str, Any] = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": True,
-    "retry_backoff_max": _settings.retry_backoff_max_seconds,
-    "retry_jitter": True,
-    "max_retries": _settings.task_max_retries,
-}
-
 
 def _bucket_arg(args: Any, kwargs: Any) -> object:
     if args:
@@ -69,7 +56,7 @@ def _bucket_arg(args: Any, kwargs: Any) -> object:
     return (kwargs or {}).get("bucket")
 
 
-class _RebuildTask(Task):  # type: ignore[misc]
+class _RebuildTask(RetryingTask):
     """Says loudly when a rebuild is given up, and lets the bucket be requested again."""
 
     def on_failure(
@@ -118,7 +105,7 @@ def _send(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> None:
         cache.record_stats({"rebuild_requests_sent": 1})
 
 
-@app.task(name="tasks.rebuild_bucket", bind=True, base=_RebuildTask, **_retry)  # type: ignore[untyped-decorator]
+@app.task(name="tasks.rebuild_bucket", bind=True, base=_RebuildTask)  # type: ignore[untyped-decorator]
 def rebuild_bucket(self: Task, bucket: str) -> str:
     """Rebuild one bucket's snapshot from the source, if a request is not covered yet."""
     parsed = SchedulerBucket.parse(bucket)
@@ -190,7 +177,7 @@ def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     return f"v{version} {state}: {len(accounts)} accounts in {total_ms:.1f} ms"
 
 
-@app.task(name="tasks.refresh_buckets", bind=True, **_retry)  # type: ignore[untyped-decorator]
+@app.task(name="tasks.refresh_buckets", bind=True, base=RetryingTask)  # type: ignore[untyped-decorator]
 def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
     """Request a rebuild of every registered and default bucket; retire gone ones.
 
