@@ -92,6 +92,15 @@ def summary_lines(report: StatusReport) -> list[Text]:
     return [buckets, outbox, last_used]
 
 
+def _one_line(part: RenderableType) -> RenderableType:
+    """Lines of text are cut, not wrapped, so the view's height is what it counts."""
+    if isinstance(part, Text):
+        part = part.copy()
+        part.no_wrap = True
+        part.overflow = "ellipsis"
+    return part
+
+
 def render_report(
     report: StatusReport,
     *,
@@ -100,7 +109,8 @@ def render_report(
     height: int | None = None,
 ) -> RenderableType:
     """The report as one renderable; with ``height``, the bucket table is cut to fit."""
-    summary = summary_lines(report)
+    header, footer = [_one_line(part) for part in header], [_one_line(part) for part in footer]
+    summary = [_one_line(line) for line in summary_lines(report)]
     max_rows = None
     if height is not None:
         # header + summary + table header + footer, and one spare line for the cursor

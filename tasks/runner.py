@@ -103,6 +103,9 @@ def _die_with_parent() -> None:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
+        # As Flower (tornado) binds: connections of an earlier run lingering in
+        # TIME_WAIT do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -178,8 +181,9 @@ class _Services:
             ),
             Text.assemble(
                 ("worker     ", "bold"),
-                f"beat embedded, {self.options.concurrency} processes, queues {','.join(QUEUES)}  ",
                 self._state(self.worker, self.worker_ready),
+                f"  beat embedded, {self.options.concurrency} processes,"
+                f" queues {','.join(QUEUES)}",
             ),
             Text.assemble(
                 ("servers    ", "bold"),
