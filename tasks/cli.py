@@ -305,6 +305,7 @@ def run(demo: bool | None, flower_port: int | None, concurrency: int) -> None:
     from tasks.runner import RunOptions, run_system
 
     settings = _settings()
+    _cache()  # a malformed or unreachable Redis is reported before anything starts
     if demo is None:
         demo = "database_url" not in settings.model_fields_set
     run_system(settings, RunOptions(demo=demo, flower_port=flower_port, concurrency=concurrency))

@@ -210,6 +210,7 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     console = Console(emoji=False, highlight=False, markup=False)
     cache = get_cache()
     cache.ping()  # fail before starting anything when Redis is not there
+    port = choose_flower_port(settings, options.flower_port)
     init_schema(settings.database_url).dispose()
     if options.demo and count_accounts(settings.database_url) == 0:
         console.print(f"seeding the demo data set into {mask_url(settings.database_url)} ...")
@@ -218,7 +219,6 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     source = open_source(settings)
     options.run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(options.run_dir / "sched-run.log")
-    port = choose_flower_port(settings, options.flower_port)
     services = _Services(
         settings=settings,
         options=options,

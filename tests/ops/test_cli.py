@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,7 +132,8 @@ def test_malformed_url_is_exit_2_and_masked(
 
 
 @pytest.mark.parametrize(
-    "args", [("status",), ("snapshot", "0:openai:single"), ("rebuild", "0:openai:single")]
+    "args",
+    [("status",), ("snapshot", "0:openai:single"), ("rebuild", "0:openai:single"), ("run",)],
 )
 def test_unreachable_redis_names_the_masked_url(
     run_cli: RunCli, ops_env: dict[str, str], args: tuple[str, ...]
@@ -154,6 +156,17 @@ def test_unreachable_database_names_the_masked_url(
         line = _one_line_error(result)
         assert "postgresql+psycopg://sched:***@127.0.0.1" in line, line
         assert "hunter2pw" not in result.err + result.out
+
+
+def test_run_refuses_a_busy_flower_port(run_cli: RunCli, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("run", "--flower-port", str(port))
+    assert result.code == 2, result
+    assert f"Flower port {port} is in use" in _one_line_error(result)
+    assert not (tmp_path / ".run").exists()  # nothing was started
 
 
 def test_missing_snapshot_is_exit_3(run_cli: RunCli) -> None:
