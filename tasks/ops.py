@@ -173,6 +173,7 @@ def print_snapshot(
         f"{info.bucket} v{info.active_version}: {len(rows)} accounts,"
         f" {schedulable} schedulable now, built {_relative(info.built_at, now)}{rebuild}",
         markup=False,
+        soft_wrap=True,  # one line, also when piped (Rich assumes 80 columns then)
     )
 
 
