@@ -241,7 +241,9 @@ def test_snapshot_lists_accounts_in_order_with_flags(
     assert [row[5] for row in rows] == ["yes", "no", "no"]
     assert "in 1m" in result.out or "in 60s" in result.out or "in 59s" in result.out
     assert "5s ago" in result.out or "6s ago" in result.out
-    assert "1 schedulable now" in result.out
+    summary = result.out.strip().splitlines()[-1]
+    assert summary.startswith("0:openai:single v1: 3 accounts, 1 schedulable now, built ")
+    assert summary.endswith("rebuild 1.5 ms")
     assert "sk-secret" not in result.out
 
     as_json = json.loads(run_cli("snapshot", "0:openai:single", "--json").out)
