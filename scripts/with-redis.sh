@@ -22,7 +22,9 @@ fi
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 workdir="$(mktemp -d)"
-redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+# A session of its own: Ctrl-C in the terminal reaches the command, which then shuts
+# down while Redis is still there; Redis is stopped afterwards, by the trap below.
+setsid redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
   --dir "$workdir" --logfile "$workdir/redis.log" --daemonize no &
 redis_pid=$!
 cleanup() {
