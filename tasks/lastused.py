@@ -40,6 +40,9 @@ Clock = Callable[[], datetime]
 # The database flush is a singleton: two beats, or a slow flush overlapping the next
 # tick, would only write the same rows twice, but there is no reason to let them.
 FLUSH_LOCK = "last-used-flush"
+# A fork waits at most this long for a flush in progress (a Redis call that may be
+# waiting for its socket timeout) before it goes ahead anyway.
+FORK_WAIT_SECONDS = 10.0
 # Failures worth retrying: the data is safe in Redis (or still in the message) meanwhile.
 TRANSIENT_ERRORS = (CacheUnavailable, SourceError)
 RETRY: dict[str, Any] = {
@@ -101,18 +104,34 @@ class LastUsedBatcher:
         self.flushes = 0
         self.sent = 0
         ref = weakref.ref(self)
-        # A forked child (gunicorn, a Celery prefork pool) must not share the parent's
-        # lock or believe it has a flusher thread: the thread did not survive the fork.
-        os.register_at_fork(after_in_child=lambda: _call(ref, "_reset_state"))
+        # A fork (gunicorn, a Celery prefork pool) waits for a flush in progress: a
+        # child forked while the flusher thread is inside a Redis call inherits the
+        # connection pool's lock held, and its first Redis call would hang. The child
+        # starts with fresh locks, no batch (the parent sends it) and no thread (the
+        # thread did not survive the fork; the next touch starts one).
+        os.register_at_fork(
+            before=lambda: _call(ref, "_before_fork"),
+            after_in_parent=lambda: _call(ref, "_after_fork_in_parent"),
+            after_in_child=lambda: _call(ref, "_reset_state"),
+        )
         atexit.register(_call, ref, "close")
 
     def _reset_state(self) -> None:
+        self._held_for_fork = False
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._batch: dict[int, datetime] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._failing = False
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._flush_lock.acquire(timeout=FORK_WAIT_SECONDS)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._flush_lock.release()
 
     @property
     def pending(self) -> int:

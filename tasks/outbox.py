@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +32,7 @@ from cache import Account, CacheError, CorruptPayload, RedisSchedulerCache, Sche
 from tasks.app import app
 from tasks.db import SourceError
 from tasks.outbox_events import BatchPlan, plan_batch
+from tasks.rebuild import refresh_buckets, request_rebuild
 from tasks.runtime import default_buckets, get_cache, get_source, modes_for, settings
 from tasks.settings import Settings
 from tasks.source import OutboxEvent, Source
@@ -68,6 +69,10 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, CacheError) and not isinstance(exc, ValueError)
 
 
+class LockLost(CacheError):
+    """The poller's lock expired and another poller holds it: stop, it will carry on."""
+
+
 @runtime_checkable
 class KnowsOutboxEnd(Protocol):
     def max_outbox_id(self) -> int: ...
@@ -88,10 +93,7 @@ class PollReport:
     watermark: int = 0
 
     def add(self, other: PollReport) -> None:
-        for name in (
-            "batches", "applied", "malformed", "failed", "gaps_recorded", "gaps_resolved",
-            "gaps_given_up", "rebuilds_requested",
-        ):
+        for name in (f.name for f in fields(self) if f.name != "watermark"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.watermark = max(self.watermark, other.watermark)
 
@@ -353,9 +355,8 @@ POLL_MAX_RETRIES = 3
     name="tasks.poll_outbox", bind=True, max_retries=POLL_MAX_RETRIES
 )
 def poll_outbox(self: Task) -> dict[str, Any]:
-    """Beat, every ``outbox_interval_seconds``: apply new outbox events (one at a time)."""
-    from tasks.rebuild import refresh_buckets, request_rebuild
-
+    """Beat, every ``outbox_interval_seconds``: apply new outbox events; one poll runs
+    at a time (the others return ``busy`` at once)."""
     config = settings()
     try:
         cache = get_cache()
@@ -403,6 +404,3 @@ def _unlock(cache: RedisSchedulerCache, token: str) -> None:
         # Its TTL ends the lock anyway; do not hide the error the poll may be raising.
         logger.warning("could not release lock %s: %s", POLL_LOCK, exc)
 
-
-class LockLost(CacheError):
-    """The poller's lock expired and another poller holds it: stop, it will carry on."""
