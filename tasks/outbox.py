@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -31,9 +32,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from cache import Account, CacheError, CorruptPayload, RedisSchedulerCache, SchedulerBucket
 from tasks.app import app
 from tasks.db import SourceError
-from tasks.outbox_events import BatchPlan, plan_batch
+from tasks.outbox_events import BatchPlan, account_buckets, missing_ids, plan_batch
 from tasks.rebuild import refresh_buckets, request_rebuild
-from tasks.runtime import default_buckets, get_cache, get_source, modes_for, settings
+from tasks.runtime import default_buckets, get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source import OutboxEvent, Source
 
@@ -47,8 +48,6 @@ POLL_LOCK = "outbox-poller"
 # Gap ids are looked up in chunks, so a hole of thousands of ids (a sequence jump)
 # stays within every database's limit on bound parameters.
 GAP_LOOKUP_CHUNK = 500
-# More new gaps than this in one batch is unusual enough to say so.
-GAP_WARNING = 1000
 
 
 def utc_now() -> datetime:
@@ -143,12 +142,7 @@ class OutboxPoller:
         events = self.source.outbox_after(watermark, self.config.outbox_batch_size)
         seen = {event.id for event in events}
         top = max(seen, default=watermark)
-        new_gaps = [i for i in range(watermark + 1, top) if i not in seen]
-        if len(new_gaps) > GAP_WARNING:
-            logger.warning(
-                "outbox ids %d..%d: %d ids not visible yet, kept as gaps",
-                watermark + 1, top, len(new_gaps),
-            )
+        new_gaps = missing_ids(watermark, top, seen)
 
         report = self._apply(sorted([*found, *events], key=lambda e: e.id))
         if top > watermark or found_ids or given_up:
@@ -173,13 +167,19 @@ class OutboxPoller:
         deadline = time.monotonic() + budget_seconds
         total = PollReport(watermark=0)
         self._warm = None
-        while True:
-            report = self.poll_batch()
-            total.add(report)
-            if not self.more or time.monotonic() >= deadline:
-                break
-            if renew is not None:
-                renew()
+        try:
+            while True:
+                total.add(self.poll_batch())
+                if not self.more or time.monotonic() >= deadline:
+                    break
+                if renew is not None:
+                    renew()
+        except Exception:
+            if total.batches:
+                # The batches before the failure were applied: count them if possible.
+                with suppress(Exception):
+                    self._record(total)
+            raise
         self._record(total)
         return total
 
@@ -297,7 +297,7 @@ class OutboxPoller:
                     self.cache.set_account(new)
             else:
                 self.cache.delete_account(account_id)
-            buckets |= self.account_buckets(old, new, groups)
+            buckets |= account_buckets(old, new, groups, self.config)
         return buckets
 
     def _cached(self, account_id: int) -> Account | None:
@@ -307,38 +307,6 @@ class OutboxPoller:
             logger.warning("account %d: cached payload unreadable, replacing it: %s",
                            account_id, exc)
             return None
-
-    def account_buckets(
-        self, old: Account | None, new: Account | None, groups: Iterable[int] | None
-    ) -> set[SchedulerBucket]:
-        """The buckets an account change touches: its platforms (before and after) in
-        ``groups``, or in every group it was or is in (no group is group 0)."""
-        platforms = {account.platform for account in (old, new) if account is not None}
-        if groups is None:
-            groups = {
-                group
-                for account in (old, new) if account is not None
-                for group in (account.group_ids or (0,))
-            }
-        elif not platforms:
-            # Neither cached nor in the source: any bucket of these groups may list it.
-            platforms = set(self.config.platforms)
-        return {
-            bucket
-            for platform in platforms
-            for group in groups
-            for bucket in self.platform_buckets(group, platform)
-        }
-
-    def platform_buckets(self, group_id: int, platform: str) -> list[SchedulerBucket]:
-        """A platform's buckets in a group, plus the mixed buckets it is a donor to."""
-        modes = modes_for(platform, self.config)
-        buckets = [SchedulerBucket(group_id, platform, mode) for mode in modes]
-        if platform == self.config.mixed_donor_platform:
-            buckets += [
-                SchedulerBucket(group_id, mixing, "mixed") for mixing in self.config.mixed_platforms
-            ]
-        return buckets
 
 
 # -- the task ---------------------------------------------------------------------------

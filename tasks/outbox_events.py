@@ -1,4 +1,5 @@
-"""What one batch of outbox events asks for, read from the events' types and payloads.
+"""What one batch of outbox events asks for: accounts, groups and buckets, read from the
+events' types and payloads, and the ids the batch skipped over.
 
 Reading is kept apart from applying: a batch folds into one :class:`BatchPlan` (the
 accounts to refresh, the groups to rebuild, last-use times), so a hundred events about
@@ -15,6 +16,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from cache import Account, SchedulerBucket
+from tasks.runtime import modes_for
+from tasks.settings import Settings
 from tasks.source import OutboxEvent, OutboxEventType
 
 logger = logging.getLogger(__name__)
@@ -175,3 +179,63 @@ _ADDERS: dict[OutboxEventType, Callable[[BatchPlan, OutboxEvent], None]] = {
     OutboxEventType.FULL_REBUILD: _full,
     OutboxEventType.ACCOUNT_LAST_USED: _last_used,
 }
+
+
+# -- the buckets an account change touches -----------------------------------------------
+def account_buckets(
+    old: Account | None, new: Account | None, groups: Iterable[int] | None, config: Settings
+) -> set[SchedulerBucket]:
+    """The buckets an account change touches: its platforms (before and after) in
+    ``groups``, or in every group it was or is in (no group is group 0)."""
+    platforms = {account.platform for account in (old, new) if account is not None}
+    if groups is None:
+        groups = {
+            group
+            for account in (old, new) if account is not None
+            for group in (account.group_ids or (0,))
+        }
+    elif not platforms:
+        # Neither cached nor in the source: any bucket of these groups may list it.
+        platforms = set(config.platforms)
+    return {
+        bucket
+        for platform in platforms
+        for group in groups
+        for bucket in platform_buckets(group, platform, config)
+    }
+
+
+def platform_buckets(group_id: int, platform: str, config: Settings) -> list[SchedulerBucket]:
+    """A platform's buckets in a group, plus the mixed buckets it is a donor to."""
+    buckets = [SchedulerBucket(group_id, platform, mode) for mode in modes_for(platform, config)]
+    if platform == config.mixed_donor_platform:
+        buckets += [SchedulerBucket(group_id, mixing, "mixed") for mixing in config.mixed_platforms]
+    return buckets
+
+
+# -- ids not visible yet ------------------------------------------------------------------
+# In-flight transactions leave holes of a few ids; a hole wider than this is a pruned
+# outbox (a first poll of an old table) or a sequence moved by hand. Only its highest
+# ids are kept as gaps, so a first poll does not look up millions of ids for a minute.
+MAX_NEW_GAPS = 10_000
+
+
+def missing_ids(watermark: int, top: int, seen: set[int]) -> list[int]:
+    """Ids between ``watermark`` and ``top`` not in ``seen``: the highest
+    :data:`MAX_NEW_GAPS` of them (the rest is logged as skipped)."""
+    missing = (top - watermark - 1) - max(0, len(seen) - 1)
+    if missing <= MAX_NEW_GAPS:
+        return [i for i in range(watermark + 1, top) if i not in seen]
+    kept: list[int] = []
+    candidate = top - 1
+    while len(kept) < MAX_NEW_GAPS:
+        if candidate not in seen:
+            kept.append(candidate)
+        candidate -= 1
+    logger.error(
+        "outbox ids %d..%d skipped: %d ids missing between the watermark and id %d, more "
+        "than an in-flight transaction leaves (a pruned outbox or a moved sequence); "
+        "the %d highest are kept as gaps",
+        watermark + 1, candidate, missing - MAX_NEW_GAPS, top, MAX_NEW_GAPS,
+    )
+    return kept[::-1]

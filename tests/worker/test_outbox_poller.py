@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from cache import CacheUnavailable, RedisSchedulerCache, SchedulerBucket
 from tasks.db import SourceUnavailable, scheduler_outbox
 from tasks.outbox import OutboxPoller
+from tasks.outbox_events import MAX_NEW_GAPS
 from tasks.settings import Settings
 from tasks.source import OutboxEvent
 from tasks.sqlsource import SqlSource
@@ -482,3 +483,17 @@ def test_a_long_backlog_is_read_in_batches_until_caught_up(
     assert stats["outbox_events_applied"] == "25"
     assert stats["outbox_lag"] == "0"
     assert stats["outbox_watermark"] == str(source.max_outbox_id())
+
+
+def test_a_first_poll_of_a_pruned_outbox_keeps_only_the_nearest_ids_as_gaps(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    insert_event(source, 3_000_000)  # an old table: everything below was pruned long ago
+    make_poller(source).poll_batch()
+
+    gaps = poller_cache.outbox_gaps()
+    assert len(gaps) == MAX_NEW_GAPS
+    assert min(gaps) == 3_000_000 - MAX_NEW_GAPS and max(gaps) == 2_999_999
+    assert poller_cache.get_outbox_watermark() == 3_000_000
+    assert "outbox ids 1..2989999 skipped" in caplog.text
