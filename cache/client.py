@@ -188,7 +188,11 @@ class RedisSchedulerCache(CoordinationMixin):
         return bool(stored)
 
     def delete_account(self, account_id: int, revision: int | None = None) -> bool:
-        """Forget an account; with ``revision``, only if nothing newer is cached."""
+        """Forget an account; with ``revision``, only if nothing newer is cached.
+
+        A tombstone stays behind: a payload of the deleted revision or older (from a
+        rebuild that read the account just before it was deleted) is not stored again.
+        """
         with redis_errors(f"delete_account {account_id}"):
             deleted = self._scripts["delete_account"](
                 keys=[
@@ -219,7 +223,7 @@ class RedisSchedulerCache(CoordinationMixin):
             args.append(to_ms(used))
         with redis_errors("update_last_used"):
             moved = self._scripts["update_last_used"](
-                keys=[self.keys.last_used, self.keys.revisions, self.keys.last_used_pending],
+                keys=[self.keys.last_used, self.keys.digests, self.keys.last_used_pending],
                 args=args,
             )
         return int(moved)

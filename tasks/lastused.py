@@ -27,9 +27,9 @@ from typing import Any, Protocol
 
 from celery import Task
 
-from cache import CacheError, CacheUnavailable, RedisSchedulerCache
+from cache import CacheError, RedisSchedulerCache
 from tasks.app import app
-from tasks.db import SourceError
+from tasks.retrying import RetryingTask
 from tasks.runtime import get_cache, get_source, settings
 from tasks.source import Source
 
@@ -43,15 +43,6 @@ FLUSH_LOCK = "last-used-flush"
 # A fork waits at most this long for a flush in progress (a Redis call that may be
 # waiting for its socket timeout) before it goes ahead anyway.
 FORK_WAIT_SECONDS = 10.0
-# Failures worth retrying: the data is safe in Redis (or still in the message) meanwhile.
-TRANSIENT_ERRORS = (CacheUnavailable, SourceError)
-RETRY: dict[str, Any] = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": True,
-    "retry_backoff_max": settings().retry_backoff_max_seconds,
-    "retry_jitter": True,
-    "max_retries": settings().task_max_retries,
-}
 
 
 def utc_now() -> datetime:
@@ -261,7 +252,8 @@ def flush_pending(cache: RedisSchedulerCache, source: Source) -> dict[str, int]:
 @app.task(  # type: ignore[untyped-decorator]
     name="tasks.flush_last_used",
     bind=True,
-    **RETRY,
+    # Retried on an outage; the data is safe in Redis's pending hash meanwhile.
+    base=RetryingTask,
 )
 def flush_last_used(self: Task) -> dict[str, Any]:
     """Beat: pending last-use times from Redis to the database, one batch, at least once."""
@@ -334,7 +326,8 @@ def _time(account_id: int, raw: object) -> datetime:
 
 @app.task(  # type: ignore[untyped-decorator]
     name="tasks.update_last_used",
-    **RETRY,
+    # Retried on an outage; the times are still in the message meanwhile.
+    base=RetryingTask,
     throws=(InvalidLastUsed,),
 )
 def update_last_used(updates: dict[str, str | float]) -> dict[str, int]:

@@ -1,19 +1,24 @@
--- Forget one account, unless the stored payload is newer than the deletion.
+-- Forget one account, leaving a tombstone so that a rebuild which read the account
+-- before it was deleted cannot write it back.
 -- KEYS[1] - account payload hash
--- KEYS[2] - account revision hash
+-- KEYS[2] - account revision hash; a tombstone is the deleted revision + 0.5, which
+--           only a later revision (an undelete in the source) passes
 -- KEYS[3] - account digest hash
 -- KEYS[4] - last-used hash
 -- ARGV[1] - account id
--- ARGV[2] - revision of the deletion, or '' to delete whatever is stored
--- returns 1 when the account was deleted, 0 when it was absent or newer
+-- ARGV[2] - revision of the deletion, or '' for "whatever revision is cached"
+-- returns 1 when a payload was deleted, 0 when none was cached or it is newer
 local id = ARGV[1]
 local revision = tonumber(ARGV[2])
 
-local stored = redis.call('HGET', KEYS[2], id)
-if revision and stored and tonumber(stored) > revision then
+local stored = tonumber(redis.call('HGET', KEYS[2], id) or '')
+if revision and stored and stored > revision then
   return 0
+end
+local deleted = revision or stored
+if deleted then
+  redis.call('HSET', KEYS[2], id, math.floor(deleted) + 0.5)
 end
 redis.call('HDEL', KEYS[4], id)
 redis.call('HDEL', KEYS[3], id)
-redis.call('HDEL', KEYS[2], id)
 return redis.call('HDEL', KEYS[1], id)

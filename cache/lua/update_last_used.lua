@@ -1,6 +1,6 @@
 -- Move accounts' last-use times forward, never back, without touching their payloads.
 -- KEYS[1] - last-used hash (id -> integer ms)
--- KEYS[2] - account revision hash: an id absent from it is an unknown account
+-- KEYS[2] - account digest hash: an id absent from it is an unknown (or deleted) account
 -- KEYS[3] - pending hash of uses not yet written to the source database
 -- ARGV[1] - '1' to also record the uses in KEYS[3], '0' not to
 -- ARGV[2..] - pairs: account id, last use in ms

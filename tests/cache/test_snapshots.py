@@ -250,3 +250,19 @@ def test_changes_by_another_process_reach_a_warm_reader(redis_client: redis.Redi
 def test_client_must_return_bytes(redis_url: str) -> None:
     with pytest.raises(ValueError, match="decode_responses=False"):
         RedisSchedulerCache(redis.Redis.from_url(redis_url, decode_responses=True))
+
+
+def test_deleted_account_is_not_written_back_by_a_rebuild_that_read_it(
+    cache: RedisSchedulerCache,
+) -> None:
+    version = cache.reserve_version(BUCKET)  # a rebuild reads account 2 at revision 4 ...
+    read = [account(1), account(2, revision=4)]
+    cache.set_account(account(2, revision=4))
+    assert cache.delete_account(2)  # ... the account is deleted meanwhile ...
+    assert cache.set_snapshot(BUCKET, read, version)  # ... and the rebuild lands
+    assert cache.get_account(2) is None
+    assert cache.get_snapshot(BUCKET) is None  # a miss until the follow-up rebuild
+    assert not cache.set_account(account(2, revision=4))
+    assert cache.update_last_used({2: T0}) == 0
+    assert cache.set_account(account(2, revision=5))  # undeleted in the source
+    assert cache.get_snapshot(BUCKET) is not None

@@ -99,11 +99,6 @@ def test_malformed_input_is_one_line_and_exit_2(
     assert needle in _one_line_error(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/__init__.py imports the Celery app and tasks, which read the settings at "
-    "import, before the CLI can report a bad SCHED_* value; needs a lazy tasks/__init__",
-)
 def test_malformed_setting_is_one_line_and_exit_2(run_cli: RunCli, ops_env: dict[str, str]) -> None:
     result = run_cli("status", env={**ops_env, "SCHED_OUTBOX_BATCH_SIZE": "many"})
     assert result.code == 2, result
