@@ -42,6 +42,8 @@ def _same_payload(old: Account, new: Account) -> bool:
     """Whether two accounts encode to the same payload (last use is not in it)."""
     if old is new:
         return True
+    if old.revision != new.revision and new.revision is not None:
+        return False  # the usual case of a changed account, without comparing fields
     return {**old.__dict__, "last_used_at": None} == {**new.__dict__, "last_used_at": None}
 
 
