@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cache tasks tests benchmarks
+	$(VENV)/bin/ruff check cache tasks tests benchmarks examples celeryconfig.py
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint

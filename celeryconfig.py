@@ -24,7 +24,7 @@ not pile up.
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from tasks.settings import get_settings
 

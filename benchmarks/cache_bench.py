@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import redis
 
@@ -76,7 +77,7 @@ def _bench_read(client: redis.Redis, count: int, lines: list[str]) -> None:
     cache.set_snapshot(BUCKET, accounts, cache.reserve_version(BUCKET))
     ref = ReferenceCache(client)
     ref.set_snapshot(BUCKET, accounts)
-    payloads = client.hmget(cache.keys.accounts, [a.id for a in accounts])
+    payloads = cast(list[bytes], client.hmget(cache.keys.accounts, [a.id for a in accounts]))
     floor_keys = [f"floor:{a.id}" for a in accounts]
     client.mset(dict(zip(floor_keys, payloads, strict=True)))
     repeat = 400 if count < 1000 else 150

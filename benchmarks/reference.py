@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -31,7 +31,7 @@ return 1
 class ReferenceCache:
     """The seed's Redis cache, faithfully naive."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "ref") -> None:  # type: ignore[type-arg]
+    def __init__(self, client: redis.Redis, prefix: str = "ref") -> None:
         self.client = client
         self.prefix = prefix
         self._activate = client.register_script(ACTIVATE)
@@ -47,16 +47,15 @@ class ReferenceCache:
     def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
         if self.client.get(f"{self.prefix}:ready:{bucket}") is None:
             return None
-        active = self.client.get(f"{self.prefix}:active:{bucket}")
+        active = cast(bytes | None, self.client.get(f"{self.prefix}:active:{bucket}"))
         if active is None:
             return None
-        ids = self.client.zrange(self._snap(bucket, active), 0, -1)
+        ids = cast(list[bytes], self.client.zrange(self._snap(bucket, active), 0, -1))
         if not ids:
             return None
-        payloads = self.client.mget([self._acc(i) for i in ids])
-        if any(p is None for p in payloads):
-            return None
-        return [Account.model_validate_json(p) for p in payloads]
+        payloads = cast(list[bytes | None], self.client.mget([self._acc(i) for i in ids]))
+        decoded = [Account.model_validate_json(p) for p in payloads if p is not None]
+        return decoded if len(decoded) == len(ids) else None
 
     def set_snapshot(self, bucket: SchedulerBucket, accounts: Iterable[Account]) -> bool:
         version = int(self.client.incr(f"{self.prefix}:ver:{bucket}"))

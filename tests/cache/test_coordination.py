@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import cast
 
 import pytest
 import redis
@@ -200,7 +201,7 @@ def test_bucket_keys_share_the_bucket_hash_tag(cache: RedisSchedulerCache) -> No
 def test_prefix_is_configurable_and_validated(redis_client: redis.Redis) -> None:
     cache = RedisSchedulerCache(redis_client, prefix="{gw}")
     cache.set_snapshot(BUCKET, accounts(1), cache.reserve_version(BUCKET))
-    assert all(k.startswith(b"{gw}:") for k in redis_client.keys("*"))
+    assert all(k.startswith(b"{gw}:") for k in cast(list[bytes], redis_client.keys("*")))
     assert cache.get_snapshot(BUCKET) is not None
     with pytest.raises(ValueError, match="prefix"):
         RedisSchedulerCache(redis_client, prefix="bad prefix")

@@ -60,7 +60,7 @@ def test_bucket_constructor_validates_its_parts() -> None:
     with pytest.raises(InvalidBucket, match="group id -3"):
         SchedulerBucket(-3, "openai", "single")
     with pytest.raises(InvalidBucket, match="group id True"):
-        SchedulerBucket(True, "openai", "single")  # type: ignore[arg-type]
+        SchedulerBucket(True, "openai", "single")
     with pytest.raises(InvalidBucket, match="platform 'open ai'"):
         SchedulerBucket(1, "open ai", "single")
 

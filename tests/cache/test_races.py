@@ -308,5 +308,5 @@ def test_cache_watermark_writers_racing(cache: RedisSchedulerCache) -> None:
             assert now >= last, "the watermark went backwards"
             last = now
 
-    run_threads([lambda s=s: write(s) for s in range(3)] + [observe])  # type: ignore[misc]
+    run_threads([lambda s=s: write(s) for s in range(3)] + [observe])
     assert cache.get_outbox_watermark() == highest[0]

@@ -71,7 +71,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         for key, value in env.items()
         if key.startswith("SCHED_") and key[len("SCHED_"):].lower() in fields
     }
-    return Settings(**values)
+    return Settings.model_validate(values)
 
 
 def child_env(**sched: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import redis
@@ -262,7 +262,8 @@ class Gate:
         reply = self.client.blpop([GATE_READS], timeout=timeout)
         if reply is None:
             pytest.fail(f"no gated read within {timeout} s")
-        pid, group, platform, mode, count = reply[1].decode().split(":")
+        raw = cast(bytes, reply[1])
+        pid, group, platform, mode, count = raw.decode().split(":")
         return int(pid), f"{group}:{platform}:{mode}", int(count)
 
     def open(self, times: int = 1) -> None:

@@ -44,10 +44,11 @@ def test_a_change_during_a_rebuild_is_in_the_final_snapshot(
     assert (read_bucket, count) == (str(bucket), 4)
     gate.open()
 
-    final = wait_for(
-        lambda: (ids := snapshot_ids(task_cache, bucket)) and added.id in ids and ids,
-        what="the late account in the snapshot",
-    )
+    def late_account_in_snapshot() -> list[int] | None:
+        ids = snapshot_ids(task_cache, bucket)
+        return ids if ids and added.id in ids else None
+
+    final = wait_for(late_account_in_snapshot, what="the late account in the snapshot")
     assert len(final) == 4
     # Its figures are recorded just after the write.
     wait_for(lambda: task_cache.stats().get("rebuilds") == "2", what="two rebuilds counted")
