@@ -18,29 +18,19 @@ default settings), all stopped at the end.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import redis
 
+from benchmarks.harness import bench_servers, running_worker, wait_until
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
 from tasks.app import app
 from tasks.db import account_groups, accounts, groups, init_schema
 from tasks.rebuild import request_rebuild
-from tasks.settings import Settings
-from tests.support import RedisServer
 
-REPO = Path(__file__).resolve().parents[1]
 ACCOUNTS = 100
 GROUPS = 16  # x 2 modes (single, forced) = 32 buckets of the same 100 accounts
 SAMPLES = 300
@@ -50,7 +40,6 @@ BURST = 1_000
 SPREAD_SECONDS = 2.0
 LATENCY_FLOOR_FACTOR = 5.0
 P99_TARGET_MS = 50.0
-DEADLINE_SECONDS = 60.0
 NOOP_KEY = "bench:noop"
 
 _noop_redis: redis.Redis | None = None
@@ -64,15 +53,6 @@ def noop(sent_at: float) -> None:
     if _noop_redis is None:
         _noop_redis = redis.Redis.from_url(runtime.settings().redis_url)
     _noop_redis.rpush(NOOP_KEY, started - sent_at)
-
-
-def wait_until(condition: Callable[[], Any], what: str, every: float = 0.001) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"benchmark: gave up waiting for {what}")
-        time.sleep(every)
-    return value
 
 
 def percentile(samples: list[float], share: float) -> float:
@@ -102,27 +82,6 @@ def seed(url: str) -> list[SchedulerBucket]:
         SchedulerBucket(g, "openai", mode) for g in range(1, GROUPS + 1)
         for mode in ("single", "forced")
     ]
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    name = f"bench-{uuid.uuid4().hex[:8]}@localhost"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "rebuild",
-                "-c", "2", "-P", "prefork", "-n", name, "-I", "benchmarks.tasks_bench",
-                "-l", "warning", "--without-gossip", "--without-mingle",
-            ],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited at start, see {log}")
-        return bool(app.control.ping(destination=[name], timeout=0.5))
-
-    wait_until(ready, "the worker to start", every=0.1)
-    return process
 
 
 # -- measurements -----------------------------------------------------------------------
@@ -216,35 +175,19 @@ def spread(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> int:
 
 # -- report -----------------------------------------------------------------------------
 def main() -> None:
-    server = RedisServer().start()
-    workdir = Path(tempfile.mkdtemp(prefix="sched-tasks-bench-"))
-    database_url = f"sqlite:///{workdir / 'source.sqlite3'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
-    env.update(SCHED_REDIS_URL=server.url, SCHED_DATABASE_URL=database_url)
-    runtime.reset(Settings(redis_url=server.url, database_url=database_url))
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        buckets = seed(database_url)
-        worker = start_worker(env, workdir / "worker.log")
-        cache = runtime.get_cache()
-        client = redis.Redis.from_url(server.url)
+    with bench_servers("tasks") as servers:
+        buckets = seed(servers.database_url)
+        # -I: the worker registers the no-op task of this module too.
+        with running_worker(servers, "rebuild", "-I", "benchmarks.tasks_bench"):
+            cache = runtime.get_cache()
+            client = redis.Redis.from_url(servers.redis_url)
 
-        floor = noop_latencies(client)
-        latency = rebuild_latencies(cache, buckets)
-        deferred = int(cache.stats().get("rebuilds_deferred", 0))
-        burst_rebuilds, burst_seconds = burst(cache, buckets[0])
-        first_ms = first_wait_ms(cache, buckets[1])
-        spread_rebuilds = spread(cache, buckets[2])
-    finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
-        runtime.reset()
-        server.close()
+            floor = noop_latencies(client)
+            latency = rebuild_latencies(cache, buckets)
+            deferred = int(cache.stats().get("rebuilds_deferred", 0))
+            burst_rebuilds, burst_seconds = burst(cache, buckets[0])
+            first_ms = first_wait_ms(cache, buckets[1])
+            spread_rebuilds = spread(cache, buckets[2])
 
     floor_median, rebuild_median = statistics.median(floor), statistics.median(latency)
     p99 = percentile(latency, 0.99)

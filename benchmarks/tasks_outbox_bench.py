@@ -13,31 +13,22 @@ temporary directory and a real worker (``celery -A tasks worker``, two processes
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import redis
 import sqlalchemy as sa
 from celery.signals import after_task_publish
 
+from benchmarks.harness import bench_servers, running_worker, wait_until
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.app import app
 from tasks.db import account_groups, accounts, groups, init_schema, scheduler_outbox
 from tasks.lastused import LastUsedBatcher, update_last_used
 from tasks.outbox import poll_outbox
 from tasks.rebuild import request_rebuild
-from tasks.settings import Settings
-from tests.support import RedisServer
 
-REPO = Path(__file__).resolve().parents[1]
 GROUPS = 50
 ACCOUNTS_PER_GROUP = 20
 EVENTS = 10_000
@@ -58,14 +49,6 @@ class CountingRedis(redis.Redis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         type(self).calls += 1
         return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-
-
-def wait_until(condition: Callable[[], bool], what: str, every: float = 0.02) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"benchmark: gave up waiting for {what}")
-        time.sleep(every)
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -107,35 +90,6 @@ def change_everything(engine: sa.Engine, priority: int) -> int:
         return int(conn.execute(sa.select(sa.func.max(scheduler_outbox.c.id))).scalar_one())
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    name = f"bench-{os.getpid()}@localhost"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q",
-             "rebuild,outbox,last_used", "-c", "2", "-P", "prefork", "-n", name, "-l", "warning",
-             "--without-gossip", "--without-mingle"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    wait_until(lambda: bool(app.control.ping(destination=[name], timeout=0.5)) or _died(process),
-               "the worker to answer", every=0.2)
-    if process.poll() is not None:
-        raise RuntimeError(f"worker exited at start; see {log}")
-    return process
-
-
-def _died(process: subprocess.Popen[bytes]) -> bool:
-    return process.poll() is not None
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 # -- outbox ----------------------------------------------------------------------------
 def all_current(cache: RedisSchedulerCache, buckets: list[SchedulerBucket], priority: int) -> bool:
     for bucket in buckets:
@@ -165,7 +119,9 @@ def outbox_round(
             raise RuntimeError("benchmark: the outbox did not catch up")
         time.sleep(0.005)
     applied = time.perf_counter() - started
-    wait_until(lambda: all_current(cache, buckets, priority), "every snapshot current")
+    wait_until(
+        lambda: all_current(cache, buckets, priority), "every snapshot current", every=0.02
+    )
     current = time.perf_counter() - started
     return applied, current, int(cache.stats().get("rebuilds", 0)) - rebuilds_before
 
@@ -175,7 +131,7 @@ def bench_outbox(cache: RedisSchedulerCache, engine: sa.Engine, lines: list[str]
     for bucket in buckets:
         request_rebuild(bucket)
     poll_outbox.delay()  # the groups' own events
-    wait_until(lambda: _built(cache, buckets), "warm-up")
+    wait_until(lambda: _built(cache, buckets), "warm-up", every=0.02)
     results = [outbox_round(cache, engine, buckets, 10 + n) for n in range(OUTBOX_ROUNDS)]
     applied = statistics.median(r[0] for r in results)
     current = statistics.median(r[1] for r in results)
@@ -259,27 +215,16 @@ def bench_last_used(url: str, lines: list[str]) -> None:
 
 
 def main() -> None:
-    server = RedisServer().start()
-    workdir = Path(tempfile.mkdtemp(prefix="sched-outbox-bench-"))
-    database = f"sqlite:///{workdir / 'source.sqlite3'}"
-    engine = init_schema(database)
-    settings = Settings(redis_url=server.url, database_url=database)
-    runtime.reset(settings)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
-    env.update(SCHED_REDIS_URL=server.url, SCHED_DATABASE_URL=database)
-    lines = [f"outbox and last-use benchmarks (private Redis {server.url}, SQLite, 2 worker"
-             " processes)"]
-    worker = None
-    try:
-        bench_last_used(server.url, lines)
-        worker = start_worker(env, workdir / "worker.log")
-        bench_outbox(runtime.get_cache(), engine, lines)
-    finally:
-        if worker is not None:
-            stop(worker)
-        runtime.reset()
-        engine.dispose()
-        server.close()
+    with bench_servers("outbox") as servers:
+        engine = init_schema(servers.database_url)
+        lines = [f"outbox and last-use benchmarks (private Redis {servers.redis_url}, SQLite, "
+                 "2 worker processes)"]
+        try:
+            bench_last_used(servers.redis_url, lines)
+            with running_worker(servers, "rebuild,outbox,last_used"):
+                bench_outbox(runtime.get_cache(), engine, lines)
+        finally:
+            engine.dispose()
     print("\n".join(lines), flush=True)
 
 
