@@ -1,5 +1,6 @@
 """Redis cache of schedulable accounts per bucket: versioned, atomic, race-free."""
 
+from cache.base import Clock, utc_now
 from cache.client import RedisSchedulerCache
 from cache.codec import DEFAULT_CACHED_CREDENTIALS
 from cache.errors import (
@@ -18,10 +19,12 @@ __all__ = [
     "BucketInfo",
     "CacheError",
     "CacheUnavailable",
+    "Clock",
     "CorruptPayload",
     "InvalidBucket",
     "RedisSchedulerCache",
     "SchedulerBucket",
     "SchedulerMode",
     "VersionNotReserved",
+    "utc_now",
 ]

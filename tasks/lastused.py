@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from celery import Task
 
-from cache import CacheError, RedisSchedulerCache
+from cache import CacheError, Clock, RedisSchedulerCache, utc_now
 from tasks.app import app
 from tasks.retrying import RetryingTask
 from tasks.runtime import get_cache, get_source, settings
@@ -35,18 +35,12 @@ from tasks.source import Source
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
 # The database flush is a singleton: two beats, or a slow flush overlapping the next
 # tick, would only write the same rows twice, but there is no reason to let them.
 FLUSH_LOCK = "last-used-flush"
 # A fork waits at most this long for a flush in progress (a Redis call that may be
 # waiting for its socket timeout) before it goes ahead anyway.
 FORK_WAIT_SECONDS = 10.0
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class InvalidLastUsed(ValueError):

@@ -23,13 +23,20 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerError
 
-from cache import Account, CacheError, CorruptPayload, RedisSchedulerCache, SchedulerBucket
+from cache import (
+    Account,
+    CacheError,
+    Clock,
+    CorruptPayload,
+    RedisSchedulerCache,
+    SchedulerBucket,
+    utc_now,
+)
 from tasks.app import app
 from tasks.db import SourceError
 from tasks.outbox_events import BatchPlan, account_buckets, missing_ids, plan_batch
@@ -40,18 +47,12 @@ from tasks.source import OutboxEvent, Source
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
 # One poller at a time: two beats, or a slow poll overlapping the next tick, would
 # otherwise apply the same batch twice at once.
 POLL_LOCK = "outbox-poller"
 # Gap ids are looked up in chunks, so a hole of thousands of ids (a sequence jump)
 # stays within every database's limit on bound parameters.
 GAP_LOOKUP_CHUNK = 500
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def is_transient(exc: BaseException) -> bool:
