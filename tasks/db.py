@@ -27,6 +27,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
+from tasks import urls
+
 logger = logging.getLogger(__name__)
 
 # Long enough to ride out another process's write transaction (they are short), short
@@ -57,10 +59,9 @@ class InvalidDatabaseUrl(SourceError, ValueError):
 
 def mask_url(url: str | sa.URL) -> str:
     """``url`` with its password replaced by ``***``, fit to print or log."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return "<unparseable database url>"
+    if isinstance(url, sa.URL):
+        return url.render_as_string(hide_password=True)
+    return urls.mask_url(url)
 
 
 @contextmanager
