@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -73,17 +73,20 @@ class CacheBase:
         url: str,
         *,
         socket_timeout: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Self:
         """A cache over a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
 
         Timeouts are set so that a dead server gives :class:`CacheUnavailable` quickly
-        instead of a hang.
+        instead of a hang. ``client_options`` go to ``redis.Redis.from_url`` (TLS files,
+        say: ``{"ssl_ca_certs": "/etc/ssl/redis-ca.pem"}``); ``kwargs`` to the cache.
         """
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 2.0),
-            health_check_interval=30,
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": min(socket_timeout, 2.0),
+            "health_check_interval": 30,
+        }
+        options.update(client_options or {})
+        client = redis.Redis.from_url(url, **options)
         return cls(client, **kwargs)
