@@ -33,7 +33,9 @@ cleanup() {
   rm -rf "$workdir"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C reaches the command too, which shuts down by itself: wait for it, then clean up.
+trap ':' INT
+trap 'exit 143' TERM
 
 for _ in $(seq 1 100); do
   if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then break; fi
