@@ -1,15 +1,34 @@
-"""Shared fixtures: one Redis for the whole run, flushed for every test."""
+"""Shared fixtures: one Redis for the whole run, flushed for every test.
+
+For tests that run the system's processes:
+
+- ``sqlite_url``: a fresh SQLite source database with the schema, in the test's tmp dir.
+- ``process_env``: the environment of a subprocess of this test: no SCHED_* of ours
+  leaks in, the test's servers do (its Redis as cache and broker, the SQLite source).
+  Tests may change it before starting a worker.
+- ``configured``: this test process pointed at the same Redis, broker and source
+  (``tasks.runtime``), so helpers like ``request_rebuild`` talk to the test's worker.
+- ``source``: a :class:`SqlSource` on it.
+- ``start_worker``: starts ``celery -A tasks worker`` subprocesses on demand and stops
+  them at the end of the test; ``worker``: one such worker, started.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from cache import RedisSchedulerCache
+from tasks import runtime
+from tasks.db import init_schema
 from tasks.settings import Settings
-from tests.support import RedisServer, TestServers
+from tasks.sqlsource import SqlSource
+from tests.processes import WorkerProcess, child_env, settings_from_env, sql_source
+from tests.support import RedisServer, TestServers, sqlite_url_in
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +78,61 @@ def private_redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def test_servers() -> TestServers:
     return TestServers()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = sqlite_url_in(tmp_path)
+    init_schema(url).dispose()
+    return url
+
+
+@pytest.fixture
+def process_env(redis_url: str, redis_client: redis.Redis, sqlite_url: str) -> dict[str, str]:
+    """A subprocess's environment: the test's Redis (flushed) and SQLite."""
+    return child_env(SCHED_REDIS_URL=redis_url, SCHED_DATABASE_URL=sqlite_url)
+
+
+@pytest.fixture
+def configured(process_env: dict[str, str]) -> Iterator[Settings]:
+    """This process's runtime pointed at the test's servers (as its workers are)."""
+    settings = settings_from_env(process_env)
+    runtime.reset(settings)
+    try:
+        yield settings
+    finally:
+        runtime.reset()
+
+
+@pytest.fixture
+def source(configured: Settings) -> Iterator[SqlSource]:
+    store = sql_source(configured)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def start_worker(
+    process_env: dict[str, str], configured: Settings, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker(env=None, **options)``: a started worker, killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(env: Mapping[str, str] | None = None, **options: Any) -> WorkerProcess:
+        worker = WorkerProcess(env or process_env, tmp_path, **options)
+        started.append(worker)
+        return worker.start()
+
+    try:
+        yield start
+    finally:
+        # The test is over: a graceful shutdown would only add two seconds per worker.
+        for worker in started:
+            worker.kill()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker()

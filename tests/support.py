@@ -1,4 +1,5 @@
-"""Real servers for the tests: private redis-server processes and test settings."""
+"""Real servers for the tests: private redis-server processes, PostgreSQL schemas of a
+test's own, SQLite files and test settings."""
 
 from __future__ import annotations
 
@@ -7,10 +8,21 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import redis
+import sqlalchemy as sa
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.db import make_engine
+
+NO_POSTGRES = (
+    "needs SCHED_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+)
 
 
 class TestServers(BaseSettings):
@@ -27,6 +39,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound and released just now)."""
+    return free_port()
+
+
+def sqlite_url_in(directory: Path) -> str:
+    return f"sqlite:///{directory / 'source.sqlite3'}"
+
+
+@contextmanager
+def postgres_schema(base_url: str) -> Iterator[str]:
+    """A URL whose connections use a new, empty schema; the schema is dropped after."""
+    schema = f"sched_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base_url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@contextmanager
+def postgres_schema_or_skip(servers: TestServers) -> Iterator[str]:
+    """:func:`postgres_schema` on the test server; the test is skipped without one."""
+    if not servers.postgres_url:
+        pytest.skip(NO_POSTGRES)
+    with postgres_schema(servers.postgres_url) as url:
+        yield url
 
 
 class RedisServer:

@@ -21,7 +21,9 @@ from cache import Account, RedisSchedulerCache, SchedulerBucket
 from tasks.cli import cli
 from tasks.settings import Settings
 from tasks.sqlsource import SqlSource
-from tests.ops.conftest import CliResult, Worker, closed_port, wait_for
+from tests.ops.conftest import CliResult
+from tests.processes import WorkerProcess, wait_for
+from tests.support import closed_port
 
 pytestmark = pytest.mark.timeout(180)
 RunCli = Callable[..., CliResult]
@@ -288,18 +290,18 @@ def test_demo_seed(run_cli: RunCli, source: SqlSource) -> None:
 
 
 def test_rebuild_through_a_real_worker(
-    run_cli: RunCli, source: SqlSource, worker: Worker
+    run_cli: RunCli, source: SqlSource, worker: WorkerProcess
 ) -> None:
     source.create_account(name="a", platform="openai", type="apikey")
     result = run_cli("rebuild", "0:openai:single", "--wait", "30")
-    assert result.code == 0, (result, worker.log())
+    assert result.code == 0, (result, worker.log_tail())
     assert "0:openai:single: rebuild queued" in result.out
     assert "0:openai:single: v" in result.out and "active" in result.out
     shown = run_cli("snapshot", "0:openai:single", "--json")
     assert [a["name"] for a in json.loads(shown.out)["accounts"]] == ["a"]
 
     everything = run_cli("rebuild", "--all", "--wait", "60")
-    assert everything.code == 0, (everything, worker.log())
+    assert everything.code == 0, (everything, worker.log_tail())
     assert "0:anthropic:mixed" in everything.out and "0:gemini:forced" in everything.out
 
 

@@ -7,7 +7,6 @@ CLI knows, or ``celery -A tasks`` with options Celery accepts and queues the app
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,8 @@ import celeryconfig
 from tasks.app import app
 from tasks.cli import cli
 from tasks.settings import Settings
+from tests.processes import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 PYTHON_SERVICES = ("db-init", "worker", "beat", "flower")

@@ -14,7 +14,8 @@ import pytest
 from tasks.app import app
 from tasks.rebuild import request_rebuild
 from tasks.sqlsource import SqlSource
-from tests.ops.conftest import Service, Worker, free_port, wait_for
+from tests.processes import Service, WorkerProcess, wait_for
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -22,7 +23,9 @@ USER = "ops"
 
 
 @pytest.fixture
-def flower(ops_env: dict[str, str], worker: Worker, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def flower(
+    ops_env: dict[str, str], worker: WorkerProcess, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
     """Flower started through ``sched flower`` on a free port: (base URL, password)."""
     password = secrets.token_urlsafe(12)
     port = free_port()
@@ -41,7 +44,7 @@ def flower(ops_env: dict[str, str], worker: Worker, tmp_path: Path) -> Iterator[
 
 def _healthy(base: str, service: Service) -> bool:
     if not service.alive():
-        pytest.fail(f"Flower exited:\n{service.log()}")
+        pytest.fail(f"Flower exited:\n{service.log_tail()}")
     try:
         return httpx.get(f"{base}/healthcheck", timeout=2).text == "OK"
     except httpx.HTTPError:
@@ -53,7 +56,7 @@ def _get(base: str, path: str, auth: tuple[str, str] | None, **params: Any) -> h
 
 
 def test_flower_shows_tasks_and_workers_behind_basic_auth(
-    flower: tuple[str, str], worker: Worker, source: SqlSource
+    flower: tuple[str, str], worker: WorkerProcess, source: SqlSource
 ) -> None:
     base, password = flower
     auth = (USER, password)

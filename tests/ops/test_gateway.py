@@ -16,7 +16,8 @@ from cache import SchedulerBucket
 from tasks import runtime
 from tasks.rebuild import request_rebuild
 from tasks.sqlsource import SqlSource
-from tests.ops.conftest import REPO, Service, Worker, free_port, wait_for
+from tests.processes import REPO, Service, WorkerProcess, wait_for
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -24,7 +25,7 @@ BUCKET = SchedulerBucket.parse("0:openai:single")
 
 
 @pytest.fixture
-def gateway(ops_env: dict[str, str], worker: Worker, tmp_path: Path) -> Iterator[str]:
+def gateway(ops_env: dict[str, str], worker: WorkerProcess, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     service = Service(
         [
@@ -38,7 +39,7 @@ def gateway(ops_env: dict[str, str], worker: Worker, tmp_path: Path) -> Iterator
 
     def up() -> bool:
         if not service.alive():
-            pytest.fail(f"the gateway exited:\n{service.log()}")
+            pytest.fail(f"the gateway exited:\n{service.log_tail()}")
         try:
             return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -60,7 +61,7 @@ def _pick(client: httpx.Client) -> int:
 
 
 def test_picks_spread_by_last_use_and_a_disabled_account_stops_at_once(
-    gateway: str, source: SqlSource, worker: Worker
+    gateway: str, source: SqlSource, worker: WorkerProcess
 ) -> None:
     cache = runtime.get_cache()
     tier = [

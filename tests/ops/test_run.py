@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from cache import RedisSchedulerCache
-from tests.ops.conftest import child_env, free_port, wait_for
+from tests.processes import child_env, wait_for
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

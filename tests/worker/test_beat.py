@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
 from tasks.app import app
 from tasks.sqlsource import SqlSource
-from tests.worker.conftest import REPO, wait_for
+from tests.processes import Service, wait_for
 from tests.worker.test_rebuild import seed_group
 
 pytestmark = pytest.mark.slow
@@ -65,32 +64,17 @@ def test_two_refreshes_at_once_do_the_work_once_and_retire_gone_buckets(
     assert counter(task_cache, "rebuild_requests_requeued") == 1  # the lost one
 
 
-class Beat:
+def beat(env: dict[str, str], tmp: Path, name: str) -> Service:
     """A ``celery -A tasks beat`` subprocess with its own schedule file."""
-
-    def __init__(self, env: dict[str, str], tmp: Path, name: str) -> None:
-        self.log = tmp / f"{name}.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "info",
-                    "-s", str(tmp / f"{name}-schedule"),
-                ],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+    argv = [
+        sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "info",
+        "-s", str(tmp / f"{name}-schedule"),
+    ]
+    return Service(argv, env, tmp / f"{name}.log").start()
 
 
 @pytest.fixture
-def beats(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[Beat]]:
+def beats(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[Service]]:
     env = {
         **worker_env,
         "SCHED_REFRESH_INTERVAL_SECONDS": "1",
@@ -98,12 +82,12 @@ def beats(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[Beat]]:
         "SCHED_OUTBOX_INTERVAL_SECONDS": "3600",
         "SCHED_LAST_USED_DB_FLUSH_SECONDS": "3600",
     }
-    started = [Beat(env, tmp_path, "beat-a"), Beat(env, tmp_path, "beat-b")]
+    started = [beat(env, tmp_path, "beat-a"), beat(env, tmp_path, "beat-b")]
     try:
         yield started
     finally:
-        for beat in started:
-            beat.stop()
+        for each in started:
+            each.stop(timeout=10)
 
 
 def test_two_beats_do_not_double_the_refresh(
@@ -111,7 +95,7 @@ def test_two_beats_do_not_double_the_refresh(
     start_worker: Any,
     source: SqlSource,
     task_cache: RedisSchedulerCache,
-    beats: list[Beat],
+    beats: list[Service],
 ) -> None:
     start_worker({**worker_env, "SCHED_REFRESH_INTERVAL_SECONDS": "1"})
     seed_group(source)
@@ -127,7 +111,7 @@ def test_two_beats_do_not_double_the_refresh(
     runs = counter(task_cache, "refresh_runs") - runs_before
     skipped = counter(task_cache, "refresh_skipped")
 
-    assert all(beat.process.poll() is None for beat in beats), "a beat died"
+    assert all(each.alive() for each in beats), "a beat died"
     assert skipped >= 2, "both beats tick, one of each pair of ticks is skipped"
     # The refresh lock holds for 0.9 of the interval: at most one run per 0.9 s.
     assert runs <= elapsed / 0.9 + 1, (runs, skipped, elapsed)

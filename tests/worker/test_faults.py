@@ -14,8 +14,9 @@ from tasks import runtime
 from tasks.app import app
 from tasks.rebuild import request_rebuild
 from tasks.sqlsource import SqlSource
+from tests.processes import WorkerProcess, settings_from_env, wait_for
 from tests.support import RedisServer
-from tests.worker.conftest import EventLog, Gate, WorkerProcess, settings_from_env, wait_for
+from tests.worker.conftest import EventLog, Gate
 from tests.worker.test_rebuild import seed_group, snapshot_ids
 
 pytestmark = pytest.mark.slow
@@ -23,6 +24,16 @@ pytestmark = pytest.mark.slow
 
 def lock_held(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> bool:
     return bool(cache.client.exists(cache.keys.lock(bucket)))
+
+
+def redelivered_rebuild_finishes(
+    gate: Gate, cache: RedisSchedulerCache, bucket: SchedulerBucket
+) -> None:
+    """The redelivered rebuild reads again, writes its snapshot and lets its lock go."""
+    gate.wait_read(timeout=60)
+    gate.open()
+    wait_for(lambda: snapshot_ids(cache, bucket), what="snapshot after redelivery")
+    wait_for(lambda: not lock_held(cache, bucket), what="lock released")
 
 
 def test_a_worker_child_killed_mid_rebuild_leaves_no_stuck_lock(
@@ -44,10 +55,7 @@ def test_a_worker_child_killed_mid_rebuild_leaves_no_stuck_lock(
 
     # The worker gives the message back (reject on worker lost); the redelivered task
     # has the same id, so it takes the dead run's lock back at once.
-    gate.wait_read(timeout=60)
-    gate.open()
-    wait_for(lambda: snapshot_ids(task_cache, bucket), what="snapshot after redelivery")
-    wait_for(lambda: not lock_held(task_cache, bucket), what="lock released")
+    redelivered_rebuild_finishes(gate, task_cache, bucket)
     assert task_cache.bucket_info(bucket).account_count == 3
 
 
@@ -80,10 +88,7 @@ def test_a_whole_worker_killed_mid_rebuild_is_redelivered_to_the_next(
     # a worker sweeps for such messages as it starts.
     wait_for(lambda: time.monotonic() - killed_at > visibility + 0.5, what="visibility timeout")
     start_worker(env)
-    gate.wait_read(timeout=60)
-    gate.open()
-    wait_for(lambda: snapshot_ids(task_cache, bucket), what="snapshot after redelivery")
-    wait_for(lambda: not lock_held(task_cache, bucket), what="lock released")
+    redelivered_rebuild_finishes(gate, task_cache, bucket)
 
 
 def test_redis_restarted_under_a_running_worker_work_resumes(

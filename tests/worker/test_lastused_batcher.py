@@ -17,8 +17,8 @@ import redis
 from cache import Account, RedisSchedulerCache
 from tasks.lastused import LastUsedBatcher, record_last_used
 from tasks.settings import Settings
+from tests.processes import wait_for
 from tests.support import RedisServer
-from tests.worker.conftest import wait_for
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

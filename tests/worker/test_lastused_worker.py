@@ -12,7 +12,8 @@ from cache import RedisSchedulerCache
 from tasks.app import app
 from tasks.lastused import FLUSH_LOCK, LastUsedBatcher, flush_last_used, update_last_used
 from tasks.sqlsource import SqlSource
-from tests.worker.conftest import EventLog, WorkerProcess, wait_for
+from tests.processes import WorkerProcess, wait_for
+from tests.worker.conftest import EventLog
 from tests.worker.test_outbox_worker import WRITING
 
 pytestmark = pytest.mark.slow

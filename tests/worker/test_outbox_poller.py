@@ -14,7 +14,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from cache import CacheUnavailable, RedisSchedulerCache, SchedulerBucket
+from cache import Account, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
 from tasks.db import SourceUnavailable, scheduler_outbox
 from tasks.outbox import OutboxPoller
 from tasks.outbox_events import MAX_NEW_GAPS
@@ -62,6 +62,9 @@ def buckets(*names: str) -> set[str]:
 
 
 GROUP_5_ANTHROPIC = buckets("5:anthropic:single", "5:anthropic:forced", "5:anthropic:mixed")
+GROUPS_5_AND_6_OPENAI = buckets(
+    "5:openai:single", "5:openai:forced", "6:openai:single", "6:openai:forced"
+)
 
 
 @pytest.fixture
@@ -177,34 +180,35 @@ def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
     assert recorder.take() == buckets("0:openai:single", "0:openai:forced")
 
 
-def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
+def account_in_group_5_of_two(
     source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
-) -> None:
+) -> tuple[Account, OutboxPoller]:
+    """An account in group 5 of the openai groups 5 and 6, already polled into the cache."""
     source.create_group("g5", "openai", id=5)
     source.create_group("g6", "openai", id=6)
     account = source.create_account(name="o", platform="openai", type="apikey", group_ids=[5])
     poller = make_poller(source)
     poller.poll_batch()
     recorder.take()
+    return account, poller
+
+
+def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+) -> None:
+    account, poller = account_in_group_5_of_two(source, make_poller, recorder)
 
     source.set_account_groups(account.id, {6: 1})
     poller.poll_batch()
 
-    assert recorder.take() == buckets(
-        "5:openai:single", "5:openai:forced", "6:openai:single", "6:openai:forced"
-    )
+    assert recorder.take() == GROUPS_5_AND_6_OPENAI
 
 
 def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in(
     source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
     poller_cache: RedisSchedulerCache,
 ) -> None:
-    source.create_group("g5", "openai", id=5)
-    source.create_group("g6", "openai", id=6)
-    account = source.create_account(name="o", platform="openai", type="apikey", group_ids=[5])
-    poller = make_poller(source)
-    poller.poll_batch()  # the cache now knows it in group 5
-    recorder.take()
+    account, poller = account_in_group_5_of_two(source, make_poller, recorder)
 
     # Another application moves it with plain SQL and writes a bare event.
     with source.engine.begin() as conn:
@@ -213,9 +217,7 @@ def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in
     insert_event(source, event_type="account_changed", account_id=account.id)
     poller.poll_batch()
 
-    assert recorder.take() == buckets(
-        "5:openai:single", "5:openai:forced", "6:openai:single", "6:openai:forced"
-    )
+    assert recorder.take() == GROUPS_5_AND_6_OPENAI
     cached = poller_cache.get_account(account.id)
     assert cached is not None and cached.group_ids == (6,)
 

@@ -7,9 +7,7 @@ slower database than SQLite is: the factories are at the end of this module.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,18 +17,16 @@ import redis
 import sqlalchemy as sa
 
 from cache import Account, RedisSchedulerCache, SchedulerBucket
-from tasks.db import init_schema, make_engine, scheduler_outbox
+from tasks.db import make_engine, scheduler_outbox
 from tasks.outbox import POLL_LOCK, poll_outbox
 from tasks.settings import Settings
 from tasks.source import OutboxEvent
 from tasks.sqlsource import SqlSource
-from tests.support import RedisServer, TestServers
-from tests.worker.conftest import EventLog, WorkerProcess, wait_for
+from tests.processes import WorkerProcess, sql_source, wait_for
+from tests.support import RedisServer
+from tests.worker.conftest import EventLog
 
 pytestmark = pytest.mark.slow
-
-NO_POSTGRES = "needs SCHED_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
-
 
 def drive(
     condition: Callable[[], Any], what: str, timeout: float = 45.0, every: float = 0.5
@@ -263,31 +259,6 @@ def test_redis_going_away_mid_poll_loses_nothing_and_work_resumes(
 
 
 # -- PostgreSQL: two transactions whose outbox ids commit out of order -------------------
-@contextmanager
-def postgres_schema(base_url: str) -> Iterator[str]:
-    """A URL whose connections use a new, empty schema; dropped afterwards."""
-    schema = f"sched_outbox_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base_url)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        url = sa.make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture
-def postgres_url(test_servers: TestServers) -> Iterator[str]:
-    if not test_servers.postgres_url:
-        pytest.skip(NO_POSTGRES)
-    with postgres_schema(test_servers.postgres_url) as url:
-        init_schema(url).dispose()
-        yield url
-
-
 def change_in_transaction(conn: sa.Connection, account_id: int, priority: int) -> int:
     conn.execute(sa.text("UPDATE accounts SET priority = :p WHERE id = :i"),
                  {"p": priority, "i": account_id})
@@ -367,9 +338,4 @@ WRITING = "test:slow-source:writing"
 
 
 def slow_source(settings: Settings) -> SlowSource:
-    inner = SqlSource(
-        settings.database_url,
-        mixed_platforms=settings.mixed_platforms,
-        donor_platform=settings.mixed_donor_platform,
-    )
-    return SlowSource(inner, settings.redis_url)
+    return SlowSource(sql_source(settings), settings.redis_url)

@@ -12,7 +12,7 @@ import pytest
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks.rebuild import request_rebuild
 from tasks.sqlsource import SqlSource
-from tests.worker.conftest import wait_for
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import pytest
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks.rebuild import request_rebuild
 from tasks.sqlsource import SqlSource
-from tests.worker.conftest import Gate, wait_for
+from tests.processes import wait_for
+from tests.worker.conftest import Gate
 from tests.worker.test_rebuild import seed_group, snapshot_ids
 
 pytestmark = pytest.mark.slow

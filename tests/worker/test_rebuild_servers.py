@@ -12,23 +12,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from tasks import runtime
-from tasks.db import init_schema
 from tasks.sqlsource import SqlSource
-from tests.source.conftest import postgres_schema
+from tests.processes import settings_from_env
 from tests.support import TestServers
-from tests.worker.conftest import settings_from_env
 from tests.worker.test_rebuild import change_reaches_snapshot
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def postgres_url(test_servers: TestServers) -> Iterator[str]:
-    if not test_servers.postgres_url:
-        pytest.skip("needs SCHED_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1/test)")
-    with postgres_schema(test_servers.postgres_url) as url:
-        init_schema(url).dispose()
-        yield url
 
 
 @pytest.fixture
