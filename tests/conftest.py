@@ -7,7 +7,7 @@ For tests that run the system's processes:
   leaks in, the test's servers do (its Redis as cache and broker, the SQLite source).
   Tests may change it before starting a worker.
 - ``configured``: this test process pointed at the same Redis, broker and source
-  (``tasks.runtime``), so helpers like ``request_rebuild`` talk to the test's worker.
+  (``tasks.runtime``), so calls like ``request_rebuild`` reach the test's worker.
 - ``source``: a :class:`SqlSource` on it.
 - ``start_worker``: starts ``celery -A tasks worker`` subprocesses on demand and stops
   them at the end of the test; ``worker``: one such worker, started.
