@@ -33,8 +33,8 @@ DEMO_PLATFORM_SIZES: Mapping[str, int] = {
 }
 # (name, platform) of each demo group; group ids are the source's.
 DEMO_GROUPS: Sequence[tuple[str, str]] = (
-    ("claude-team", "anthropic"),
-    ("claude-batch", "anthropic"),
+    ("anthropic-team", "anthropic"),
+    ("anthropic-batch", "anthropic"),
     ("gpt-team", "openai"),
     ("gemini-research", "gemini"),
 )
