@@ -13,7 +13,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
 COPY cache ./cache
 COPY tasks ./tasks
