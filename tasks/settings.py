@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS
@@ -29,6 +30,16 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
     database_url: str = "sqlite:///sched.sqlite3"
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="CA bundle that verifies rediss:// and amqps:// servers; unset: system CAs",
+    )
+    tls_cert_file: str | None = Field(
+        default=None, description="client certificate, for servers that require one"
+    )
+    tls_key_file: str | None = Field(
+        default=None, description="private key of tls_cert_file, unless that file holds it"
+    )
 
     # -- the cache -------------------------------------------------------------------
     key_prefix: str = "sched"
@@ -84,6 +95,29 @@ class Settings(BaseSettings):
     _split_lists = field_validator(
         "cached_credentials", "platforms", "mixed_platforms", mode="before"
     )(_split)
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files and shells pass "VAR=" for a variable they leave unset.
+        return None if value == "" else value
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked at start: otherwise the first connection fails, deep in a TLS
+        # handshake, with a message that names neither the file nor the setting.
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{info.field_name}: no such file {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _key_goes_with_a_certificate(self) -> Self:
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError(
+                "tls_key_file is set without tls_cert_file, the certificate it belongs to"
+            )
+        return self
 
     @model_validator(mode="after")
     def _time_limits_fit_the_lock(self) -> Self:
