@@ -27,12 +27,19 @@ from __future__ import annotations
 from kombu.entity import Exchange, Queue
 
 from tasks.settings import get_settings
+from tasks.tls import broker_ssl_options
 
 _settings = get_settings()
 
 broker_url = _settings.effective_broker_url
 broker_connection_retry_on_startup = True
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
+# rediss:// and amqps:// only: kombu would otherwise reject a rediss:// URL or, in newer
+# releases, connect without verifying the server, which then sees the broker password.
+# Verification is always required, against SCHED_TLS_CA_FILE or the system CAs.
+_broker_ssl = broker_ssl_options(_settings)
+if _broker_ssl is not None:
+    broker_use_ssl = _broker_ssl
 # No result backend: callers learn outcomes from the snapshot itself, and Flower from
 # task events.
 task_ignore_result = True

@@ -20,6 +20,7 @@ from cache import InvalidBucket, RedisSchedulerCache, SchedulerBucket, Scheduler
 from tasks.app import app
 from tasks.settings import Settings, get_settings
 from tasks.source import Group, Source
+from tasks.tls import broker_ssl_options, redis_client_options
 from tasks.urls import mask_url
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def get_cache() -> RedisSchedulerCache:
                 s = settings()
                 _cache = RedisSchedulerCache.from_url(
                     s.redis_url,
+                    client_options=redis_client_options(s),
                     prefix=s.key_prefix,
                     snapshot_grace_seconds=s.snapshot_grace_seconds,
                     cached_credentials=s.cached_credentials,
@@ -97,10 +99,16 @@ def reset(new_settings: Settings | None = None) -> None:
     _settings = new_settings
     _forget_connections()
     s = settings()
-    _repoint_broker(s.effective_broker_url, {"visibility_timeout": s.visibility_timeout_seconds})
+    _repoint_broker(
+        s.effective_broker_url,
+        {"visibility_timeout": s.visibility_timeout_seconds},
+        broker_ssl_options(s),
+    )
 
 
-def _repoint_broker(url: str, transport_options: dict[str, Any]) -> None:
+def _repoint_broker(
+    url: str, transport_options: dict[str, Any], use_ssl: dict[str, Any] | None
+) -> None:
     """Send from now on through ``url``: the app read its broker once, at start.
 
     The app caches its connection pool, its producer pool and the control mailbox's
@@ -109,6 +117,8 @@ def _repoint_broker(url: str, transport_options: dict[str, Any]) -> None:
     """
     app.conf.broker_url = url
     app.conf.broker_transport_options = transport_options
+    # Set for a plain broker too: a TLS broker's options must not carry over to it.
+    app.conf.broker_use_ssl = use_ssl or False
     app._pool = None
     app.amqp._producer_pool = None
     with suppress(AttributeError):
