@@ -93,6 +93,25 @@ class RedisSchedulerCache(CoordinationMixin):
         if version < 1:
             raise VersionNotReserved(f"bucket {bucket}: version {version} was never reserved")
         encode = self.codec.encode
+        ids: list[str] = []
+        revisions: list[str] = []
+        digests: list[str] = []
+        uses: list[str] = []
+        payloads: list[bytes] = []
+        seen: set[int] = set()
+        for account in accounts:
+            if account.id in seen:
+                raise ValueError(f"bucket {bucket}: account {account.id} appears twice")
+            seen.add(account.id)
+            payload, payload_digest = encode(account)
+            used = account.last_used_at
+            ids.append(str(account.id))
+            revisions.append("-1" if account.revision is None else str(account.revision))
+            digests.append(payload_digest)
+            uses.append("" if used is None else str(to_ms(used)))
+            payloads.append(payload)
+        # The small per-account fields travel joined, one argument each: every script
+        # argument costs the server far more than its bytes (see set_snapshot.lua).
         args: list[Any] = [
             version,
             self.keys.snapshot_stem(bucket),
@@ -100,21 +119,12 @@ class RedisSchedulerCache(CoordinationMixin):
             self.grace_seconds,
             to_ms(self.clock()),
             "" if rebuild_ms is None else f"{rebuild_ms:.3f}",
+            ",".join(ids),
+            ",".join(revisions),
+            ",".join(digests),
+            ",".join(uses),
+            *payloads,
         ]
-        seen: set[int] = set()
-        for account in accounts:
-            if account.id in seen:
-                raise ValueError(f"bucket {bucket}: account {account.id} appears twice")
-            seen.add(account.id)
-            used = account.last_used_at
-            payload, payload_digest = encode(account)
-            args += (
-                account.id,
-                -1 if account.revision is None else account.revision,
-                payload,
-                payload_digest,
-                "" if used is None else to_ms(used),
-            )
         with redis_errors(f"set_snapshot {bucket} v{version}"):
             status, other = self._scripts["set_snapshot"](
                 keys=[

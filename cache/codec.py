@@ -90,7 +90,9 @@ class AccountCodec:
         exclude: dict[str, Any] = {"last_used_at": True}
         if secret:
             exclude["credentials"] = dict.fromkeys(secret, True)
-        payload = account.model_dump_json(exclude=exclude).encode()
+        # The serializer's bytes as they are: model_dump_json() would decode them to a
+        # str that we would only encode again.
+        payload = Account.__pydantic_serializer__.to_json(account, exclude=exclude)
         payload_digest = digest(payload)
         if len(self._encoded) >= self._max_decoded:
             self._encoded.clear()

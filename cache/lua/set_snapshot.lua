@@ -14,8 +14,13 @@
 -- ARGV[4] - seconds a replaced snapshot stays readable
 -- ARGV[5] - built_at, integer ms
 -- ARGV[6] - rebuild duration in ms, or '' when unknown
--- ARGV[7..] - five values per account: id, revision (-1 for none), payload, digest of
---             the payload, last use in ms ('' for none)
+-- ARGV[7] - account ids in snapshot order, joined by ','
+-- ARGV[8] - their revisions (-1 for none), joined by ','
+-- ARGV[9] - digests of their payloads, joined by ','
+-- ARGV[10] - their last uses in ms ('' for none), joined by ','
+-- ARGV[11..] - their payloads, one argument each, in the same order.
+--   Small fields come joined because each script argument costs the server far more
+--   than its bytes: 5000 accounts as five arguments each cost more than the writes.
 -- returns {1, previous active version or 0} when N became active;
 --         {0, active version} when the active version is N or newer;
 --         {-1, last reserved version} when N was never reserved
@@ -25,10 +30,9 @@ local bucket = ARGV[3]
 local grace = tonumber(ARGV[4])
 local built_at = ARGV[5]
 local duration = ARGV[6]
-local first_account = 7
-local width = 5
+local first_payload = 11
 -- unpack() is bounded by Lua's C stack (8000 slots): write in chunks.
-local chunk = 1500
+local chunk = 2000
 
 local reserved = tonumber(redis.call('GET', KEYS[2]) or '0')
 if version > reserved then
@@ -41,21 +45,39 @@ if version <= floor then
   return {0, floor}
 end
 
-local count = (#ARGV - first_account + 1) / width
-for first = 0, count - 1, chunk do
-  local last = math.min(first + chunk, count) - 1
-  local ids = {}
-  for n = first, last do
-    ids[#ids + 1] = ARGV[first_account + width * n]
+-- One account per payload argument; the joined fields must hold as many.
+local count = #ARGV - first_payload + 1
+
+local function split(joined)
+  local parts = {}
+  if count == 0 then
+    return parts
   end
+  -- '([^,]*),' on joined .. ',' keeps empty fields (an unknown last use).
+  for part in string.gmatch(joined .. ',', '([^,]*),') do
+    parts[#parts + 1] = part
+  end
+  if #parts ~= count then
+    error('set_snapshot: ' .. count .. ' payloads but ' .. #parts .. ' values in a joined field')
+  end
+  return parts
+end
+
+local all_ids = split(ARGV[7])
+local all_revisions = split(ARGV[8])
+local all_digests = split(ARGV[9])
+local all_uses = split(ARGV[10])
+
+for first = 1, count, chunk do
+  local last = math.min(first + chunk - 1, count)
+  local ids = {unpack(all_ids, first, last)}
   local stored_revisions = redis.call('HMGET', KEYS[4], unpack(ids))
   local stored_digests = redis.call('HMGET', KEYS[5], unpack(ids))
   local seen_uses = redis.call('HMGET', KEYS[6], unpack(ids))
   local payload_pairs, revision_pairs, digest_pairs, use_pairs = {}, {}, {}, {}
   for k = 1, #ids do
-    local at = first_account + width * (first + k - 1)
-    local id, revision, payload = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-    local digest, used = ARGV[at + 3], ARGV[at + 4]
+    local n = first + k - 1
+    local id, revision, digest, used = ids[k], all_revisions[n], all_digests[n], all_uses[n]
     -- A payload never replaces a newer one: the account may have changed since we read it.
     local stored = stored_revisions[k]
     if not stored or tonumber(revision) >= tonumber(stored) then
@@ -64,7 +86,7 @@ for first = 0, count - 1, chunk do
       -- An unchanged payload is not rewritten, so readers keep their decoded copy.
       if digest ~= stored_digests[k] then
         payload_pairs[#payload_pairs + 1] = id
-        payload_pairs[#payload_pairs + 1] = payload
+        payload_pairs[#payload_pairs + 1] = ARGV[first_payload + n - 1]
         digest_pairs[#digest_pairs + 1] = id
         digest_pairs[#digest_pairs + 1] = digest
       end
