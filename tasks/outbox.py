@@ -288,6 +288,10 @@ class OutboxPoller:
     def _refresh_accounts(self, hints: dict[int, frozenset[int] | None]) -> set[SchedulerBucket]:
         """Refresh or forget each account's payload; the buckets it was or is in."""
         current = self.source.get_accounts(sorted(hints))
+        gone = [account_id for account_id in hints if account_id not in current]
+        # The deletion's revision makes the tombstone hold even when the cache never saw
+        # the account (a rebuild that read it just before may be about to write it).
+        tombstones = self.source.deleted_revisions(gone) if gone else {}
         buckets: set[SchedulerBucket] = set()
         for account_id, groups in sorted(hints.items()):
             old = self._cached(account_id)
@@ -297,7 +301,7 @@ class OutboxPoller:
                 if old is None or new.revision is None or old.revision != new.revision:
                     self.cache.set_account(new)
             else:
-                self.cache.delete_account(account_id)
+                self.cache.delete_account(account_id, tombstones.get(account_id))
             buckets |= account_buckets(old, new, groups, self.config)
         return buckets
 

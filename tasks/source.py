@@ -59,6 +59,14 @@ class Source(Protocol):
         """The named accounts that exist (not deleted), by id, with their group ids."""
         ...
 
+    def deleted_revisions(self, account_ids: Iterable[int]) -> dict[int, int]:
+        """The revisions of the named accounts that are deleted (soft-deleted rows).
+
+        The cache keeps them as tombstones, so that a rebuild which read such an
+        account just before its deletion cannot write it back.
+        """
+        ...
+
     def active_groups(self) -> list[Group]:
         """Active groups that have a platform: their buckets are kept warm."""
         ...

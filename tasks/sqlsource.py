@@ -173,6 +173,22 @@ class SqlSource(SqlWriter):
         with self._read("get_accounts") as conn:
             return self._load_accounts(conn, ids)
 
+    def deleted_revisions(self, account_ids: Iterable[int]) -> dict[int, int]:
+        """Revisions of the named accounts that are soft-deleted, by id."""
+        ids = sorted({as_account_id(i) for i in account_ids})
+        found: dict[int, int] = {}
+        if not ids:
+            return found
+        with self._read("deleted_revisions") as conn:
+            for part in chunks(ids):
+                rows = conn.execute(
+                    sa.select(accounts.c.id, accounts.c.revision).where(
+                        accounts.c.id.in_(part), accounts.c.deleted_at.is_not(None)
+                    )
+                ).all()
+                found.update({int(row.id): int(row.revision) for row in rows})
+        return found
+
     def active_groups(self) -> list[Group]:
         """Active groups with a platform, by id. A platform that cannot name a bucket
         is logged and skipped rather than breaking every refresh."""

@@ -69,6 +69,7 @@ def test_delete_account_is_soft_and_writes_account_changed(world: SqlSource) -> 
     deleted = "SELECT COUNT(*) FROM accounts WHERE id = 10 AND deleted_at IS NOT NULL"
     assert sql(world, deleted) == [(1,)]
     assert world.get_accounts([10]) == {}
+    assert world.deleted_revisions([10, 11, 999]) == {10: revision(world, 10)}
     mark = world.max_outbox_id()
     assert world.delete_account(10) is False  # already gone: no second event
     assert events_after(world, mark) == []

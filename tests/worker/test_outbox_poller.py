@@ -180,6 +180,21 @@ def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
     assert recorder.take() == buckets("0:openai:single", "0:openai:forced")
 
 
+def test_a_deletion_the_cache_never_saw_still_leaves_a_tombstone(
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+) -> None:
+    account = source.create_account(name="o", platform="openai", type="apikey")
+    read_before_deletion = source.get_accounts([account.id])[account.id]
+    bucket = SchedulerBucket.parse("0:openai:single")
+    version = poller_cache.reserve_version(bucket)  # a rebuild reads the account ...
+    source.delete_account(account.id)
+    make_poller(source).poll_batch()  # ... the deletion is polled first ...
+    poller_cache.set_snapshot(bucket, [read_before_deletion], version)  # ... then it lands
+
+    assert poller_cache.get_account(account.id) is None
+    assert poller_cache.get_snapshot(bucket) is None  # a miss until the follow-up rebuild
+
+
 def account_in_group_5_of_two(
     source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
 ) -> tuple[Account, OutboxPoller]:
