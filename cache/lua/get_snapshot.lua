@@ -28,34 +28,36 @@ if #ids == 0 then
   return {}
 end
 
-local digests, uses = {}, {}
-for first = 1, #ids, chunk do
-  local last = math.min(first + chunk - 1, #ids)
-  local d = redis.call('HMGET', KEYS[3], unpack(ids, first, last))
-  local u = redis.call('HMGET', KEYS[4], unpack(ids, first, last))
-  for k = 1, last - first + 1 do
-    if not d[k] then
-      return {active, false, ids[first + k - 1]}
+-- The values of `ids` in hash `key`, in order; a missing one is `default`, or, without
+-- a default, ends the read: nil and the id it was missing for.
+local function read_all(key, default)
+  local values = {}
+  for first = 1, #ids, chunk do
+    local last = math.min(first + chunk - 1, #ids)
+    local got = redis.call('HMGET', key, unpack(ids, first, last))
+    for k = 1, last - first + 1 do
+      local value = got[k] or default
+      if not value then
+        return nil, ids[first + k - 1]
+      end
+      values[first + k - 1] = value
     end
-    digests[first + k - 1] = d[k]
-    uses[first + k - 1] = u[k] or ''
   end
+  return values
+end
+
+local digests, missing = read_all(KEYS[3], nil)
+if not digests then
+  return {active, false, missing}
 end
 local fingerprint = redis.sha1hex(table.concat(digests, ','))
-local joined_uses = table.concat(uses, ',')
+local joined_uses = table.concat(read_all(KEYS[4], ''), ',')
 if fingerprint == known then
   return {active, fingerprint, joined_uses}
 end
-
-local payloads = {}
-for first = 1, #ids, chunk do
-  local last = math.min(first + chunk - 1, #ids)
-  local p = redis.call('HMGET', KEYS[2], unpack(ids, first, last))
-  for k = 1, last - first + 1 do
-    if not p[k] then
-      return {active, false, ids[first + k - 1]}
-    end
-    payloads[first + k - 1] = p[k]
-  end
+local payloads
+payloads, missing = read_all(KEYS[2], nil)
+if not payloads then
+  return {active, false, missing}
 end
 return {active, fingerprint, joined_uses, ids, payloads}
