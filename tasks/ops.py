@@ -68,23 +68,13 @@ def account_ids(database_url: str) -> list[int]:
         engine.dispose()
 
 
-def open_source(settings: Settings, database_url: str | None = None) -> Any:
-    """A SqlSource on ``database_url`` (default: the configured one)."""
-    from tasks.sqlsource import SqlSource
-
-    return SqlSource(
-        database_url or settings.database_url,
-        mixed_platforms=settings.mixed_platforms,
-        donor_platform=settings.mixed_donor_platform,
-    )
-
-
 def seed_database(settings: Settings, *, scale: float = 1.0, seed: int = 7) -> SeedSummary:
     """Write the demo data set through the source's helpers (so with outbox events)."""
     from tasks.db import init_schema
+    from tasks.sqlsource import SqlSource
 
     init_schema(settings.database_url).dispose()
-    source = open_source(settings)
+    source = SqlSource.from_settings(settings)
     try:
         return seed_demo(source, scale=scale, seed=seed)
     finally:

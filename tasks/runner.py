@@ -204,8 +204,9 @@ def _log_says_ready(path: Path) -> bool:
 def run_system(settings: Settings, options: RunOptions) -> None:
     """Start everything, show the live view until Ctrl-C, then stop everything."""
     from tasks.db import init_schema
-    from tasks.ops import account_ids, count_accounts, open_source, seed_database
+    from tasks.ops import account_ids, count_accounts, seed_database
     from tasks.runtime import default_buckets, get_cache
+    from tasks.sqlsource import SqlSource
 
     console = Console(emoji=False, highlight=False, markup=False)
     cache = get_cache()
@@ -216,7 +217,7 @@ def run_system(settings: Settings, options: RunOptions) -> None:
         console.print(f"seeding the demo data set into {mask_url(settings.database_url)} ...")
         summary = seed_database(settings)
         console.print(f"  {summary.groups} groups, {summary.accounts} accounts")
-    source = open_source(settings)
+    source = SqlSource.from_settings(settings)
     options.run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(options.run_dir / "sched-run.log")
     services = _Services(

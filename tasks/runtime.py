@@ -70,11 +70,7 @@ def _build_source(s: Settings) -> Source:
     from tasks.sqlsource import SqlSource
 
     logger.debug("source at %s", mask_url(s.database_url))
-    return SqlSource(
-        s.database_url,
-        mixed_platforms=s.mixed_platforms,
-        donor_platform=s.mixed_donor_platform,
-    )
+    return SqlSource.from_settings(s)
 
 
 def load_factory(path: str) -> Callable[[Settings], Any]:

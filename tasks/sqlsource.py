@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import sqlalchemy as sa
 
@@ -107,6 +107,15 @@ class SqlSource(SqlWriter):
     Failures to reach the database raise :class:`SourceUnavailable` (worth retrying);
     tables never created raise :class:`SchemaMissing`.
     """
+
+    @classmethod
+    def from_settings(cls, settings: Settings, database_url: str | None = None) -> Self:
+        """The source ``settings`` describe (on another database with ``database_url``)."""
+        return cls(
+            database_url or settings.database_url,
+            mixed_platforms=settings.mixed_platforms,
+            donor_platform=settings.mixed_donor_platform,
+        )
 
     # -- health ----------------------------------------------------------------------
     def ping(self) -> None:
@@ -271,5 +280,7 @@ def _opts_in(extra: object) -> bool:
 
 
 if TYPE_CHECKING:
+    from tasks.settings import Settings
+
     # mypy proves the class implements the seam the tasks are written against.
     _conforms: type[Source] = SqlSource

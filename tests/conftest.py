@@ -27,7 +27,7 @@ from tasks import runtime
 from tasks.db import init_schema
 from tasks.settings import Settings
 from tasks.sqlsource import SqlSource
-from tests.processes import WorkerProcess, child_env, settings_from_env, sql_source
+from tests.processes import WorkerProcess, child_env, settings_from_env
 from tests.support import RedisServer, TestServers, sqlite_url_in
 
 
@@ -106,7 +106,7 @@ def configured(process_env: dict[str, str]) -> Iterator[Settings]:
 
 @pytest.fixture
 def source(configured: Settings) -> Iterator[SqlSource]:
-    store = sql_source(configured)
+    store = SqlSource.from_settings(configured)
     try:
         yield store
     finally:

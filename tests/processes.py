@@ -24,7 +24,6 @@ import pytest
 
 from tasks.app import app
 from tasks.settings import Settings
-from tasks.sqlsource import SqlSource
 
 REPO = Path(__file__).resolve().parents[1]
 QUEUES = "rebuild,outbox,last_used"
@@ -70,15 +69,6 @@ def child_env(**sched: str) -> dict[str, str]:
     # A fixed width: CLI tables and help lay out the same on every terminal and in CI.
     env.update(PYTHONUNBUFFERED="1", COLUMNS="160", **sched)
     return env
-
-
-def sql_source(settings: Settings) -> SqlSource:
-    """The SQL source ``settings`` describe, as a worker builds it."""
-    return SqlSource(
-        settings.database_url,
-        mixed_platforms=settings.mixed_platforms,
-        donor_platform=settings.mixed_donor_platform,
-    )
 
 
 class Service:

@@ -24,7 +24,8 @@ from tasks import runtime
 from tasks.app import app
 from tasks.db import init_schema
 from tasks.settings import Settings
-from tests.processes import DEFAULT_TIMEOUT, READY_TIMEOUT, WorkerProcess, sql_source, wait_for
+from tasks.sqlsource import SqlSource
+from tests.processes import DEFAULT_TIMEOUT, READY_TIMEOUT, WorkerProcess, wait_for
 from tests.support import TestServers, postgres_schema_or_skip
 
 
@@ -85,7 +86,7 @@ class GatedSource:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.inner = sql_source(settings)
+        self.inner = SqlSource.from_settings(settings)
         self.redis = redis.Redis.from_url(settings.redis_url)
 
     def accounts_for_bucket(self, bucket: SchedulerBucket, now: datetime) -> list[Account]:

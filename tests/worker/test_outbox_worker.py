@@ -22,7 +22,7 @@ from tasks.outbox import POLL_LOCK, poll_outbox
 from tasks.settings import Settings
 from tasks.source import OutboxEvent
 from tasks.sqlsource import SqlSource
-from tests.processes import WorkerProcess, sql_source, wait_for
+from tests.processes import WorkerProcess, wait_for
 from tests.support import RedisServer
 from tests.worker.conftest import EventLog
 
@@ -338,4 +338,4 @@ WRITING = "test:slow-source:writing"
 
 
 def slow_source(settings: Settings) -> SlowSource:
-    return SlowSource(sql_source(settings), settings.redis_url)
+    return SlowSource(SqlSource.from_settings(settings), settings.redis_url)
