@@ -10,7 +10,14 @@ from cache.errors import (
     InvalidBucket,
     VersionNotReserved,
 )
-from cache.models import Account, AccountStatus, BucketInfo, SchedulerBucket, SchedulerMode
+from cache.models import (
+    Account,
+    AccountStatus,
+    BucketInfo,
+    SchedulerBucket,
+    SchedulerMode,
+    as_utc,
+)
 
 __all__ = [
     "DEFAULT_CACHED_CREDENTIALS",
@@ -26,5 +33,6 @@ __all__ = [
     "SchedulerBucket",
     "SchedulerMode",
     "VersionNotReserved",
+    "as_utc",
     "utc_now",
 ]

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from cache.errors import CorruptPayload
 from cache.keys import DECODED_ACCOUNTS_MAX, DECODED_SNAPSHOTS_MAX
-from cache.models import Account
+from cache.models import Account, as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,7 @@ DEFAULT_CACHED_CREDENTIALS = frozenset({"base_url", "model_mapping", "region", "
 
 def to_ms(value: datetime) -> int:
     """Integer milliseconds since the epoch (naive datetimes are UTC)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+    return int(as_utc(value).timestamp() * 1000)
 
 
 def from_ms(value: bytes | str | int) -> datetime:

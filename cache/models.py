@@ -88,11 +88,13 @@ class SchedulerBucket(BaseModel):
         return f"SchedulerBucket({str(self)!r})"
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime.
+
+    A naive one is taken to be UTC already: the source stores UTC without a zone
+    (SQLite has none), and so do callers that pass ``datetime.utcnow()``-style times.
+    """
     if value.tzinfo is None:
-        # The source stores UTC without a zone (SQLite has none); say so explicitly.
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
@@ -154,7 +156,7 @@ class Account(BaseModel):
     )
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return _as_utc(value)
+        return None if value is None else as_utc(value)
 
     def is_schedulable(self, now: datetime) -> bool:
         """Whether a request may be sent through this account at ``now``."""

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from celery import Task
 
-from cache import CacheError, Clock, RedisSchedulerCache, utc_now
+from cache import CacheError, Clock, RedisSchedulerCache, as_utc, utc_now
 from tasks.app import app
 from tasks.retrying import RetryingTask
 from tasks.runtime import get_cache, get_source, settings
@@ -53,11 +53,6 @@ class LastUsedSink(Protocol):
     def update_last_used(
         self, updates: Mapping[int, datetime], *, record_pending: bool = False
     ) -> int: ...
-
-
-def _utc(value: datetime) -> datetime:
-    # The source stores UTC without a zone; a naive time here means the same.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 class LastUsedBatcher:
@@ -133,7 +128,7 @@ class LastUsedBatcher:
         elif not isinstance(at, datetime):
             raise ValueError(f"last use of account {account_id} must be a datetime, got {at!r}")
         else:
-            at = _utc(at)
+            at = as_utc(at)
         with self._lock:
             seen = self._batch.get(account_id)
             if seen is None or at > seen:
@@ -307,7 +302,7 @@ def _time(account_id: int, raw: object) -> datetime:
             ) from None
     if isinstance(raw, str):
         try:
-            return _utc(datetime.fromisoformat(raw))
+            return as_utc(datetime.fromisoformat(raw))
         except ValueError:
             raise InvalidLastUsed(
                 f"invalid last use {raw!r} for account {account_id}: expected ISO 8601 "
