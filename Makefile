@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cache tasks tests benchmarks examples celeryconfig.py
+	$(VENV)/bin/ruff format --check cache tasks tests benchmarks examples celeryconfig.py
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
@@ -31,7 +32,7 @@ bench: $(STAMP)
 	scripts/with-redis.sh $(PY) -m benchmarks
 
 run: $(STAMP)
-	scripts/with-redis.sh $(PY) -m tasks.cli run
+	scripts/with-redis.sh $(PY) -m tasks.ops.cli run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

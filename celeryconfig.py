@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from kombu.entity import Exchange, Queue
 
+from tasks.celery import DEFAULT_QUEUE, QUEUES, TASK_QUEUES
+from tasks.connections import broker_ssl_options
 from tasks.settings import get_settings
-from tasks.tls import broker_ssl_options
 
 _settings = get_settings()
 
@@ -61,19 +62,12 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 task_time_limit = _settings.rebuild_time_limit_seconds
 task_soft_time_limit = max(1, _settings.rebuild_time_limit_seconds - 2)
 
-QUEUES = ("rebuild", "outbox", "last_used")
 # One direct exchange per queue: a message reaches exactly the queue it is routed to.
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
-task_default_queue = "rebuild"
-task_routes = {
-    "tasks.rebuild_bucket": {"queue": "rebuild"},
-    "tasks.refresh_buckets": {"queue": "rebuild"},
-    "tasks.poll_outbox": {"queue": "outbox"},
-    "tasks.flush_last_used": {"queue": "last_used"},
-    "tasks.update_last_used": {"queue": "last_used"},
-}
-task_default_exchange = "rebuild"
-task_default_routing_key = "rebuild"
+task_default_queue = DEFAULT_QUEUE
+task_routes = {task: {"queue": queue} for task, queue in TASK_QUEUES.items()}
+task_default_exchange = DEFAULT_QUEUE
+task_default_routing_key = DEFAULT_QUEUE
 
 # Every task visible in Flower, from sending to its end.
 worker_send_task_events = True

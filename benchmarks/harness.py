@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import runtime
-from tasks.app import app
+from tasks.celery import app
 from tasks.settings import Settings
 from tests.support import RedisServer
 

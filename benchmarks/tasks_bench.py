@@ -27,9 +27,9 @@ import redis
 from benchmarks.harness import bench_servers, running_worker, wait_until
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.app import app
-from tasks.db import account_groups, accounts, groups, init_schema
-from tasks.rebuild import request_rebuild
+from tasks.celery import app
+from tasks.source.schema import account_groups, accounts, groups, init_schema
+from tasks.web.requests import request_rebuild
 
 ACCOUNTS = 100
 GROUPS = 16  # x 2 modes (single, forced) = 32 buckets of the same 100 accounts
@@ -65,21 +65,36 @@ def seed(url: str) -> list[SchedulerBucket]:
     """100 openai accounts, each a member of 16 groups: 32 buckets of 100 accounts."""
     engine = init_schema(url)
     with engine.begin() as conn:
-        conn.execute(groups.insert(), [
-            {"id": g, "name": f"g{g}", "platform": "openai"} for g in range(1, GROUPS + 1)
-        ])
-        conn.execute(accounts.insert(), [
-            {"id": a, "name": f"acct-{a}", "platform": "openai", "type": "apikey",
-             "priority": a % 5, "extra": {"max_sessions": 8}}
-            for a in range(1, ACCOUNTS + 1)
-        ])
-        conn.execute(account_groups.insert(), [
-            {"account_id": a, "group_id": g, "priority": a % 3}
-            for g in range(1, GROUPS + 1) for a in range(1, ACCOUNTS + 1)
-        ])
+        conn.execute(
+            groups.insert(),
+            [{"id": g, "name": f"g{g}", "platform": "openai"} for g in range(1, GROUPS + 1)],
+        )
+        conn.execute(
+            accounts.insert(),
+            [
+                {
+                    "id": a,
+                    "name": f"acct-{a}",
+                    "platform": "openai",
+                    "type": "apikey",
+                    "priority": a % 5,
+                    "extra": {"max_sessions": 8},
+                }
+                for a in range(1, ACCOUNTS + 1)
+            ],
+        )
+        conn.execute(
+            account_groups.insert(),
+            [
+                {"account_id": a, "group_id": g, "priority": a % 3}
+                for g in range(1, GROUPS + 1)
+                for a in range(1, ACCOUNTS + 1)
+            ],
+        )
     engine.dispose()
     return [
-        SchedulerBucket(g, "openai", mode) for g in range(1, GROUPS + 1)
+        SchedulerBucket(g, "openai", mode)
+        for g in range(1, GROUPS + 1)
         for mode in ("single", "forced")
     ]
 
@@ -192,21 +207,33 @@ def main() -> None:
     floor_median, rebuild_median = statistics.median(floor), statistics.median(latency)
     p99 = percentile(latency, 0.99)
     ratio = rebuild_median / floor_median
-    print(f"enqueue-to-run, no-op task (floor) median {floor_median:7.2f} ms   "
-          f"p99 {percentile(floor, 0.99):7.2f} ms   ({SAMPLES} samples)")
-    print(f"enqueue-to-active, {ACCOUNTS}-account rebuild   median {rebuild_median:7.2f} ms   "
-          f"p99 {p99:7.2f} ms   ({SAMPLES} samples, {deferred} deferred)")
-    print(f"  median / floor {ratio:5.2f}x (target <= {LATENCY_FLOOR_FACTOR:.0f}x: "
-          f"{'met' if ratio <= LATENCY_FLOOR_FACTOR else 'MISSED'}); "
-          f"p99 target < {P99_TARGET_MS:.0f} ms: {'met' if p99 < P99_TARGET_MS else 'MISSED'}")
-    print(f"coalescing, burst of {BURST} requests in {burst_seconds * 1000:.0f} ms: "
-          f"{burst_rebuilds} rebuilds = {BURST / max(burst_rebuilds, 1):.0f} requests per "
-          f"rebuild (target: at most 2 rebuilds: "
-          f"{'met' if burst_rebuilds <= 2 else 'MISSED'})")
-    print(f"  first request of a burst active after {first_ms:.2f} ms "
-          f"({first_ms / rebuild_median:.2f}x the idle median: no fixed delay)")
-    print(f"coalescing, {BURST} requests spread over {SPREAD_SECONDS:.0f} s: {spread_rebuilds} "
-          f"rebuilds = {BURST / max(spread_rebuilds, 1):.0f} requests per rebuild")
+    print(
+        f"enqueue-to-run, no-op task (floor) median {floor_median:7.2f} ms   "
+        f"p99 {percentile(floor, 0.99):7.2f} ms   ({SAMPLES} samples)"
+    )
+    print(
+        f"enqueue-to-active, {ACCOUNTS}-account rebuild   median {rebuild_median:7.2f} ms   "
+        f"p99 {p99:7.2f} ms   ({SAMPLES} samples, {deferred} deferred)"
+    )
+    print(
+        f"  median / floor {ratio:5.2f}x (target <= {LATENCY_FLOOR_FACTOR:.0f}x: "
+        f"{'met' if ratio <= LATENCY_FLOOR_FACTOR else 'MISSED'}); "
+        f"p99 target < {P99_TARGET_MS:.0f} ms: {'met' if p99 < P99_TARGET_MS else 'MISSED'}"
+    )
+    print(
+        f"coalescing, burst of {BURST} requests in {burst_seconds * 1000:.0f} ms: "
+        f"{burst_rebuilds} rebuilds = {BURST / max(burst_rebuilds, 1):.0f} requests per "
+        f"rebuild (target: at most 2 rebuilds: "
+        f"{'met' if burst_rebuilds <= 2 else 'MISSED'})"
+    )
+    print(
+        f"  first request of a burst active after {first_ms:.2f} ms "
+        f"({first_ms / rebuild_median:.2f}x the idle median: no fixed delay)"
+    )
+    print(
+        f"coalescing, {BURST} requests spread over {SPREAD_SECONDS:.0f} s: {spread_rebuilds} "
+        f"rebuilds = {BURST / max(spread_rebuilds, 1):.0f} requests per rebuild"
+    )
 
 
 if __name__ == "__main__":

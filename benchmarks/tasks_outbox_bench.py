@@ -24,10 +24,11 @@ from celery.signals import after_task_publish
 from benchmarks.harness import bench_servers, running_worker, wait_until
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.db import account_groups, accounts, groups, init_schema, scheduler_outbox
-from tasks.lastused import LastUsedBatcher, update_last_used
-from tasks.outbox import poll_outbox
-from tasks.rebuild import request_rebuild
+from tasks.source.schema import account_groups, accounts, groups, init_schema, scheduler_outbox
+from tasks.web.last_used import LastUsedBatcher
+from tasks.web.requests import request_rebuild
+from tasks.worker.last_used import update_last_used
+from tasks.worker.outbox import poll_outbox
 
 GROUPS = 50
 ACCOUNTS_PER_GROUP = 20
@@ -55,21 +56,34 @@ class CountingRedis(redis.Redis):
 def seed(engine: sa.Engine) -> list[SchedulerBucket]:
     """50 openai groups of 20 accounts: 100 buckets (single and forced per group)."""
     with engine.begin() as conn:
-        conn.execute(groups.insert(), [
-            {"id": g, "name": f"g{g}", "platform": "openai"} for g in range(1, GROUPS + 1)
-        ])
-        conn.execute(accounts.insert(), [
-            {"id": a, "name": f"acct-{a}", "platform": "openai", "type": "apikey",
-             "priority": a % 5}
-            for a in range(1, GROUPS * ACCOUNTS_PER_GROUP + 1)
-        ])
-        conn.execute(account_groups.insert(), [
-            {"account_id": a, "group_id": group_of(a), "priority": 1}
-            for a in range(1, GROUPS * ACCOUNTS_PER_GROUP + 1)
-        ])
+        conn.execute(
+            groups.insert(),
+            [{"id": g, "name": f"g{g}", "platform": "openai"} for g in range(1, GROUPS + 1)],
+        )
+        conn.execute(
+            accounts.insert(),
+            [
+                {
+                    "id": a,
+                    "name": f"acct-{a}",
+                    "platform": "openai",
+                    "type": "apikey",
+                    "priority": a % 5,
+                }
+                for a in range(1, GROUPS * ACCOUNTS_PER_GROUP + 1)
+            ],
+        )
+        conn.execute(
+            account_groups.insert(),
+            [
+                {"account_id": a, "group_id": group_of(a), "priority": 1}
+                for a in range(1, GROUPS * ACCOUNTS_PER_GROUP + 1)
+            ],
+        )
     return [
         SchedulerBucket(g, "openai", mode)
-        for g in range(1, GROUPS + 1) for mode in ("single", "forced")
+        for g in range(1, GROUPS + 1)
+        for mode in ("single", "forced")
     ]
 
 
@@ -82,11 +96,18 @@ def change_everything(engine: sa.Engine, priority: int) -> int:
     ids = range(1, GROUPS * ACCOUNTS_PER_GROUP + 1)
     with engine.begin() as conn:
         conn.execute(sa.update(accounts).values(priority=priority))
-        conn.execute(scheduler_outbox.insert(), [
-            {"event_type": "account_changed", "account_id": a,
-             "payload": {"group_ids": [group_of(a)]}}
-            for _ in range(EVENTS // len(ids)) for a in ids
-        ])
+        conn.execute(
+            scheduler_outbox.insert(),
+            [
+                {
+                    "event_type": "account_changed",
+                    "account_id": a,
+                    "payload": {"group_ids": [group_of(a)]},
+                }
+                for _ in range(EVENTS // len(ids))
+                for a in ids
+            ],
+        )
         return int(conn.execute(sa.select(sa.func.max(scheduler_outbox.c.id))).scalar_one())
 
 
@@ -119,9 +140,7 @@ def outbox_round(
             raise RuntimeError("benchmark: the outbox did not catch up")
         time.sleep(0.005)
     applied = time.perf_counter() - started
-    wait_until(
-        lambda: all_current(cache, buckets, priority), "every snapshot current", every=0.02
-    )
+    wait_until(lambda: all_current(cache, buckets, priority), "every snapshot current", every=0.02)
     current = time.perf_counter() - started
     return applied, current, int(cache.stats().get("rebuilds", 0)) - rebuilds_before
 
@@ -217,8 +236,10 @@ def bench_last_used(url: str, lines: list[str]) -> None:
 def main() -> None:
     with bench_servers("outbox") as servers:
         engine = init_schema(servers.database_url)
-        lines = [f"outbox and last-use benchmarks (private Redis {servers.redis_url}, SQLite, "
-                 "2 worker processes)"]
+        lines = [
+            f"outbox and last-use benchmarks (private Redis {servers.redis_url}, SQLite, "
+            "2 worker processes)"
+        ]
         try:
             bench_last_used(servers.redis_url, lines)
             with running_worker(servers, "rebuild,outbox,last_used"):

@@ -12,10 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cache import keys as ttl
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
 from cache.errors import CacheError, CacheUnavailable
-from cache.keys import KeySpace
+from cache.keys import SNAPSHOT_GRACE_SECONDS, KeySpace
 from cache.scripts import Scripts
 
 Clock = Callable[[], datetime]
@@ -52,7 +51,7 @@ class CacheBase:
         client: redis.Redis,
         *,
         prefix: str = "sched",
-        snapshot_grace_seconds: int = ttl.SNAPSHOT_GRACE_SECONDS,
+        snapshot_grace_seconds: int = SNAPSHOT_GRACE_SECONDS,
         cached_credentials: Iterable[str] = DEFAULT_CACHED_CREDENTIALS,
         clock: Clock = utc_now,
     ) -> None:

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from cache import keys as ttl
 from cache.base import CacheBase, redis_errors, text
 from cache.codec import from_ms, to_ms
 from cache.errors import CacheError
+from cache.keys import REBUILD_STATE_TTL_SECONDS
 from cache.models import SchedulerBucket, validate_token
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class CoordinationMixin(CacheBase):
         with redis_errors(f"request_rebuild {bucket}"):
             return bool(
                 self._scripts["request_rebuild"](
-                    keys=[self.keys.rebuild_state(bucket)], args=[ttl.REBUILD_STATE_TTL_SECONDS]
+                    keys=[self.keys.rebuild_state(bucket)], args=[REBUILD_STATE_TTL_SECONDS]
                 )
             )
 
@@ -146,7 +146,7 @@ class CoordinationMixin(CacheBase):
             generation = int(
                 self._scripts["begin_rebuild"](
                     keys=[self.keys.rebuild_state(bucket)],
-                    args=["1" if force else "0", ttl.REBUILD_STATE_TTL_SECONDS],
+                    args=["1" if force else "0", REBUILD_STATE_TTL_SECONDS],
                 )
             )
         return None if generation < 0 else generation
@@ -157,7 +157,7 @@ class CoordinationMixin(CacheBase):
             return int(
                 self._scripts["finish_rebuild"](
                     keys=[self.keys.rebuild_state(bucket)],
-                    args=[generation, ttl.REBUILD_STATE_TTL_SECONDS],
+                    args=[generation, REBUILD_STATE_TTL_SECONDS],
                 )
             )
 

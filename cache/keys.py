@@ -17,9 +17,6 @@ from cache.models import SchedulerBucket
 # A replaced snapshot stays readable this long instead of being deleted, so a reader
 # that looked up the active version just before a switch can still read that version.
 SNAPSHOT_GRACE_SECONDS = 60
-# A rebuild holds its bucket's lock at most this long; a worker that died keeps it no
-# longer than that. Above the rebuild task's time limit, so a live rebuild never loses it.
-LOCK_TTL_SECONDS = 30
 # The rebuild request counters of a bucket nobody asked about for a day are dropped;
 # a request after that starts from zero, which only costs one rebuild.
 REBUILD_STATE_TTL_SECONDS = 86_400

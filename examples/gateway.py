@@ -23,9 +23,10 @@ from typing import Any, Literal
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from cache import Account, InvalidBucket, SchedulerBucket, SchedulerMode
+from cache import Account, InvalidBucket, SchedulerBucket
 from tasks import list_schedulable, record_last_used, request_rebuild, runtime
-from tasks.reader import bucket_for
+from tasks.buckets import bucket_for, platform_buckets
+from tasks.source import SqlWriter
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +123,19 @@ def pick(
     account, used_at = chosen
     record_last_used(account.id, used_at)
     return Picked(
-        id=account.id, name=account.name, platform=account.platform, type=account.type,
-        priority=account.priority, previous_use=account.last_used_at,
+        id=account.id,
+        name=account.name,
+        platform=account.platform,
+        type=account.type,
+        priority=account.priority,
+        previous_use=account.last_used_at,
         bucket=str(bucket_for(group, platform, force, runtime.settings())),
     )
 
 
 @app.post("/admin/accounts/{account_id}")
 def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
-    from tasks.sqlsource import AccountNotFound
+    from tasks.source import AccountNotFound
 
     changes = change.model_dump(
         exclude_none=True, exclude={"rate_limited_for_seconds", "clear_rate_limit"}
@@ -145,7 +150,7 @@ def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
         raise HTTPException(status_code=422, detail="no change given")
     source: Any = runtime.get_source()
     try:
-        account = source.update_account(account_id, **changes)
+        account = SqlWriter(source).update_account(account_id, **changes)
     except AccountNotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     # The outbox poller would rebuild these too; asking now makes the change visible
@@ -157,14 +162,11 @@ def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
 
 
 def buckets_of(account: Account) -> set[SchedulerBucket]:
-    """Every bucket that can hold ``account``: its platform's modes in each of its groups
-    (group 0 when it has none), and the mixed buckets it is a donor to."""
+    """Every bucket that can hold ``account``: in each of its groups (group 0 when it has
+    none), its platform's buckets and the mixed buckets it is a donor to."""
     settings = runtime.settings()
-    buckets: set[SchedulerBucket] = set()
-    for group in account.group_ids or (0,):
-        for mode in runtime.modes_for(account.platform, settings):
-            buckets.add(SchedulerBucket(group, account.platform, mode))
-        if account.platform == settings.mixed_donor_platform:
-            for platform in settings.mixed_platforms:
-                buckets.add(SchedulerBucket(group, platform, SchedulerMode.MIXED))
-    return buckets
+    return {
+        bucket
+        for group in account.group_ids or (0,)
+        for bucket in platform_buckets(group, account.platform, settings)
+    }

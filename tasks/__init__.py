@@ -1,11 +1,33 @@
-"""Celery tasks that keep the scheduling cache fresh, and helpers for web apps.
+"""Celery tasks that keep the scheduling cache fresh, and the API web apps call.
 
-``celery -A tasks worker`` and ``celery -A tasks beat`` find :data:`app` here.
+``celery -A tasks worker`` and ``celery -A tasks beat`` find :data:`app` here; web apps
+use ``from tasks import list_schedulable, record_last_used, request_rebuild``.
+
+The names load on first use, so that importing a part that needs no Celery (the source
+package, the bucket rules, the settings) does not build the Celery app.
 """
 
-from tasks.app import app
-from tasks.lastused import record_last_used
-from tasks.reader import list_schedulable
-from tasks.rebuild import request_rebuild
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.celery import app
+    from tasks.web import list_schedulable, record_last_used, request_rebuild
 
 __all__ = ["app", "list_schedulable", "record_last_used", "request_rebuild"]
+
+_HOMES = {
+    "app": "tasks.celery",
+    "list_schedulable": "tasks.web",
+    "record_last_used": "tasks.web",
+    "request_rebuild": "tasks.web",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m tasks``: the ``sched`` command line."""
 
-from tasks.cli import main
+from tasks.ops.cli import main
 
 main()

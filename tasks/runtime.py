@@ -10,18 +10,18 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, cast
 
 from celery.signals import worker_process_init
 
-from cache import InvalidBucket, RedisSchedulerCache, SchedulerBucket, SchedulerMode
-from tasks.app import app
+from cache import RedisSchedulerCache, SchedulerBucket
+from tasks import buckets
+from tasks.celery import app
+from tasks.connections import broker_ssl_options, mask_url, redis_client_options
 from tasks.settings import Settings, get_settings
-from tasks.source import Group, Source
-from tasks.tls import broker_ssl_options, redis_client_options
-from tasks.urls import mask_url
+from tasks.source.protocol import Source
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def get_source() -> Source:
 def _build_source(s: Settings) -> Source:
     if s.source_factory:
         return cast(Source, load_factory(s.source_factory)(s))
-    from tasks.sqlsource import SqlSource
+    from tasks.source.reader import SqlSource
 
     logger.debug("source at %s", mask_url(s.database_url))
     return SqlSource.from_settings(s)
@@ -141,32 +141,8 @@ def _fresh_in_worker_child(**_: Any) -> None:
     _source = None
 
 
-def modes_for(platform: str, s: Settings | None = None) -> list[SchedulerMode]:
-    """The bucket modes a platform is read in (SPEC section 3)."""
-    s = s or settings()
-    modes = [SchedulerMode.SINGLE, SchedulerMode.FORCED]
-    if platform in s.mixed_platforms:
-        modes.append(SchedulerMode.MIXED)
-    return modes
-
-
-def buckets_of_groups(groups: Iterable[Group], s: Settings | None = None) -> list[SchedulerBucket]:
-    """The buckets kept warm: group 0 for every platform, and each group's platform."""
-    s = s or settings()
-    pairs = [(0, platform) for platform in s.platforms]
-    pairs += [(group.id, group.platform) for group in groups if group.id > 0]
-    buckets: set[SchedulerBucket] = set()
-    for group_id, platform in pairs:
-        try:
-            buckets.update(
-                SchedulerBucket(group_id, platform, mode) for mode in modes_for(platform, s)
-            )
-        except InvalidBucket as exc:
-            # One bad row in the groups table must not stop every other refresh.
-            logger.warning("group %s has no usable platform: %s", group_id, exc)
-    return sorted(buckets, key=lambda b: (b.group_id, b.platform, b.mode.value))
-
-
 def default_buckets(source: Source | None = None) -> list[SchedulerBucket]:
-    """Every default bucket (SPEC section 3), from the source's active groups."""
-    return buckets_of_groups((source or get_source()).active_groups())
+    """The buckets kept warm (:func:`tasks.buckets.warm_buckets`), from the source's
+    active groups."""
+    groups = (source or get_source()).active_groups()
+    return buckets.warm_buckets(((group.id, group.platform) for group in groups), settings())

@@ -24,9 +24,9 @@ import redis
 
 from cache import RedisSchedulerCache
 from tasks import runtime
-from tasks.db import init_schema
 from tasks.settings import Settings
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.schema import init_schema
 from tests.processes import WorkerProcess, child_env, settings_from_env
 from tests.support import RedisServer, TestServers, sqlite_url_in
 
@@ -111,6 +111,18 @@ def source(configured: Settings) -> Iterator[SqlSource]:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def task_cache(configured: Settings) -> RedisSchedulerCache:
+    """The cache the workers of this test write to."""
+    return runtime.get_cache()
+
+
+@pytest.fixture
+def db(source: SqlSource) -> SqlWriter:
+    """Changes to the source database, each with its outbox event."""
+    return SqlWriter(source)
 
 
 @pytest.fixture

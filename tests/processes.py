@@ -22,7 +22,7 @@ from typing import Self, TypeVar
 
 import pytest
 
-from tasks.app import app
+from tasks.celery import app
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,9 +56,9 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     prefix = "SCHED_"
     fields = Settings.model_fields
     values = {
-        key[len(prefix):].lower(): value
+        key[len(prefix) :].lower(): value
         for key, value in env.items()
-        if key.startswith(prefix) and key[len(prefix):].lower() in fields
+        if key.startswith(prefix) and key[len(prefix) :].lower() in fields
     }
     return Settings.model_validate(values)
 
@@ -91,8 +91,13 @@ class Service:
     def start(self) -> Self:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
@@ -140,9 +145,25 @@ class WorkerProcess(Service):
     ) -> None:
         self.name = f"test-{uuid.uuid4().hex[:10]}@localhost"
         argv = [
-            sys.executable, "-m", "celery", "-A", "tasks", "worker",
-            "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", self.name,
-            "-l", "info", "--without-gossip", "--without-mingle", *extra_args,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-n",
+            self.name,
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            *extra_args,
         ]
         super().__init__(argv, env, log_dir / f"{self.name.split('@')[0]}.log")
 

@@ -12,13 +12,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasks.db import make_engine
+from cache import RedisSchedulerCache, SchedulerBucket
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.engine import make_engine
 
 NO_POSTGRES = (
     "needs SCHED_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
@@ -136,3 +139,21 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def seed_group(source: SqlSource, accounts: int = 3, platform: str = "openai") -> Any:
+    group = SqlWriter(source).create_group("team", platform)
+    for n in range(accounts):
+        SqlWriter(source).create_account(
+            name=f"acc-{n}",
+            platform=platform,
+            type="apikey",
+            priority=n,
+            group_ids={group.id: 1},
+        )
+    return group
+
+
+def snapshot_ids(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> list[int] | None:
+    accounts = cache.get_snapshot(bucket)
+    return None if accounts is None else [a.id for a in accounts]

@@ -16,6 +16,5 @@ redis.call('HDEL', KEYS[1], 'queued')
 if not force and requested <= done then
   return -1
 end
-redis.call('HSET', KEYS[1], 'started', requested)
 redis.call('EXPIRE', KEYS[1], ttl)
 return requested

@@ -1,6 +1,6 @@
 -- Note a request to rebuild a bucket; tell the caller whether to enqueue a task.
 -- KEYS[1] - the bucket's rebuild state hash (req: requests so far, queued: a task is
---           waiting, started/done: request count seen by the last started/finished run)
+--           waiting, done: request count covered by the last finished run)
 -- ARGV[1] - seconds to keep the state of a bucket nobody asks about
 -- returns 1 when the caller must enqueue a rebuild, 0 when one is already queued
 local ttl = tonumber(ARGV[1])

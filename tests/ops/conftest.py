@@ -36,7 +36,10 @@ def run_cli(ops_env: dict[str, str], tmp_path: Path) -> Callable[..., CliResult]
     def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> CliResult:
         done = subprocess.run(
             [sys.executable, "-m", "tasks", *args],
-            cwd=tmp_path, env=dict(env or ops_env), capture_output=True, timeout=timeout,
+            cwd=tmp_path,
+            env=dict(env or ops_env),
+            capture_output=True,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
         return CliResult(done.returncode, done.stdout.decode(), done.stderr.decode())

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from cache import Account, RedisSchedulerCache, SchedulerBucket
-from tasks.cli import cli
+from tasks.ops.cli import cli
 from tasks.settings import Settings
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
 from tests.ops.conftest import CliResult
 from tests.processes import WorkerProcess, wait_for
 from tests.support import closed_port
@@ -51,8 +51,16 @@ def _one_line_error(result: CliResult) -> str:
 
 def test_every_command_has_clear_help() -> None:
     paths = list(_command_paths(cli))
-    expected = {("status",), ("snapshot",), ("rebuild",), ("db", "init"), ("demo", "seed"),
-                ("outbox", "tail"), ("run",), ("flower",)}
+    expected = {
+        ("status",),
+        ("snapshot",),
+        ("rebuild",),
+        ("db", "init"),
+        ("demo", "seed"),
+        ("outbox", "tail"),
+        ("run",),
+        ("flower",),
+    }
     assert expected <= set(paths)
     runner = CliRunner()
     for path in paths:
@@ -113,13 +121,21 @@ def test_malformed_setting_is_one_line_and_exit_2(run_cli: RunCli, ops_env: dict
         ("SCHED_REDIS_URL", "localhost:6379", ("status",), "'localhost:6379'"),
         ("SCHED_REDIS_URL", "redis://:hunter2pw@h:port/0", ("status",), "redis://:***@h:port/0"),
         ("SCHED_DATABASE_URL", "nonsense", ("db", "init"), "'nonsense'"),
-        ("SCHED_DATABASE_URL", "postgresql+nodriver://u:hunter2pw@h/db", ("db", "init"),
-         "postgresql+nodriver://u:***@h/db"),
+        (
+            "SCHED_DATABASE_URL",
+            "postgresql+nodriver://u:hunter2pw@h/db",
+            ("db", "init"),
+            "postgresql+nodriver://u:***@h/db",
+        ),
     ],
 )
 def test_malformed_url_is_exit_2_and_masked(
-    run_cli: RunCli, ops_env: dict[str, str], variable: str, value: str,
-    args: tuple[str, ...], shown: str,
+    run_cli: RunCli,
+    ops_env: dict[str, str],
+    variable: str,
+    value: str,
+    args: tuple[str, ...],
+    shown: str,
 ) -> None:
     result = run_cli(*args, env={**ops_env, variable: value})
     assert result.code == 2, result
@@ -177,7 +193,10 @@ def test_missing_snapshot_is_exit_3(run_cli: RunCli) -> None:
 
 def _account(account_id: int, **fields: object) -> Account:
     base: dict[str, object] = {
-        "id": account_id, "name": f"acc-{account_id}", "platform": "openai", "type": "apikey",
+        "id": account_id,
+        "name": f"acc-{account_id}",
+        "platform": "openai",
+        "type": "apikey",
         "credentials": {"api_key": f"sk-secret-{account_id}", "base_url": "https://x.invalid"},
     }
     return Account.model_validate({**base, **fields})
@@ -290,9 +309,9 @@ def test_demo_seed(run_cli: RunCli, source: SqlSource) -> None:
 
 
 def test_rebuild_through_a_real_worker(
-    run_cli: RunCli, source: SqlSource, worker: WorkerProcess
+    run_cli: RunCli, source: SqlSource, worker: WorkerProcess, db: SqlWriter
 ) -> None:
-    source.create_account(name="a", platform="openai", type="apikey")
+    db.create_account(name="a", platform="openai", type="apikey")
     result = run_cli("rebuild", "0:openai:single", "--wait", "30")
     assert result.code == 0, (result, worker.log_tail())
     assert "0:openai:single: rebuild queued" in result.out
@@ -317,12 +336,12 @@ def test_rebuild_without_a_worker_coalesces_and_wait_times_out(
 
 
 def test_outbox_tail_marks_applied_pending_and_gaps(
-    run_cli: RunCli, source: SqlSource, configured: Settings
+    run_cli: RunCli, source: SqlSource, configured: Settings, db: SqlWriter
 ) -> None:
     from tasks.runtime import get_cache
 
     for n in range(5):
-        source.create_account(name=f"a{n}", platform="openai", type="apikey")
+        db.create_account(name=f"a{n}", platform="openai", type="apikey")
     get_cache().advance_outbox(3, new_gaps=[2])
     result = run_cli("outbox", "tail", "-n", "10")
     assert result.code == 0, result
@@ -333,17 +352,20 @@ def test_outbox_tail_marks_applied_pending_and_gaps(
 
 
 def test_outbox_tail_follow_prints_new_events_until_ctrl_c(
-    ops_env: dict[str, str], source: SqlSource, tmp_path: Path
+    ops_env: dict[str, str], source: SqlSource, tmp_path: Path, db: SqlWriter
 ) -> None:
-    source.create_account(name="first", platform="openai", type="apikey")
+    db.create_account(name="first", platform="openai", type="apikey")
     process = subprocess.Popen(
         [sys.executable, "-m", "tasks", "outbox", "tail", "--follow", "--interval", "0.2"],
-        env=ops_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=ops_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert process.stdout is not None
         assert process.stdout.readline().split()[0] == b"1"
-        source.create_group("team", "openai")
+        db.create_group("team", "openai")
         started = time.monotonic()
         line = process.stdout.readline()
         assert line.split()[0] == b"2" and b"group_changed" in line

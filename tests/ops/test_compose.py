@@ -15,8 +15,8 @@ from celery.bin.celery import celery as celery_cli
 from click.testing import CliRunner
 
 import celeryconfig
-from tasks.app import app
-from tasks.cli import cli
+from tasks.celery import QUEUES, app
+from tasks.ops.cli import cli
 from tasks.settings import Settings
 from tests.processes import REPO
 
@@ -110,7 +110,7 @@ def _words(args: list[str]) -> list[str]:
 
 def test_celery_commands_name_the_app_and_its_queues(compose: dict[str, Any]) -> None:
     routed = {queue.name for queue in app.conf.task_queues}
-    assert routed == set(celeryconfig.QUEUES)
+    assert routed == set(QUEUES)
     runner = CliRunner()
     kinds = set()
     for name, service in _services(compose).items():

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks.app import app
-from tasks.rebuild import request_rebuild
-from tasks.sqlsource import SqlSource
+from tasks.celery import app
+from tasks.source import SqlSource, SqlWriter
+from tasks.web.requests import request_rebuild
 from tests.processes import Service, WorkerProcess, wait_for
 from tests.support import free_port
 
@@ -56,17 +56,18 @@ def _get(base: str, path: str, auth: tuple[str, str] | None, **params: Any) -> h
 
 
 def test_flower_shows_tasks_and_workers_behind_basic_auth(
-    flower: tuple[str, str], worker: WorkerProcess, source: SqlSource
+    flower: tuple[str, str], worker: WorkerProcess, source: SqlSource, db: SqlWriter
 ) -> None:
     base, password = flower
     auth = (USER, password)
     # Flower learns of workers from their events and from inspect replies.
     wait_for(
         lambda: worker.name in _get(base, "/api/workers", auth, refresh="true").json(),
-        timeout=60, what="the worker in /api/workers",
+        timeout=60,
+        what="the worker in /api/workers",
     )
 
-    source.create_account(name="a", platform="openai", type="apikey")
+    db.create_account(name="a", platform="openai", type="apikey")
     assert request_rebuild("0:openai:single")
     bad = app.send_task("tasks.rebuild_bucket", args=["not-a-bucket"], queue="rebuild")
 

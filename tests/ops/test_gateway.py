@@ -14,8 +14,8 @@ import pytest
 
 from cache import SchedulerBucket
 from tasks import runtime
-from tasks.rebuild import request_rebuild
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.web.requests import request_rebuild
 from tests.processes import REPO, Service, WorkerProcess, wait_for
 from tests.support import free_port
 
@@ -29,8 +29,18 @@ def gateway(ops_env: dict[str, str], worker: WorkerProcess, tmp_path: Path) -> I
     port = free_port()
     service = Service(
         [
-            sys.executable, "-m", "uvicorn", "gateway:app", "--app-dir", str(REPO / "examples"),
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway:app",
+            "--app-dir",
+            str(REPO / "examples"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
         ],
         ops_env,
         tmp_path / "gateway.log",
@@ -61,15 +71,15 @@ def _pick(client: httpx.Client) -> int:
 
 
 def test_picks_spread_by_last_use_and_a_disabled_account_stops_at_once(
-    gateway: str, source: SqlSource, worker: WorkerProcess
+    gateway: str, source: SqlSource, worker: WorkerProcess, db: SqlWriter
 ) -> None:
     cache = runtime.get_cache()
     tier = [
-        source.create_account(name=f"best-{n}", platform="openai", type="apikey", priority=50).id
+        db.create_account(name=f"best-{n}", platform="openai", type="apikey", priority=50).id
         for n in range(10)
     ]
     spare = [
-        source.create_account(name=f"spare-{n}", platform="openai", type="apikey", priority=90).id
+        db.create_account(name=f"spare-{n}", platform="openai", type="apikey", priority=90).id
         for n in range(2)
     ]
     request_rebuild(BUCKET)
@@ -88,16 +98,17 @@ def test_picks_spread_by_last_use_and_a_disabled_account_stops_at_once(
         return used == set(tier)
 
     wait_for(touched, timeout=10, what="last-use times of the picked accounts in the cache")
-    assert not any(
-        a.last_used_at for a in (cache.get_snapshot(BUCKET) or []) if a.id in spare
-    )
+    assert not any(a.last_used_at for a in (cache.get_snapshot(BUCKET) or []) if a.id in spare)
 
     with httpx.Client(base_url=gateway, timeout=30) as client:
         # Make one account the only one of the best priority: every pick is it...
         target = tier[3]
         assert client.post(f"/admin/accounts/{target}", json={"priority": 1}).status_code == 200
-        wait_for(lambda: all(_pick(client) == target for _ in range(5)), timeout=10,
-                 what="the promoted account to be picked")
+        wait_for(
+            lambda: all(_pick(client) == target for _ in range(5)),
+            timeout=10,
+            what="the promoted account to be picked",
+        )
         # ... until an admin disables it: then it is never picked again, within a second.
         reply = client.post(f"/admin/accounts/{target}", json={"status": "disabled"})
         disabled_at = time.monotonic()

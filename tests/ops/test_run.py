@@ -42,10 +42,14 @@ def test_run_shows_snapshots_within_a_minute_and_stops_cleanly(
     with out.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "tasks", "run", "--flower-port", str(port)],
-            cwd=tmp_path, env=child_env(SCHED_REDIS_URL=redis_url),
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=child_env(SCHED_REDIS_URL=redis_url),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
+
         def active() -> int:
             if process.poll() is not None:
                 pytest.fail(f"sched run exited early:\n{out.read_text()}")
@@ -62,16 +66,27 @@ def test_run_shows_snapshots_within_a_minute_and_stops_cleanly(
 
         # The demo driver's changes go through the outbox, which beat's poller applies,
         # and its picks reach the cache and, in a batch, the database.
-        wait_for(lambda: cache.get_outbox_watermark() > SEEDED_EVENTS + 3, timeout=60,
-                 what="demo changes applied from the outbox")
-        wait_for(lambda: int(cache.stats().get("last_used_db_flushes", 0)) >= 1, timeout=60,
-                 what="a last-used flush to the database")
+        wait_for(
+            lambda: cache.get_outbox_watermark() > SEEDED_EVENTS + 3,
+            timeout=60,
+            what="demo changes applied from the outbox",
+        )
+        wait_for(
+            lambda: int(cache.stats().get("last_used_db_flushes", 0)) >= 1,
+            timeout=60,
+            what="a last-used flush to the database",
+        )
 
         base = f"http://127.0.0.1:{port}"
         workers = wait_for(
-            lambda: httpx.get(f"{base}/api/workers", auth=("admin", "change-me"),
-                              params={"refresh": "true"}, timeout=10).json(),
-            timeout=60, what="the worker in Flower",
+            lambda: httpx.get(
+                f"{base}/api/workers",
+                auth=("admin", "change-me"),
+                params={"refresh": "true"},
+                timeout=10,
+            ).json(),
+            timeout=60,
+            what="the worker in Flower",
         )
         assert any(name.startswith("sched-run-") for name in workers)
         assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401

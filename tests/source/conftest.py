@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.db import init_schema
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.schema import init_schema
 from tests.support import TestServers, postgres_schema_or_skip, sqlite_url_in
 
 
@@ -42,3 +42,9 @@ def source(db_url: str) -> Iterator[SqlSource]:
         yield source
     finally:
         source.close()
+
+
+@pytest.fixture
+def db(source: SqlSource) -> SqlWriter:
+    """Changes to the source database, each with its outbox event."""
+    return SqlWriter(source)

@@ -6,8 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tasks.source import OutboxEvent
-from tasks.sqlsource import SqlSource
+from tasks.source import OutboxEvent, SqlSource
 
 
 def sql(source: SqlSource, statement: str, **params: Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Which accounts a bucket holds, and in which order (SPEC section 3)."""
+"""Which accounts a bucket holds, and in which order."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from cache import Account, SchedulerBucket
-from tasks.db import account_groups, accounts
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.schema import account_groups, accounts
 from tests.source.helpers import sql
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -22,17 +22,17 @@ def ids(source: SqlSource, bucket: str, now: datetime = NOW) -> list[int]:
 
 
 def make(source: SqlSource, account_id: int, platform: str = "anthropic", **fields: Any) -> Account:
-    return source.create_account(
+    return SqlWriter(source).create_account(
         id=account_id, name=f"acc-{account_id}", platform=platform, type="oauth", **fields
     )
 
 
 @pytest.mark.parametrize("mode", ["single", "forced", "mixed"])
 def test_group_members_by_membership_priority_then_priority_then_id(
-    source: SqlSource, mode: str
+    source: SqlSource, mode: str, db: SqlWriter
 ) -> None:
-    group = source.create_group("g", "anthropic", id=5)
-    other = source.create_group("h", "anthropic", id=6)
+    group = db.create_group("g", "anthropic", id=5)
+    other = db.create_group("h", "anthropic", id=6)
     make(source, 1, priority=1, group_ids={group.id: 20})
     make(source, 2, priority=9, group_ids={group.id: 10})
     make(source, 3, priority=1, group_ids={group.id: 10, other.id: 1})
@@ -49,9 +49,9 @@ def test_group_members_by_membership_priority_then_priority_then_id(
 
 @pytest.mark.parametrize("mode", ["single", "forced", "mixed"])
 def test_group_zero_holds_accounts_in_no_group_by_priority_then_id(
-    source: SqlSource, mode: str
+    source: SqlSource, mode: str, db: SqlWriter
 ) -> None:
-    group = source.create_group("g", "anthropic")
+    group = db.create_group("g", "anthropic")
     make(source, 1, priority=5)
     make(source, 2, priority=1)
     make(source, 3, priority=5)
@@ -61,16 +61,34 @@ def test_group_zero_holds_accounts_in_no_group_by_priority_then_id(
     assert ids(source, f"0:anthropic:{mode}") == [2, 1, 3]
 
 
-def test_mixed_adds_donor_accounts_that_opt_in(source: SqlSource) -> None:
-    group = source.create_group("g", "anthropic")
+def test_mixed_adds_donor_accounts_that_opt_in(source: SqlSource, db: SqlWriter) -> None:
+    group = db.create_group("g", "anthropic")
     make(source, 1, priority=5, group_ids=[group.id])
-    make(source, 2, platform="antigravity", priority=1, group_ids=[group.id],
-         extra={"mixed_scheduling": True})
+    make(
+        source,
+        2,
+        platform="antigravity",
+        priority=1,
+        group_ids=[group.id],
+        extra={"mixed_scheduling": True},
+    )
     make(source, 3, platform="antigravity", priority=1, group_ids=[group.id])
-    make(source, 4, platform="antigravity", priority=1, group_ids=[group.id],
-         extra={"mixed_scheduling": "true"})  # only the JSON value true opts in
-    make(source, 5, platform="antigravity", priority=1, group_ids=[group.id],
-         extra={"mixed_scheduling": False})
+    make(
+        source,
+        4,
+        platform="antigravity",
+        priority=1,
+        group_ids=[group.id],
+        extra={"mixed_scheduling": "true"},
+    )  # only the JSON value true opts in
+    make(
+        source,
+        5,
+        platform="antigravity",
+        priority=1,
+        group_ids=[group.id],
+        extra={"mixed_scheduling": False},
+    )
 
     assert ids(source, f"{group.id}:anthropic:mixed") == [2, 1]
     assert ids(source, f"{group.id}:anthropic:single") == [1]
@@ -119,16 +137,18 @@ def test_expired_accounts_are_excluded_only_when_auto_paused(source: SqlSource) 
     assert ids(source, "0:anthropic:single", now=LATER) == [2]
 
 
-def test_disabled_unschedulable_and_deleted_accounts_never_appear(source: SqlSource) -> None:
-    group = source.create_group("g", "anthropic")
+def test_disabled_unschedulable_and_deleted_accounts_never_appear(
+    source: SqlSource, db: SqlWriter
+) -> None:
+    group = db.create_group("g", "anthropic")
     make(source, 1, status="disabled", group_ids=[group.id])
     make(source, 2, status="error", group_ids=[group.id])
     make(source, 3, schedulable=False, group_ids=[group.id])
     make(source, 4, group_ids=[group.id])
     make(source, 5, group_ids=[group.id])
     make(source, 6)
-    source.delete_account(5)
-    source.delete_account(6)
+    db.delete_account(5)
+    db.delete_account(6)
 
     assert ids(source, f"{group.id}:anthropic:single") == [4]
     assert ids(source, "0:anthropic:single") == []
@@ -151,10 +171,15 @@ def test_changes_show_in_the_next_read(source: SqlSource) -> None:
     assert second[0].revision == first[0].revision
 
     sql(source, "DELETE FROM accounts WHERE id = 2")
-    sql(source, "INSERT INTO accounts (id, name, platform, type, priority, created_at) "
-                "VALUES (2, 'reborn', 'anthropic', 'apikey', 2, :at)", at=NOW)
+    sql(
+        source,
+        "INSERT INTO accounts (id, name, platform, type, priority, created_at) "
+        "VALUES (2, 'reborn', 'anthropic', 'apikey', 2, :at)",
+        at=NOW,
+    )
     assert [a.name for a in source.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)] == [
-        "acc-1", "reborn",
+        "acc-1",
+        "reborn",
     ]
 
 
@@ -170,26 +195,36 @@ def test_a_badly_written_row_is_skipped_not_fatal(source: SqlSource) -> None:
     assert ids(source, "0:anthropic:single") == [3]
 
 
-def test_active_groups_have_a_usable_platform(source: SqlSource) -> None:
-    source.create_group("a", "anthropic", id=1)
-    source.create_group("b", "openai", id=2, status="disabled")
+def test_active_groups_have_a_usable_platform(source: SqlSource, db: SqlWriter) -> None:
+    db.create_group("a", "anthropic", id=1)
+    db.create_group("b", "openai", id=2, status="disabled")
     sql(source, "INSERT INTO groups (id, name, platform) VALUES (3, 'c', 'Bad Platform')")
     sql(source, "INSERT INTO groups (id, name) VALUES (4, 'd')")
-    source.create_group("e", "gemini", id=5)
+    db.create_group("e", "gemini", id=5)
 
     assert [(g.id, g.platform) for g in source.active_groups()] == [(1, "anthropic"), (5, "gemini")]
 
 
-def test_a_large_bucket_is_read_whole_and_in_order(source: SqlSource) -> None:
-    group = source.create_group("big", "openai")
+def test_a_large_bucket_is_read_whole_and_in_order(source: SqlSource, db: SqlWriter) -> None:
+    group = db.create_group("big", "openai")
     with source.engine.begin() as conn:
-        conn.execute(accounts.insert(), [
-            {"id": i, "name": f"a{i}", "platform": "openai", "type": "apikey", "priority": i % 7}
-            for i in range(1, 1501)
-        ])
-        conn.execute(account_groups.insert(), [
-            {"account_id": i, "group_id": group.id, "priority": i % 3} for i in range(1, 1501)
-        ])
+        conn.execute(
+            accounts.insert(),
+            [
+                {
+                    "id": i,
+                    "name": f"a{i}",
+                    "platform": "openai",
+                    "type": "apikey",
+                    "priority": i % 7,
+                }
+                for i in range(1, 1501)
+            ],
+        )
+        conn.execute(
+            account_groups.insert(),
+            [{"account_id": i, "group_id": group.id, "priority": i % 3} for i in range(1, 1501)],
+        )
 
     got = source.accounts_for_bucket(SchedulerBucket(group.id, "openai", "single"), NOW)
 
@@ -198,19 +233,19 @@ def test_a_large_bucket_is_read_whole_and_in_order(source: SqlSource) -> None:
     assert source.get_accounts(range(1, 1501)).keys() == set(range(1, 1501))
 
 
-def test_reads_after_a_few_changes_in_a_large_bucket(source: SqlSource) -> None:
+def test_reads_after_a_few_changes_in_a_large_bucket(source: SqlSource, db: SqlWriter) -> None:
     """Most rows decoded before, a few changed: each read matches a fresh source."""
-    group = source.create_group("g", "anthropic", id=1)
-    source.create_group("h", "anthropic", id=2)
+    group = db.create_group("g", "anthropic", id=1)
+    db.create_group("h", "anthropic", id=2)
     for account_id in range(1, 21):
         make(source, account_id, priority=account_id, group_ids=[group.id])
     make(source, 21, platform="antigravity", priority=0, group_ids=[group.id])
     bucket = "1:anthropic:mixed"
     assert ids(source, bucket) == list(range(1, 21))
 
-    source.set_account_groups(5, {1: 50, 2: 1})
-    source.update_account(7, priority=0)
-    source.update_account(21, extra={"mixed_scheduling": True})
+    db.set_account_groups(5, {1: 50, 2: 1})
+    db.update_account(7, priority=0)
+    db.update_account(21, extra={"mixed_scheduling": True})
     sql(source, "UPDATE accounts SET schedulable = :no WHERE id = 9", no=False)
     source.update_last_used({3: NOW})
 

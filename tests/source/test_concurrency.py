@@ -10,8 +10,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tasks.db import accounts, init_schema, scheduler_outbox
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.schema import accounts, init_schema, scheduler_outbox
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 # Generous: two shared cores, and other suites may be running.
@@ -55,7 +55,7 @@ def _write_in_another_process(url: str, account_id: int, rounds: int) -> None:
     source = SqlSource(url)
     try:
         for n in range(rounds):
-            source.update_account(account_id, priority=n % 10, concurrency=n)
+            SqlWriter(source).update_account(account_id, priority=n % 10, concurrency=n)
             at = T0 + timedelta(milliseconds=n)
             source.update_last_used({1: at, 2: at})
             source.get_accounts([1, 2])
@@ -68,8 +68,9 @@ def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     locked', every change and every event kept."""
     url = f"sqlite:///{tmp_path}/shared.sqlite3"
     source = SqlSource(init_schema(url))
-    source.create_account(id=1, name="a", platform="openai", type="apikey")
-    source.create_account(id=2, name="b", platform="openai", type="apikey")
+    db = SqlWriter(source)
+    db.create_account(id=1, name="a", platform="openai", type="apikey")
+    db.create_account(id=2, name="b", platform="openai", type="apikey")
     mark = source.max_outbox_id()
     rounds = 60
     spawn = multiprocessing.get_context("spawn")
@@ -101,10 +102,13 @@ def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
 def test_overlapping_last_used_batches_keep_the_latest(db_url: str) -> None:
     source = SqlSource(init_schema(db_url))
     with source.engine.begin() as conn:
-        conn.execute(accounts.insert(), [
-            {"id": i, "name": f"a{i}", "platform": "openai", "type": "apikey"}
-            for i in range(1, 201)
-        ])
+        conn.execute(
+            accounts.insert(),
+            [
+                {"id": i, "name": f"a{i}", "platform": "openai", "type": "apikey"}
+                for i in range(1, 201)
+            ],
+        )
     errors: list[BaseException] = []
 
     def flush(offset: int) -> None:
@@ -132,14 +136,15 @@ def test_overlapping_last_used_batches_keep_the_latest(db_url: str) -> None:
 
 def test_concurrent_updates_of_one_account_each_get_a_revision(db_url: str) -> None:
     source = SqlSource(init_schema(db_url))
-    start = source.create_account(id=1, name="a", platform="openai", type="apikey").revision
+    db = SqlWriter(source)
+    start = db.create_account(id=1, name="a", platform="openai", type="apikey").revision
     assert start is not None
     revisions: list[int] = []
     lock = threading.Lock()
 
     def update(n: int) -> None:
         for k in range(10):
-            revision = source.update_account(1, concurrency=n * 100 + k).revision
+            revision = db.update_account(1, concurrency=n * 100 + k).revision
             assert revision is not None
             with lock:
                 revisions.append(revision)
@@ -173,9 +178,10 @@ def test_init_schema_run_at_once_by_several_processes_settles(db_url: str) -> No
 
     assert errors == [] and not any(t.is_alive() for t in threads)
     source = SqlSource(db_url)
+    db = SqlWriter(source)
     try:
-        first = source.create_account(name="a", platform="openai", type="apikey").revision
+        first = db.create_account(name="a", platform="openai", type="apikey").revision
         assert first is not None
-        assert source.update_account(1, priority=1).revision == first + 1  # one trigger
+        assert db.update_account(1, priority=1).revision == first + 1  # one trigger
     finally:
         source.close()

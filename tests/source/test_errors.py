@@ -10,15 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from cache import SchedulerBucket
-from tasks.db import (
-    InvalidDatabaseUrl,
-    SchemaMissing,
-    SourceUnavailable,
-    init_schema,
-    make_engine,
-    mask_url,
-)
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.engine import make_engine, mask_url
+from tasks.source.errors import InvalidDatabaseUrl, SchemaMissing, SourceUnavailable
+from tasks.source.schema import init_schema
 from tests.source.helpers import sql
 from tests.support import free_port
 
@@ -36,6 +31,7 @@ def test_mask_url_hides_the_password_only() -> None:
 def test_unreachable_postgres_is_source_unavailable_quickly_with_a_masked_url() -> None:
     url = f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/sched"
     source = SqlSource(url)
+    db = SqlWriter(source)
     started = time.monotonic()
     try:
         with pytest.raises(SourceUnavailable) as caught:
@@ -43,7 +39,7 @@ def test_unreachable_postgres_is_source_unavailable_quickly_with_a_masked_url() 
         with pytest.raises(SourceUnavailable):
             source.accounts_for_bucket(BUCKET, NOW)
         with pytest.raises(SourceUnavailable):
-            source.request_full_rebuild()
+            db.request_full_rebuild()
         with pytest.raises(SourceUnavailable):
             init_schema(source.engine)
     finally:

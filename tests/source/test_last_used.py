@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from tasks.db import accounts
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.schema import accounts
 from tests.source.helpers import revision
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -18,11 +18,9 @@ def last_used(source: SqlSource, account_id: int) -> datetime | None:
 
 
 @pytest.fixture
-def three(source: SqlSource) -> SqlSource:
+def three(source: SqlSource, db: SqlWriter) -> SqlSource:
     for account_id in (1, 2, 3):
-        source.create_account(
-            id=account_id, name=f"a{account_id}", platform="openai", type="apikey"
-        )
+        db.create_account(id=account_id, name=f"a{account_id}", platform="openai", type="apikey")
     return source
 
 
@@ -73,10 +71,13 @@ def test_bad_input_names_the_value(three: SqlSource, bad: dict[object, object]) 
 
 def test_a_large_batch(three: SqlSource) -> None:
     with three.engine.begin() as conn:
-        conn.execute(accounts.insert(), [
-            {"id": i, "name": f"a{i}", "platform": "openai", "type": "apikey"}
-            for i in range(4, 1201)
-        ])
+        conn.execute(
+            accounts.insert(),
+            [
+                {"id": i, "name": f"a{i}", "platform": "openai", "type": "apikey"}
+                for i in range(4, 1201)
+            ],
+        )
     batch = {i: T0 + timedelta(milliseconds=i) for i in range(1, 1201)}
 
     assert three.update_last_used(batch) == 1200

@@ -7,16 +7,18 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from cache import AccountStatus, SchedulerBucket
-from tasks.db import init_schema
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.schema import init_schema
 from tests.source.helpers import revision, sql
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def test_plain_insert_of_the_four_required_columns_gets_every_default(source: SqlSource) -> None:
-    sql(source, "INSERT INTO accounts (id, name, platform, type) "
-                "VALUES (7, 'a', 'openai', 'apikey')")
+    sql(
+        source,
+        "INSERT INTO accounts (id, name, platform, type) VALUES (7, 'a', 'openai', 'apikey')",
+    )
 
     account = source.get_accounts([7])[7]
 
@@ -32,8 +34,10 @@ def test_plain_insert_of_the_four_required_columns_gets_every_default(source: Sq
 
 
 def test_plain_inserts_of_groups_and_memberships_get_defaults(source: SqlSource) -> None:
-    sql(source, "INSERT INTO accounts (id, name, platform, type) "
-                "VALUES (1, 'a', 'openai', 'apikey')")
+    sql(
+        source,
+        "INSERT INTO accounts (id, name, platform, type) VALUES (1, 'a', 'openai', 'apikey')",
+    )
     sql(source, "INSERT INTO groups (id, name) VALUES (3, 'no platform yet')")
     sql(source, "INSERT INTO account_groups (account_id, group_id) VALUES (1, 3)")
 
@@ -43,43 +47,55 @@ def test_plain_inserts_of_groups_and_memberships_get_defaults(source: SqlSource)
     assert source.active_groups() == []  # no platform: nothing to keep warm
 
 
-def test_revision_grows_on_a_plain_sql_update(source: SqlSource) -> None:
-    account = source.create_account(name="a", platform="openai", type="apikey")
+def test_revision_grows_on_a_plain_sql_update(source: SqlSource, db: SqlWriter) -> None:
+    account = db.create_account(name="a", platform="openai", type="apikey")
     start = revision(source, account.id)
 
     sql(source, "UPDATE accounts SET priority = 9 WHERE id = :id", id=account.id)
-    sql(source, "UPDATE accounts SET status = 'disabled', concurrency = 1 WHERE id = :id",
-        id=account.id)
+    sql(
+        source,
+        "UPDATE accounts SET status = 'disabled', concurrency = 1 WHERE id = :id",
+        id=account.id,
+    )
 
     assert revision(source, account.id) == start + 2
     assert source.get_accounts([account.id])[account.id].revision == start + 2
 
 
-def test_a_plain_update_that_changes_nothing_keeps_the_revision(source: SqlSource) -> None:
-    account = source.create_account(name="a", platform="openai", type="apikey", priority=4)
+def test_a_plain_update_that_changes_nothing_keeps_the_revision(
+    source: SqlSource, db: SqlWriter
+) -> None:
+    account = db.create_account(name="a", platform="openai", type="apikey", priority=4)
 
     sql(source, "UPDATE accounts SET priority = 4 WHERE id = :id", id=account.id)
 
     assert revision(source, account.id) == account.revision
 
 
-def test_last_used_only_updates_do_not_bump_the_revision(source: SqlSource) -> None:
-    account = source.create_account(name="a", platform="openai", type="apikey")
+def test_last_used_only_updates_do_not_bump_the_revision(source: SqlSource, db: SqlWriter) -> None:
+    account = db.create_account(name="a", platform="openai", type="apikey")
 
-    sql(source, "UPDATE accounts SET last_used_at = CURRENT_TIMESTAMP WHERE id = :id",
-        id=account.id)
+    sql(
+        source, "UPDATE accounts SET last_used_at = CURRENT_TIMESTAMP WHERE id = :id", id=account.id
+    )
     source.update_last_used({account.id: NOW})
 
     assert revision(source, account.id) == account.revision
 
 
-def test_membership_changes_bump_the_revision_even_in_plain_sql(source: SqlSource) -> None:
-    group = source.create_group("g", "openai")
-    account = source.create_account(name="a", platform="openai", type="apikey")
+def test_membership_changes_bump_the_revision_even_in_plain_sql(
+    source: SqlSource, db: SqlWriter
+) -> None:
+    group = db.create_group("g", "openai")
+    account = db.create_account(name="a", platform="openai", type="apikey")
     start = revision(source, account.id)
 
-    sql(source, "INSERT INTO account_groups (account_id, group_id) VALUES (:a, :g)",
-        a=account.id, g=group.id)
+    sql(
+        source,
+        "INSERT INTO account_groups (account_id, group_id) VALUES (:a, :g)",
+        a=account.id,
+        g=group.id,
+    )
     after_insert = revision(source, account.id)
     sql(source, "UPDATE account_groups SET priority = 1 WHERE account_id = :a", a=account.id)
     after_update = revision(source, account.id)
@@ -90,13 +106,14 @@ def test_membership_changes_bump_the_revision_even_in_plain_sql(source: SqlSourc
 
 def test_init_schema_is_idempotent_and_keeps_data_and_one_trigger(db_url: str) -> None:
     source = SqlSource(init_schema(db_url))
+    db = SqlWriter(source)
     try:
-        account = source.create_account(name="a", platform="openai", type="apikey")
+        account = db.create_account(name="a", platform="openai", type="apikey")
         start = revision(source, account.id)
         init_schema(source.engine)
         init_schema(db_url).dispose()
 
-        updated = source.update_account(account.id, priority=1)
+        updated = db.update_account(account.id, priority=1)
 
         assert updated.revision == start + 1  # not bumped twice
         assert source.max_outbox_id() == 2
@@ -104,13 +121,16 @@ def test_init_schema_is_idempotent_and_keeps_data_and_one_trigger(db_url: str) -
         source.close()
 
 
-def test_datetimes_come_back_timezone_aware_utc(source: SqlSource) -> None:
+def test_datetimes_come_back_timezone_aware_utc(source: SqlSource, db: SqlWriter) -> None:
     paris = timezone(timedelta(hours=2))
     reset = datetime(2030, 6, 1, 14, 30, 15, 123456, tzinfo=paris)
 
-    account = source.create_account(
-        name="a", platform="openai", type="apikey",
-        rate_limit_reset_at=reset, expires_at=datetime(2031, 1, 1, 0, 0),  # naive means UTC
+    account = db.create_account(
+        name="a",
+        platform="openai",
+        type="apikey",
+        rate_limit_reset_at=reset,
+        expires_at=datetime(2031, 1, 1, 0, 0),  # naive means UTC
     )
 
     assert account.rate_limit_reset_at == reset
@@ -118,9 +138,11 @@ def test_datetimes_come_back_timezone_aware_utc(source: SqlSource) -> None:
     assert account.expires_at == datetime(2031, 1, 1, tzinfo=UTC)
 
 
-def test_json_columns_round_trip(source: SqlSource) -> None:
-    account = source.create_account(
-        name="a", platform="openai", type="apikey",
+def test_json_columns_round_trip(source: SqlSource, db: SqlWriter) -> None:
+    account = db.create_account(
+        name="a",
+        platform="openai",
+        type="apikey",
         credentials={"api_key": "sk-1", "base_url": "https://x"},
         extra={"mixed_scheduling": True, "quota": {"daily": 5}},
     )
@@ -131,19 +153,21 @@ def test_json_columns_round_trip(source: SqlSource) -> None:
     assert again.extra == {"mixed_scheduling": True, "quota": {"daily": 5}}
 
 
-def test_an_explicit_id_does_not_break_later_inserts_without_one(source: SqlSource) -> None:
-    source.create_account(id=100, name="a", platform="openai", type="apikey")
-    later = source.create_account(name="b", platform="openai", type="apikey")
-    group = source.create_group("g", "openai", id=40)
-    next_group = source.create_group("h", "openai")
+def test_an_explicit_id_does_not_break_later_inserts_without_one(
+    source: SqlSource, db: SqlWriter
+) -> None:
+    db.create_account(id=100, name="a", platform="openai", type="apikey")
+    later = db.create_account(name="b", platform="openai", type="apikey")
+    group = db.create_group("g", "openai", id=40)
+    next_group = db.create_group("h", "openai")
 
     assert later.id == 101
     assert (group.id, next_group.id) == (40, 41)
 
 
 @pytest.mark.parametrize("statement", ["DELETE FROM scheduler_outbox", "SELECT 1"])
-def test_outbox_ids_are_never_reused(source: SqlSource, statement: str) -> None:
-    first = source.request_full_rebuild()
+def test_outbox_ids_are_never_reused(source: SqlSource, statement: str, db: SqlWriter) -> None:
+    first = db.request_full_rebuild()
     sql(source, statement)
 
-    assert source.request_full_rebuild() == first + 1
+    assert db.request_full_rebuild() == first + 1

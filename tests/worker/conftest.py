@@ -19,12 +19,11 @@ from typing import Any, cast
 import pytest
 import redis
 
-from cache import Account, RedisSchedulerCache, SchedulerBucket
-from tasks import runtime
-from tasks.app import app
-from tasks.db import init_schema
+from cache import Account, SchedulerBucket
+from tasks.celery import app
 from tasks.settings import Settings
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource
+from tasks.source.schema import init_schema
 from tests.processes import DEFAULT_TIMEOUT, READY_TIMEOUT, WorkerProcess, wait_for
 from tests.support import TestServers, postgres_schema_or_skip
 
@@ -64,7 +63,8 @@ class EventLog:
     def of(self, event_type: str, name: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                e for e in self.events
+                e
+                for e in self.events
                 if e.get("type") == event_type and (name is None or e.get("name") == name)
             ]
 
@@ -140,12 +140,6 @@ def gate(redis_client: redis.Redis) -> Gate:
 @pytest.fixture
 def worker_env(process_env: dict[str, str]) -> dict[str, str]:
     return process_env
-
-
-@pytest.fixture
-def task_cache(configured: Settings) -> RedisSchedulerCache:
-    """The cache the workers of this test write to."""
-    return runtime.get_cache()
 
 
 @pytest.fixture

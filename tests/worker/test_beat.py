@@ -12,10 +12,10 @@ import pytest
 
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.app import app
-from tasks.sqlsource import SqlSource
+from tasks.celery import app
+from tasks.source import SqlSource, SqlWriter
 from tests.processes import Service, wait_for
-from tests.worker.test_rebuild import seed_group
+from tests.support import seed_group
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,13 @@ def settled(cache: RedisSchedulerCache, buckets: list[SchedulerBucket]) -> bool:
 
 
 def test_two_refreshes_at_once_do_the_work_once_and_retire_gone_buckets(
-    worker: Any, source: SqlSource, task_cache: RedisSchedulerCache
+    worker: Any, source: SqlSource, task_cache: RedisSchedulerCache, db: SqlWriter
 ) -> None:
     kept = seed_group(source)
     gone = seed_group(source)
     gone_bucket = SchedulerBucket(gone.id, "openai", "single")
     task_cache.set_snapshot(gone_bucket, [])  # registered, as an earlier read would have
-    source.update_group(gone.id, status="disabled")
+    db.update_group(gone.id, status="disabled")
     # A request whose task was lost: the flag says queued, nothing will ever run it.
     lost = SchedulerBucket(0, "openai", "single")
     task_cache.request_rebuild(lost)
@@ -67,8 +67,16 @@ def test_two_refreshes_at_once_do_the_work_once_and_retire_gone_buckets(
 def beat(env: dict[str, str], tmp: Path, name: str) -> Service:
     """A ``celery -A tasks beat`` subprocess with its own schedule file."""
     argv = [
-        sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "info",
-        "-s", str(tmp / f"{name}-schedule"),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "beat",
+        "-l",
+        "info",
+        "-s",
+        str(tmp / f"{name}-schedule"),
     ]
     return Service(argv, env, tmp / f"{name}.log").start()
 

@@ -11,13 +11,12 @@ import pytest
 
 from cache import CacheError, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.app import app
-from tasks.rebuild import request_rebuild
-from tasks.sqlsource import SqlSource
+from tasks.celery import app
+from tasks.source import SqlSource, SqlWriter
+from tasks.web.requests import request_rebuild
 from tests.processes import WorkerProcess, settings_from_env, wait_for
-from tests.support import RedisServer
+from tests.support import RedisServer, seed_group, snapshot_ids
 from tests.worker.conftest import EventLog, Gate
-from tests.worker.test_rebuild import seed_group, snapshot_ids
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +95,7 @@ def test_redis_restarted_under_a_running_worker_work_resumes(
     start_worker: Any,
     private_redis: RedisServer,
     source: SqlSource,
+    db: SqlWriter,
 ) -> None:
     env = {**worker_env, "SCHED_REDIS_URL": private_redis.url}
     runtime.reset(settings_from_env(env))
@@ -107,7 +107,7 @@ def test_redis_restarted_under_a_running_worker_work_resumes(
     ids = wait_for(lambda: snapshot_ids(cache, bucket), what="snapshot before the restart")
 
     private_redis.restart()  # no persistence: queues, locks and snapshots are gone
-    source.update_account(ids[0], status="disabled")
+    db.update_account(ids[0], status="disabled")
 
     def request_when_back() -> bool:
         try:

@@ -15,12 +15,12 @@ import redis
 import sqlalchemy as sa
 
 from cache import Account, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
-from tasks.db import SourceUnavailable, scheduler_outbox
-from tasks.outbox import OutboxPoller
-from tasks.outbox_events import MAX_NEW_GAPS
 from tasks.settings import Settings
-from tasks.source import OutboxEvent
-from tasks.sqlsource import SqlSource
+from tasks.source import OutboxEvent, SqlSource, SqlWriter
+from tasks.source.errors import SourceUnavailable
+from tasks.source.schema import scheduler_outbox
+from tasks.worker.outbox import OutboxPoller
+from tasks.worker.outbox_plan import MAX_NEW_GAPS
 from tests.support import RedisServer
 
 
@@ -89,8 +89,12 @@ def make_poller(
     def make(source: Any, cache: RedisSchedulerCache | None = None, **changes: Any) -> OutboxPoller:
         config = configured.model_copy(update=changes)
         return OutboxPoller(
-            cache or poller_cache, source, config=config,
-            request_rebuild=recorder.request, refresh_all=recorder.refresh, clock=clock,
+            cache or poller_cache,
+            source,
+            config=config,
+            request_rebuild=recorder.request,
+            refresh_all=recorder.refresh,
+            clock=clock,
         )
 
     return make
@@ -126,15 +130,18 @@ class HidingSource:
 
 # -- event types ------------------------------------------------------------------------
 def test_account_changed_refreshes_the_payload_and_requests_its_buckets(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
     poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    source.create_group("g5", "anthropic", id=5)
+    db.create_group("g5", "anthropic", id=5)
     poller = make_poller(source)
     poller.poll_batch()
     recorder.take()
 
-    account = source.create_account(name="a", platform="anthropic", type="oauth", group_ids=[5])
+    account = db.create_account(name="a", platform="anthropic", type="oauth", group_ids=[5])
     report = poller.poll_batch()
 
     assert report.applied == 1
@@ -142,7 +149,7 @@ def test_account_changed_refreshes_the_payload_and_requests_its_buckets(
     assert cached is not None and cached.revision == account.revision
     assert recorder.take() == GROUP_5_ANTHROPIC
 
-    source.update_account(account.id, priority=3)
+    db.update_account(account.id, priority=3)
     poller.poll_batch()
     cached = poller_cache.get_account(account.id)
     assert cached is not None and cached.priority == 3
@@ -151,9 +158,9 @@ def test_account_changed_refreshes_the_payload_and_requests_its_buckets(
 
 
 def test_a_donor_account_also_requests_the_mixed_buckets_it_can_join(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder, db: SqlWriter
 ) -> None:
-    source.create_account(
+    db.create_account(
         name="d", platform="antigravity", type="oauth", extra={"mixed_scheduling": True}
     )
     make_poller(source).poll_batch()
@@ -164,16 +171,19 @@ def test_a_donor_account_also_requests_the_mixed_buckets_it_can_join(
 
 
 def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
     poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    account = source.create_account(name="o", platform="openai", type="apikey")
+    account = db.create_account(name="o", platform="openai", type="apikey")
     poller = make_poller(source)
     poller.poll_batch()
     assert poller_cache.get_account(account.id) is not None
     recorder.take()
 
-    source.delete_account(account.id)
+    db.delete_account(account.id)
     poller.poll_batch()
 
     assert poller_cache.get_account(account.id) is None
@@ -181,13 +191,16 @@ def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
 
 
 def test_a_deletion_the_cache_never_saw_still_leaves_a_tombstone(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    account = source.create_account(name="o", platform="openai", type="apikey")
+    account = db.create_account(name="o", platform="openai", type="apikey")
     read_before_deletion = source.get_accounts([account.id])[account.id]
     bucket = SchedulerBucket.parse("0:openai:single")
     version = poller_cache.reserve_version(bucket)  # a rebuild reads the account ...
-    source.delete_account(account.id)
+    db.delete_account(account.id)
     make_poller(source).poll_batch()  # ... the deletion is polled first ...
     poller_cache.set_snapshot(bucket, [read_before_deletion], version)  # ... then it lands
 
@@ -199,9 +212,11 @@ def account_in_group_5_of_two(
     source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
 ) -> tuple[Account, OutboxPoller]:
     """An account in group 5 of the openai groups 5 and 6, already polled into the cache."""
-    source.create_group("g5", "openai", id=5)
-    source.create_group("g6", "openai", id=6)
-    account = source.create_account(name="o", platform="openai", type="apikey", group_ids=[5])
+    SqlWriter(source).create_group("g5", "openai", id=5)
+    SqlWriter(source).create_group("g6", "openai", id=6)
+    account = SqlWriter(source).create_account(
+        name="o", platform="openai", type="apikey", group_ids=[5]
+    )
     poller = make_poller(source)
     poller.poll_batch()
     recorder.take()
@@ -209,26 +224,30 @@ def account_in_group_5_of_two(
 
 
 def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder, db: SqlWriter
 ) -> None:
     account, poller = account_in_group_5_of_two(source, make_poller, recorder)
 
-    source.set_account_groups(account.id, {6: 1})
+    db.set_account_groups(account.id, {6: 1})
     poller.poll_batch()
 
     assert recorder.take() == GROUPS_5_AND_6_OPENAI
 
 
 def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
     poller_cache: RedisSchedulerCache,
 ) -> None:
     account, poller = account_in_group_5_of_two(source, make_poller, recorder)
 
     # Another application moves it with plain SQL and writes a bare event.
     with source.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE account_groups SET group_id = 6 WHERE account_id = :a"),
-                     {"a": account.id})
+        conn.execute(
+            sa.text("UPDATE account_groups SET group_id = 6 WHERE account_id = :a"),
+            {"a": account.id},
+        )
     insert_event(source, event_type="account_changed", account_id=account.id)
     poller.poll_batch()
 
@@ -238,17 +257,18 @@ def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in
 
 
 def test_bulk_changes_refresh_every_named_account(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
     poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    ids = [
-        source.create_account(name=f"o{i}", platform="openai", type="apikey").id for i in range(5)
-    ]
+    ids = [db.create_account(name=f"o{i}", platform="openai", type="apikey").id for i in range(5)]
     poller = make_poller(source)
     poller.poll_batch()
     recorder.take()
 
-    source.bulk_update_accounts(ids, priority=7)
+    db.bulk_update_accounts(ids, priority=7)
     report = poller.poll_batch()
 
     assert report.applied == 1
@@ -259,10 +279,13 @@ def test_bulk_changes_refresh_every_named_account(
 
 
 def test_group_changed_rebuilds_every_bucket_of_the_group(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
     poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    source.create_group("g9", "gemini", id=9)
+    db.create_group("g9", "gemini", id=9)
     # A bucket of another platform that is served in that group (registered by a read).
     poller_cache.set_snapshot(SchedulerBucket(9, "openai", "single"), [])
     make_poller(source).poll_batch()
@@ -272,26 +295,32 @@ def test_group_changed_rebuilds_every_bucket_of_the_group(
 
 
 def test_full_rebuild_goes_through_the_refresh_once_per_batch(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder
+    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder, db: SqlWriter
 ) -> None:
-    source.request_full_rebuild()
-    source.request_full_rebuild()
+    db.request_full_rebuild()
+    db.request_full_rebuild()
     report = make_poller(source).poll_batch()
     assert report.applied == 2
     assert recorder.refreshes == 1
 
 
 def test_last_used_events_move_the_cached_time_forward_only(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    account = source.create_account(name="o", platform="openai", type="apikey")
+    account = db.create_account(name="o", platform="openai", type="apikey")
     poller = make_poller(source)
     poller.poll_batch()
     later = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
     earlier = later - timedelta(seconds=60)
-    source.record_last_used_event({account.id: later})
-    insert_event(source, event_type="account_last_used",
-                 payload={"last_used": {str(account.id): earlier.timestamp()}})
+    db.record_last_used_event({account.id: later})
+    insert_event(
+        source,
+        event_type="account_last_used",
+        payload={"last_used": {str(account.id): earlier.timestamp()}},
+    )
     poller.poll_batch()
 
     cached = poller_cache.get_account(account.id)
@@ -318,12 +347,15 @@ def test_last_used_events_move_the_cached_time_forward_only(
     ids=lambda row: f"{row['event_type']}-{row.get('payload')!r}",
 )
 def test_a_malformed_event_is_skipped_and_counted_without_blocking_the_rest(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
     row: dict[str, Any],
+    db: SqlWriter,
 ) -> None:
-    before = source.create_account(name="b", platform="openai", type="apikey")
+    before = db.create_account(name="b", platform="openai", type="apikey")
     insert_event(source, **row)
-    after = source.create_account(name="a", platform="openai", type="apikey")
+    after = db.create_account(name="a", platform="openai", type="apikey")
 
     report = make_poller(source).poll_batch()
 
@@ -334,11 +366,14 @@ def test_a_malformed_event_is_skipped_and_counted_without_blocking_the_rest(
 
 
 def test_an_event_whose_handling_fails_is_skipped_alone(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    good = source.create_account(name="g", platform="openai", type="apikey")
-    poison = source.create_account(name="p", platform="openai", type="apikey")
-    also_good = source.create_account(name="h", platform="openai", type="apikey")
+    good = db.create_account(name="g", platform="openai", type="apikey")
+    poison = db.create_account(name="p", platform="openai", type="apikey")
+    also_good = db.create_account(name="h", platform="openai", type="apikey")
 
     class PoisonSource(HidingSource):
         # A fault no server shows on demand: one account's row cannot be handled.
@@ -357,10 +392,13 @@ def test_an_event_whose_handling_fails_is_skipped_alone(
 
 
 def test_when_every_event_fails_nothing_is_skipped(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    source.create_account(name="a", platform="openai", type="apikey")
-    source.create_account(name="b", platform="openai", type="apikey")
+    db.create_account(name="a", platform="openai", type="apikey")
+    db.create_account(name="b", platform="openai", type="apikey")
     poller = make_poller(source)
 
     def broken(bucket: SchedulerBucket) -> bool:
@@ -373,9 +411,12 @@ def test_when_every_event_fails_nothing_is_skipped(
 
 
 def test_a_database_outage_stops_the_batch_without_advancing(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    account = source.create_account(name="a", platform="openai", type="apikey")
+    account = db.create_account(name="a", platform="openai", type="apikey")
 
     class Flaky(HidingSource):
         failures = 1
@@ -396,13 +437,16 @@ def test_a_database_outage_stops_the_batch_without_advancing(
 
 
 def test_redis_going_away_mid_poll_advances_nothing_and_loses_nothing(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder,
-    private_redis: RedisServer, clock: Clock,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
+    private_redis: RedisServer,
+    clock: Clock,
+    db: SqlWriter,
 ) -> None:
     client = redis.Redis.from_url(private_redis.url, socket_timeout=2, socket_connect_timeout=1)
     cache = RedisSchedulerCache(client, clock=clock)
-    ids = [source.create_account(name=f"a{i}", platform="openai", type="apikey").id
-           for i in range(3)]
+    ids = [db.create_account(name=f"a{i}", platform="openai", type="apikey").id for i in range(3)]
     # What Redis has on disk when it dies (its RDB file is loaded again at start).
     client.save()
 
@@ -426,11 +470,14 @@ def test_redis_going_away_mid_poll_advances_nothing_and_loses_nothing(
 
 # -- gaps: ids that commit out of order --------------------------------------------------
 def test_an_id_that_becomes_visible_late_is_applied_on_a_later_poll(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    first = source.create_account(name="a", platform="openai", type="apikey")
-    late = source.create_account(name="b", platform="openai", type="apikey")
-    last = source.create_account(name="c", platform="openai", type="apikey")
+    first = db.create_account(name="a", platform="openai", type="apikey")
+    late = db.create_account(name="b", platform="openai", type="apikey")
+    last = db.create_account(name="c", platform="openai", type="apikey")
     late_event = source.max_outbox_id() - 1
     hiding = HidingSource(source, {late_event})
     poller = make_poller(hiding)
@@ -451,16 +498,19 @@ def test_an_id_that_becomes_visible_late_is_applied_on_a_later_poll(
 
 
 def test_ids_inserted_out_of_order_are_all_applied(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
-    a = source.create_account(name="a", platform="openai", type="apikey")
-    b = source.create_account(name="b", platform="openai", type="apikey")
+    a = db.create_account(name="a", platform="openai", type="apikey")
+    b = db.create_account(name="b", platform="openai", type="apikey")
     insert_event(source, 10, event_type="account_changed", account_id=b.id)
     poller = make_poller(source)
     poller.poll_batch()
     assert set(poller_cache.outbox_gaps()) == set(range(3, 10))
     insert_event(source, 7, event_type="account_changed", account_id=a.id)
-    source.update_account(a.id, priority=1)  # the row changes after it was first cached
+    db.update_account(a.id, priority=1)  # the row changes after it was first cached
     poller.poll_batch()
     cached = poller_cache.get_account(a.id)
     assert cached is not None and cached.priority == 1
@@ -468,8 +518,11 @@ def test_ids_inserted_out_of_order_are_all_applied(
 
 
 def test_a_gap_that_never_shows_is_given_up_after_the_timeout(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
-    clock: Clock, caplog: pytest.LogCaptureFixture,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     insert_event(source, 5)
     poller = make_poller(source, outbox_gap_timeout_seconds=30.0)
@@ -490,10 +543,13 @@ def test_a_gap_that_never_shows_is_given_up_after_the_timeout(
 
 
 def test_a_long_backlog_is_read_in_batches_until_caught_up(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
     for _ in range(25):
-        source.request_full_rebuild()
+        db.request_full_rebuild()
     report = make_poller(source, outbox_batch_size=10).poll(budget_seconds=30)
     assert (report.batches, report.applied) == (3, 25)
     stats = poller_cache.stats()
@@ -503,7 +559,9 @@ def test_a_long_backlog_is_read_in_batches_until_caught_up(
 
 
 def test_a_first_poll_of_a_pruned_outbox_keeps_only_the_nearest_ids_as_gaps(
-    source: SqlSource, make_poller: Callable[..., OutboxPoller], poller_cache: RedisSchedulerCache,
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     insert_event(source, 3_000_000)  # an old table: everything below was pruned long ago

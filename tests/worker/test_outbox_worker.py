@@ -7,7 +7,7 @@ slower database than SQLite is: the factories are at the end of this module.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,18 @@ import redis
 import sqlalchemy as sa
 
 from cache import Account, RedisSchedulerCache, SchedulerBucket
-from tasks.db import make_engine, scheduler_outbox
-from tasks.outbox import POLL_LOCK, poll_outbox
 from tasks.settings import Settings
-from tasks.source import OutboxEvent
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.source.engine import make_engine
+from tasks.source.schema import scheduler_outbox
+from tasks.worker.outbox import POLL_LOCK, poll_outbox
 from tests.processes import WorkerProcess, wait_for
 from tests.support import RedisServer
 from tests.worker.conftest import EventLog
+from tests.worker.helpers import SLOW_SOURCE, SlowSource
 
 pytestmark = pytest.mark.slow
+
 
 def drive(
     condition: Callable[[], Any], what: str, timeout: float = 45.0, every: float = 0.5
@@ -70,75 +72,85 @@ def insert_account(engine: sa.Engine, account_id: int, platform: str = "openai")
     """An account written with plain SQL, as another application would: no event."""
     with engine.begin() as conn:
         conn.execute(
-            sa.text("INSERT INTO accounts (id, name, platform, type) "
-                    "VALUES (:i, :n, :p, 'apikey')"),
+            sa.text(
+                "INSERT INTO accounts (id, name, platform, type) VALUES (:i, :n, :p, 'apikey')"
+            ),
             {"i": account_id, "n": f"raw-{account_id}", "p": platform},
         )
 
 
 def test_every_event_type_reaches_the_snapshots_with_beat_driving_the_polls(
-    start_worker: Callable[..., WorkerProcess], worker_env: dict[str, str], tmp_path: Path,
-    source: SqlSource, task_cache: RedisSchedulerCache,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
     start_worker(
         {**worker_env, "SCHED_OUTBOX_INTERVAL_SECONDS": "0.2"},
         extra_args=("-B", "-s", str(tmp_path / "beat-schedule")),
     )
-    group = source.create_group("team", "anthropic")
+    group = db.create_group("team", "anthropic")
     mixed = f"{group.id}:anthropic:mixed"
-    native = source.create_account(
+    native = db.create_account(
         name="n", platform="anthropic", type="oauth", priority=1, group_ids=[group.id]
     )
-    donor = source.create_account(
-        name="d", platform="antigravity", type="oauth", priority=2, group_ids=[group.id],
+    donor = db.create_account(
+        name="d",
+        platform="antigravity",
+        type="oauth",
+        priority=2,
+        group_ids=[group.id],
         extra={"mixed_scheduling": True},
     )
-    loose = source.create_account(name="o", platform="openai", type="apikey")
+    loose = db.create_account(name="o", platform="openai", type="apikey")
 
     # account_changed (created) and group_changed: the group's buckets and group 0's.
     wait_for(lambda: snapshot_ids(task_cache, mixed) == [native.id, donor.id], what="mixed")
     wait_for(lambda: snapshot_ids(task_cache, "0:openai:single") == [loose.id], what="group 0")
 
     # account_changed (updated): the disabled account leaves its buckets.
-    source.update_account(native.id, status="disabled")
+    db.update_account(native.id, status="disabled")
     wait_for(lambda: snapshot_ids(task_cache, mixed) == [donor.id], what="disabled native")
 
     # account_groups_changed: out of group 0, into the group.
-    source.set_account_groups(loose.id, {group.id: 1})
+    db.set_account_groups(loose.id, {group.id: 1})
     wait_for(lambda: not snapshot_ids(task_cache, "0:openai:single"), what="left group 0")
 
     # account_bulk_changed: payloads refreshed, order follows the new priorities.
-    source.update_account(native.id, status="active")
-    source.bulk_update_accounts([native.id, donor.id], priority=9)
+    db.update_account(native.id, status="active")
+    db.bulk_update_accounts([native.id, donor.id], priority=9)
     wait_for(lambda: (cached(task_cache, native.id) or native).priority == 9, what="bulk")
     wait_for(lambda: snapshot_ids(task_cache, mixed) == [native.id, donor.id], what="back")
 
     # group_changed: a membership another application wrote with plain SQL shows up once
     # the group's event comes.
-    extra = source.create_account(name="x", platform="anthropic", type="oauth")
+    extra = db.create_account(name="x", platform="anthropic", type="oauth")
     with source.engine.begin() as conn:
         conn.execute(
-            sa.text("INSERT INTO account_groups (account_id, group_id, priority) "
-                    "VALUES (:a, :g, 0)"),
+            sa.text(
+                "INSERT INTO account_groups (account_id, group_id, priority) VALUES (:a, :g, 0)"
+            ),
             {"a": extra.id, "g": group.id},
         )
-    source.update_group(group.id, name="team-renamed")
+    db.update_group(group.id, name="team-renamed")
     wait_for(lambda: extra.id in snapshot_ids(task_cache, mixed), what="group_changed")
 
     # account_last_used: the cached time moves forward.
     used = datetime.now(UTC).replace(microsecond=0)
-    source.record_last_used_event({donor.id: used})
+    db.record_last_used_event({donor.id: used})
     wait_for(lambda: (cached(task_cache, donor.id) or donor).last_used_at == used, what="used")
 
     # full_rebuild: through the refresh, even within the refresh's own interval.
     runs = int(task_cache.stats().get("refresh_runs", 0))
-    source.request_full_rebuild()
+    db.request_full_rebuild()
     wait_for(lambda: int(task_cache.stats().get("refresh_runs", 0)) > runs, what="refresh")
 
     # A deleted account leaves its buckets. (Its payload is deleted too, but a rebuild
     # of the refresh above that read it before the deletion may write it back; no
     # active snapshot lists it, so no read returns it.)
-    source.delete_account(donor.id)
+    db.delete_account(donor.id)
     wait_for(lambda: donor.id not in snapshot_ids(task_cache, mixed), what="deleted")
 
     wait_for(lambda: caught_up(task_cache, source), what="watermark at the end")
@@ -149,8 +161,10 @@ def test_every_event_type_reaches_the_snapshots_with_beat_driving_the_polls(
 
 
 def test_ids_that_commit_out_of_order_are_applied_and_lost_ones_given_up(
-    start_worker: Callable[..., WorkerProcess], worker_env: dict[str, str],
-    source: SqlSource, task_cache: RedisSchedulerCache,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
 ) -> None:
     # Long enough that event 3 is found before its gap times out, even on a busy machine.
     start_worker({**worker_env, "SCHED_OUTBOX_GAP_TIMEOUT_SECONDS": "6"})
@@ -172,31 +186,36 @@ def test_ids_that_commit_out_of_order_are_applied_and_lost_ones_given_up(
 
 
 def test_a_poison_event_does_not_block_the_rest(
-    worker: WorkerProcess, source: SqlSource, task_cache: RedisSchedulerCache
+    worker: WorkerProcess, source: SqlSource, task_cache: RedisSchedulerCache, db: SqlWriter
 ) -> None:
-    first = source.create_account(name="a", platform="openai", type="apikey")
+    first = db.create_account(name="a", platform="openai", type="apikey")
     insert_event(source.engine, event_type="account_changed", payload={"account_id": "x"})
     insert_event(source.engine, event_type="no_such_event")
-    last = source.create_account(name="b", platform="openai", type="apikey")
+    last = db.create_account(name="b", platform="openai", type="apikey")
 
     drive(lambda: caught_up(task_cache, source), what="the watermark past the poison")
     assert cached(task_cache, first.id) is not None
     assert cached(task_cache, last.id) is not None
-    wait_for(lambda: snapshot_ids(task_cache, "0:openai:single") == [first.id, last.id],
-             what="both accounts in the snapshot")
+    wait_for(
+        lambda: snapshot_ids(task_cache, "0:openai:single") == [first.id, last.id],
+        what="both accounts in the snapshot",
+    )
     assert task_cache.stats()["outbox_events_malformed"] == "2"
     assert "skipping outbox event" in worker.log_tail(20_000)
 
 
 def test_two_pollers_at_once_do_not_apply_a_batch_twice(
-    start_worker: Callable[..., WorkerProcess], worker_env: dict[str, str],
-    source: SqlSource, task_cache: RedisSchedulerCache, events: EventLog,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
+    events: EventLog,
+    db: SqlWriter,
 ) -> None:
-    slow = {**worker_env, "SCHED_SOURCE_FACTORY": f"{__name__}:slow_source"}
+    slow = {**worker_env, "SCHED_SOURCE_FACTORY": SLOW_SOURCE}
     start_worker(slow)
     start_worker(slow)  # two workers, two processes each: four pollers could overlap
-    ids = [source.create_account(name=f"a{i}", platform="openai", type="apikey").id
-           for i in range(30)]
+    ids = [db.create_account(name=f"a{i}", platform="openai", type="apikey").id for i in range(30)]
 
     for _ in range(3):
         for _ in range(4):
@@ -213,8 +232,13 @@ def test_two_pollers_at_once_do_not_apply_a_batch_twice(
 
 
 def test_redis_going_away_mid_poll_loses_nothing_and_work_resumes(
-    private_redis: RedisServer, redis_client: redis.Redis, worker_env: dict[str, str],
-    configured: Settings, start_worker: Callable[..., WorkerProcess], source: SqlSource,
+    private_redis: RedisServer,
+    redis_client: redis.Redis,
+    worker_env: dict[str, str],
+    configured: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    source: SqlSource,
+    db: SqlWriter,
 ) -> None:
     """The cache's Redis dies while a poll is between reading events and applying them.
 
@@ -228,22 +252,22 @@ def test_redis_going_away_mid_poll_loses_nothing_and_work_resumes(
         **worker_env,
         "SCHED_BROKER_URL": broker,
         "SCHED_REDIS_URL": private_redis.url,
-        "SCHED_SOURCE_FACTORY": f"{__name__}:slow_source",
+        "SCHED_SOURCE_FACTORY": SLOW_SOURCE,
     }
-    runtime.reset(configured.model_copy(update={"redis_url": private_redis.url,
-                                                "broker_url": broker}))
+    runtime.reset(
+        configured.model_copy(update={"redis_url": private_redis.url, "broker_url": broker})
+    )
     cache = runtime.get_cache()
     client = redis.Redis.from_url(private_redis.url)
     worker = start_worker(env)
-    first = source.create_account(name="a", platform="openai", type="apikey")
+    first = db.create_account(name="a", platform="openai", type="apikey")
     drive(lambda: cached(cache, first.id) and caught_up(cache, source), what="the first event")
     lock = cache.keys.named_lock(POLL_LOCK)
     # No poll queued or running: the next one is the one this test sends.
     wait_for(lambda: redis_client.llen("outbox") == 0 and not client.exists(lock), what="idle")
     client.save()  # what Redis comes back with: the watermark past the first event
 
-    later = [source.create_account(name=f"b{i}", platform="openai", type="apikey").id
-             for i in range(5)]
+    later = [db.create_account(name=f"b{i}", platform="openai", type="apikey").id for i in range(5)]
     poll_outbox.delay()
     wait_for(lambda: client.exists(lock), what="a poll in flight")
     private_redis.stop()  # events read, the slow source still answering
@@ -251,8 +275,11 @@ def test_redis_going_away_mid_poll_loses_nothing_and_work_resumes(
     time.sleep(SlowSource.delay * 2)
     private_redis.start()
 
-    wait_for(lambda: all(cached(cache, i) for i in later) and caught_up(cache, source),
-             what="the later events applied by the poll's own retry", timeout=60)
+    wait_for(
+        lambda: all(cached(cache, i) for i in later) and caught_up(cache, source),
+        what="the later events applied by the poll's own retry",
+        timeout=60,
+    )
     log = worker.log_tail(200_000)
     assert "outbox poll failed, nothing advanced" in log
     client.close()
@@ -260,25 +287,31 @@ def test_redis_going_away_mid_poll_loses_nothing_and_work_resumes(
 
 # -- PostgreSQL: two transactions whose outbox ids commit out of order -------------------
 def change_in_transaction(conn: sa.Connection, account_id: int, priority: int) -> int:
-    conn.execute(sa.text("UPDATE accounts SET priority = :p WHERE id = :i"),
-                 {"p": priority, "i": account_id})
-    return int(conn.execute(
-        scheduler_outbox.insert()
-        .values(event_type="account_changed", account_id=account_id, payload={})
-        .returning(scheduler_outbox.c.id)
-    ).scalar_one())
+    conn.execute(
+        sa.text("UPDATE accounts SET priority = :p WHERE id = :i"), {"p": priority, "i": account_id}
+    )
+    return int(
+        conn.execute(
+            scheduler_outbox.insert()
+            .values(event_type="account_changed", account_id=account_id, payload={})
+            .returning(scheduler_outbox.c.id)
+        ).scalar_one()
+    )
 
 
 def test_postgres_transactions_committing_out_of_order_are_both_applied(
-    postgres_url: str, worker_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    postgres_url: str,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
     task_cache: RedisSchedulerCache,
 ) -> None:
     start_worker({**worker_env, "SCHED_DATABASE_URL": postgres_url})
     source = SqlSource(postgres_url)
+    db = SqlWriter(source)
     engine = make_engine(postgres_url)
     try:
-        a = source.create_account(name="a", platform="openai", type="apikey")
-        b = source.create_account(name="b", platform="openai", type="apikey")
+        a = db.create_account(name="a", platform="openai", type="apikey")
+        b = db.create_account(name="b", platform="openai", type="apikey")
         drive(lambda: caught_up(task_cache, source), what="the first events")
 
         with engine.connect() as slow, engine.connect() as fast:
@@ -290,8 +323,10 @@ def test_postgres_transactions_committing_out_of_order_are_both_applied(
 
             # The higher id is applied while the lower one is still uncommitted.
             drive(
-                lambda: (cached(task_cache, b.id) or b).priority == 22
-                and task_cache.get_outbox_watermark() == high,
+                lambda: (
+                    (cached(task_cache, b.id) or b).priority == 22
+                    and task_cache.get_outbox_watermark() == high
+                ),
                 what="the higher id",
             )
             assert low in task_cache.outbox_gaps()
@@ -305,37 +340,3 @@ def test_postgres_transactions_committing_out_of_order_are_both_applied(
 
 
 # -- sources for worker processes (SCHED_SOURCE_FACTORY) --------------------------------
-class SlowSource:
-    """The SQL source with slow account reads and last-use writes: a poll or a flush
-    stays in flight long enough for the test to act while it runs. While a slow write
-    runs, the key :data:`WRITING` is set in the worker's Redis, for the test to see."""
-
-    delay = 0.6
-    # Long enough that a test sees the flush in its write and kills it there.
-    write_delay = 1.5
-
-    def __init__(self, inner: SqlSource, redis_url: str) -> None:
-        self.inner = inner
-        self.redis = redis.Redis.from_url(redis_url)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def get_accounts(self, account_ids: Iterable[int]) -> dict[int, Account]:
-        time.sleep(self.delay)
-        return self.inner.get_accounts(account_ids)
-
-    def outbox_after(self, after_id: int, limit: int) -> list[OutboxEvent]:
-        return self.inner.outbox_after(after_id, limit)
-
-    def update_last_used(self, updates: Mapping[int, datetime]) -> int:
-        self.redis.set(WRITING, 1, px=int(self.write_delay * 1000))
-        time.sleep(self.write_delay)
-        return self.inner.update_last_used(updates)
-
-
-WRITING = "test:slow-source:writing"
-
-
-def slow_source(settings: Settings) -> SlowSource:
-    return SlowSource(SqlSource.from_settings(settings), settings.redis_url)

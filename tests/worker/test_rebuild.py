@@ -10,45 +10,13 @@ from typing import Any
 import pytest
 
 from cache import RedisSchedulerCache, SchedulerBucket
-from tasks.rebuild import request_rebuild
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource
+from tasks.web.requests import request_rebuild
 from tests.processes import wait_for
+from tests.support import seed_group, snapshot_ids
+from tests.worker.helpers import change_reaches_snapshot
 
 pytestmark = pytest.mark.slow
-
-
-def seed_group(source: SqlSource, accounts: int = 3, platform: str = "openai") -> Any:
-    group = source.create_group("team", platform)
-    for n in range(accounts):
-        source.create_account(
-            name=f"acc-{n}", platform=platform, type="apikey", priority=n,
-            group_ids={group.id: 1},
-        )
-    return group
-
-
-def snapshot_ids(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> list[int] | None:
-    accounts = cache.get_snapshot(bucket)
-    return None if accounts is None else [a.id for a in accounts]
-
-
-def change_reaches_snapshot(source: SqlSource, cache: RedisSchedulerCache) -> None:
-    """The end-to-end path: source helpers -> request_rebuild -> worker -> snapshot."""
-    group = seed_group(source)
-    bucket = SchedulerBucket(group.id, "openai", "single")
-
-    assert request_rebuild(bucket) is True
-    first = wait_for(lambda: snapshot_ids(cache, bucket), what="first snapshot")
-    assert len(first) == 3
-
-    source.update_account(first[0], status="disabled")
-    request_rebuild(str(bucket))
-    wait_for(lambda: snapshot_ids(cache, bucket) == first[1:], what="disabled account gone")
-    info = cache.bucket_info(bucket)
-    assert info.account_count == 2
-    assert info.rebuild_ms is not None
-    wait_for(lambda: int(cache.stats().get("rebuilds", 0)) >= 2, what="rebuilds counted")
-    assert cache.stats()["last_rebuild_bucket"] == str(bucket)
 
 
 def test_a_change_written_through_the_helpers_reaches_the_snapshot(

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from cache import RedisSchedulerCache, SchedulerBucket
-from tasks.rebuild import request_rebuild
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.web.requests import request_rebuild
 from tests.processes import wait_for
+from tests.support import seed_group, snapshot_ids
 from tests.worker.conftest import Gate
-from tests.worker.test_rebuild import seed_group, snapshot_ids
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +22,7 @@ def test_a_change_during_a_rebuild_is_in_the_final_snapshot(
     gate: Gate,
     source: SqlSource,
     task_cache: RedisSchedulerCache,
+    db: SqlWriter,
 ) -> None:
     start_worker(gated_env)
     group = seed_group(source, accounts=3)
@@ -32,7 +33,7 @@ def test_a_change_during_a_rebuild_is_in_the_final_snapshot(
     _, read_bucket, count = gate.wait_read()
     assert (read_bucket, count) == (str(bucket), 3)
 
-    added = source.create_account(
+    added = db.create_account(
         name="late", platform="openai", type="apikey", group_ids={group.id: 1}
     )
     # The reference skipped this request (lock busy, counted as done); here it queues

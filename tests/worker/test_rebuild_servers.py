@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tasks import runtime
-from tasks.sqlsource import SqlSource
+from tasks.source import SqlSource
 from tests.processes import settings_from_env
 from tests.support import TestServers
-from tests.worker.test_rebuild import change_reaches_snapshot
+from tests.worker.helpers import change_reaches_snapshot
 
 pytestmark = pytest.mark.slow
 

@@ -26,14 +26,14 @@ from pydantic import ValidationError
 
 from cache import CacheError, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.app import app
+from tasks.celery import app
+from tasks.connections import broker_ssl_options, redis_client_options
 from tasks.settings import Settings
-from tasks.sqlsource import SqlSource
-from tasks.tls import broker_ssl_options, redis_client_options
+from tasks.source import SqlSource
 from tests.cache.factories import accounts
 from tests.processes import REPO, WorkerProcess, child_env, settings_from_env
 from tests.support import free_port
-from tests.worker.test_rebuild import change_reaches_snapshot
+from tests.worker.helpers import change_reaches_snapshot
 
 PASSWORD = "tls-test-secret-4f1c"
 WRONG_PASSWORD = "not-the-secret-9b2e"
@@ -51,13 +51,33 @@ def make_certificates(directory: Path) -> None:
 
     ec_key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     openssl(
-        "req", "-x509", *ec_key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=sched test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        *ec_key,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sched test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     )
-    openssl("req", "-new", *ec_key, "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")
+    openssl(
+        "req",
+        "-new",
+        *ec_key,
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
     # Clients match the address they dialled against subjectAltName, not the CN.
     (directory / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1\n"
@@ -67,8 +87,21 @@ def make_certificates(directory: Path) -> None:
         "authorityKeyIdentifier=keyid\n"
     )
     openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
     )
 
 
@@ -86,7 +119,9 @@ class TlsRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(
-            self.url(), ssl_ca_certs=str(self.ca_file), socket_timeout=10,
+            self.url(),
+            ssl_ca_certs=str(self.ca_file),
+            socket_timeout=10,
             socket_connect_timeout=1,
         )
 
@@ -95,17 +130,34 @@ class TlsRedis:
         with (self.dir / "stderr.log").open("wb") as stderr:
             self.process = subprocess.Popen(
                 [
-                    "redis-server", "--bind", "127.0.0.1", "--port", "0",
-                    "--tls-port", str(self.port),
-                    "--tls-cert-file", str(self.dir / "server.crt"),
-                    "--tls-key-file", str(self.dir / "server.key"),
-                    "--tls-ca-cert-file", str(self.ca_file),
-                    "--tls-auth-clients", "no",
-                    "--requirepass", PASSWORD,
-                    "--save", "", "--appendonly", "no",
-                    "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    str(self.port),
+                    "--tls-cert-file",
+                    str(self.dir / "server.crt"),
+                    "--tls-key-file",
+                    str(self.dir / "server.key"),
+                    "--tls-ca-cert-file",
+                    str(self.ca_file),
+                    "--tls-auth-clients",
+                    "no",
+                    "--requirepass",
+                    PASSWORD,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--logfile",
+                    str(self.dir / "redis.log"),
                 ],
-                stdout=subprocess.DEVNULL, stderr=stderr,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
         self._wait_ready()
         return self
@@ -193,8 +245,13 @@ def process_env(tls_redis: TlsRedis, sqlite_url: str) -> dict[str, str]:
 
 def run_sched(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tasks", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "tasks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -227,7 +284,9 @@ def test_tls_options_only_for_tls_urls_and_always_verifying(tmp_path: Path) -> N
 
     amqps = plain.model_copy(update={"broker_url": "amqps://u:pw@h:5671//"})
     assert broker_ssl_options(amqps) == {
-        "cert_reqs": ssl.CERT_REQUIRED, "ca_certs": str(ca), "server_hostname": None,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ca_certs": str(ca),
+        "server_hostname": None,
     }
     # Without a CA file the system CAs verify: no option may switch verification off.
     rediss = Settings.model_validate({"redis_url": "rediss://:pw@h:6380/0"})

@@ -1,0 +1,365 @@
+"""``sched``: the operator's command line (also ``python -m tasks``).
+
+Exit status: 0 done, 1 a server could not be reached or the work failed, 2 malformed
+input (arguments or ``SCHED_*`` settings), 3 the bucket has no active snapshot.
+Errors are one line on stderr; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from cache import SchedulerBucket
+from tasks import runtime
+from tasks.connections import mask_url
+from tasks.ops.errors import NoSnapshot, SchedGroup
+
+logger = logging.getLogger(__name__)
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _cache() -> Any:
+    from tasks.ops.commands import BadSetting
+    from tasks.runtime import get_cache
+
+    try:
+        cache = get_cache()
+    except ValueError as exc:  # redis-py's verdict on a malformed URL
+        url = mask_url(runtime.settings().redis_url)
+        raise BadSetting(f"invalid SCHED_REDIS_URL {url!r}: {exc}") from exc
+    cache.ping()
+    return cache
+
+
+def _source() -> Any:
+    from tasks.runtime import get_source
+
+    source = get_source()
+    ping = getattr(source, "ping", None)
+    if callable(ping):
+        ping()
+    return source
+
+
+def _bucket(raw: str) -> SchedulerBucket:
+    return SchedulerBucket.parse(raw)
+
+
+@click.group(cls=SchedGroup, context_settings=_CONTEXT)
+@click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug.")
+def cli(verbose: int) -> None:
+    """Operate the scheduling cache: status, snapshots, rebuilds, the database, the demo.
+
+    Configuration comes from SCHED_* environment variables (see the README); the
+    commands read Redis at SCHED_REDIS_URL and the database at SCHED_DATABASE_URL.
+    Exit status: 0 done, 1 unreachable server or failure, 2 malformed input,
+    3 no active snapshot.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# -- status and snapshots -------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def status(as_json: bool) -> None:
+    """Buckets (active version, accounts, age, last rebuild), outbox lag, last-used flushes.
+
+    Reads Redis only: the outbox lag is the one the poller last recorded.
+    """
+    from tasks.ops.live import render_report
+    from tasks.ops.status import collect_status
+
+    settings = runtime.settings()
+    report = collect_status(_cache(), redis_url=settings.redis_url)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    Console(emoji=False, highlight=False, markup=False).print(render_report(report))
+
+
+@cli.command(
+    epilog="\b\nExamples:\n  sched snapshot 0:openai:single\n"
+    "  sched snapshot 12:anthropic:mixed --json"
+)
+@click.argument("bucket")
+@click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
+def snapshot(bucket: str, as_json: bool) -> None:
+    """The accounts of BUCKET's active snapshot, in scheduling order.
+
+    BUCKET is '<group_id>:<platform>:<mode>', e.g. 0:anthropic:single. Each account
+    shows whether it is schedulable now and, when held back by a rate limit,
+    overload or temporary block, until when.
+    """
+    from tasks.ops.commands import print_snapshot
+
+    parsed = _bucket(bucket)
+    cache = _cache()
+    accounts = cache.get_snapshot(parsed)
+    if accounts is None:
+        raise NoSnapshot(
+            f"bucket {parsed} has no active snapshot (not built yet, or retired): "
+            f"try `sched rebuild {parsed}`"
+        )
+    print_snapshot(cache.bucket_info(parsed), accounts, datetime.now(UTC), as_json=as_json)
+
+
+@cli.command(
+    epilog="\b\nExamples:\n  sched rebuild 0:anthropic:single --wait 10\n  sched rebuild --all"
+)
+@click.argument("bucket", required=False)
+@click.option("--all", "all_buckets", is_flag=True, help="Every registered and default bucket.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait up to SECONDS for the new snapshot to be active (needs a worker).",
+)
+def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
+    """Ask the workers to rebuild BUCKET, or --all buckets.
+
+    Requests coalesce: a bucket that already has a rebuild queued is not queued twice,
+    and its queued rebuild covers this request.
+    """
+    if (bucket is None) == (not all_buckets):
+        raise click.UsageError("give either BUCKET or --all, not both or neither")
+    from tasks.web.requests import request_rebuild
+
+    cache = _cache()
+    if all_buckets:
+        from tasks.runtime import default_buckets
+
+        targets = sorted(
+            {*cache.list_buckets(), *default_buckets(_source())},
+            key=lambda b: (b.group_id, b.platform, b.mode.value),
+        )
+    else:
+        targets = [_bucket(bucket or "")]
+    before = {b: cache.bucket_info(b).active_version or 0 for b in targets}
+    for target in targets:
+        sent = request_rebuild(target)
+        what = "rebuild queued" if sent else "rebuild already queued (coalesced)"
+        click.echo(f"{target}: {what}")
+    if wait is None:
+        return
+    deadline = time.monotonic() + wait
+    waiting = set(targets)
+    while waiting and time.monotonic() < deadline:
+        waiting = {b for b in waiting if (cache.bucket_info(b).active_version or 0) <= before[b]}
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        raise click.ClickException(
+            f"{len(waiting)} of {len(targets)} bucket(s) not rebuilt within {wait:g}s "
+            f"(e.g. {min(waiting, key=str)}): is a worker consuming the 'rebuild' queue?"
+        )
+    for target in targets:
+        click.echo(f"{target}: v{cache.bucket_info(target).active_version} active")
+
+
+# -- database and demo ----------------------------------------------------------------
+
+
+@cli.group(context_settings=_CONTEXT)
+def db() -> None:
+    """The source database at SCHED_DATABASE_URL."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Create the tables, indexes and triggers; safe to run again."""
+    from tasks.source.schema import init_schema
+
+    settings = runtime.settings()
+    init_schema(settings.database_url).dispose()
+    click.echo(f"schema ready in {mask_url(settings.database_url)}")
+
+
+@cli.group(context_settings=_CONTEXT)
+def demo() -> None:
+    """The demo data set."""
+
+
+@demo.command("seed")
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0.01, max=100),
+    default=1.0,
+    show_default=True,
+    metavar="FACTOR",
+    help="Multiply the number of demo accounts (about 300 at 1.0).",
+)
+@click.option(
+    "--seed",
+    "rng_seed",
+    type=int,
+    default=7,
+    show_default=True,
+    metavar="N",
+    help="Random seed: the same seed gives the same data set.",
+)
+@click.option("--force", is_flag=True, help="Add the data set even if accounts exist.")
+def demo_seed(scale: float, rng_seed: int, force: bool) -> None:
+    """Create the schema if needed and write the demo groups and accounts.
+
+    A database that already has accounts is left alone unless --force is given.
+    """
+    from tasks.ops.commands import count_accounts, seed_database
+
+    settings = runtime.settings()
+    where = mask_url(settings.database_url)
+    existing = count_accounts(settings.database_url)
+    if existing and not force:
+        click.echo(f"{where} already has {existing} accounts: not seeding (--force adds more)")
+        return
+    summary = seed_database(settings, scale=scale, seed=rng_seed)
+    click.echo(
+        f"seeded {where}: {summary.groups} groups, {summary.accounts} accounts "
+        f"({summary.rate_limited} rate-limited, {summary.unschedulable} disabled or switched off)"
+    )
+
+
+# -- outbox ---------------------------------------------------------------------------
+
+
+@cli.group(context_settings=_CONTEXT)
+def outbox() -> None:
+    """The scheduler outbox: changes waiting to reach the cache."""
+
+
+@outbox.command("tail", epilog="\b\nExamples:\n  sched outbox tail -n 50\n  sched outbox tail -f")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1, max=10_000),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="How many of the newest events to show.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --follow: how often to look for new events.",
+)
+def outbox_tail(limit: int, follow: bool, interval: float) -> None:
+    """The newest outbox events, marked applied, pending or gap (not applied yet,
+    skipped over while its transaction was open)."""
+    from tasks.ops.commands import event_line
+
+    cache = _cache()
+    source = _source()
+    newest = source.max_outbox_id()
+    events = source.outbox_after(max(0, newest - limit), limit)
+    watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
+    for event in events:
+        click.echo(event_line(event, watermark, gaps))
+    if not follow:
+        return
+    last = max([newest, *(e.id for e in events)])
+    with _stop_on_ctrl_c():
+        while True:
+            time.sleep(interval)
+            fresh = source.outbox_after(last, 500)
+            watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
+            for event in fresh:
+                click.echo(event_line(event, watermark, gaps))
+                last = max(last, event.id)
+
+
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+
+
+# -- services -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Port to listen on [default: SCHED_FLOWER_PORT].",
+)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDRESS",
+    help="Address to listen on (0.0.0.0 in a container).",
+)
+def flower(port: int | None, address: str) -> None:
+    """Run Flower, the Celery monitor, with basic auth from SCHED_FLOWER_USER and
+    SCHED_FLOWER_PASSWORD (the password never appears on a command line)."""
+    from tasks.ops.commands import run_flower
+
+    run_flower(runtime.settings(), port=port, address=address)
+
+
+@cli.command()
+@click.option(
+    "--demo/--no-demo",
+    default=None,
+    help="Seed the demo data set and run the demo driver "
+    "[default: only when SCHED_DATABASE_URL is unset].",
+)
+@click.option(
+    "--flower-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Flower's port [default: SCHED_FLOWER_PORT if free, else any free port].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="Worker processes.",
+)
+def run(demo: bool | None, flower_port: int | None, concurrency: int) -> None:
+    """Run the system here: a worker with beat, Flower, and a live view (Ctrl-C stops it).
+
+    Without SCHED_DATABASE_URL it uses the SQLite file sched.sqlite3 and fills it with
+    the demo data set, then changes and uses accounts the way admins and a gateway
+    would, so the view shows snapshots being rebuilt. Logs go to .run/.
+    """
+    from tasks.ops.runner import RunOptions, run_system
+
+    settings = runtime.settings()
+    _cache()  # a malformed or unreachable Redis is reported before anything starts
+    if demo is None:
+        demo = "database_url" not in settings.model_fields_set
+    run_system(settings, RunOptions(demo=demo, flower_port=flower_port, concurrency=concurrency))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console entry point (``sched``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="sched")
+    raise AssertionError("unreachable: click's main exits")  # pragma: no cover
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Rich rendering of a :class:`~tasks.ops.status.StatusReport`, once or refreshing live."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from tasks.ops.status import BucketStatus, StatusReport
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _since(iso: str | None, now: datetime) -> str:
+    if not iso:
+        return "-"
+    try:
+        return f"{_age((now - datetime.fromisoformat(iso)).total_seconds())} ago"
+    except (ValueError, TypeError):
+        return iso
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def bucket_table(rows: Sequence[BucketStatus], max_rows: int | None = None) -> Table:
+    """One row per bucket; past ``max_rows`` the rest is summed up in a last row."""
+    table = Table(expand=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("bucket")
+    table.add_column("version", justify="right")
+    table.add_column("accounts", justify="right")
+    table.add_column("schedulable now", justify="right")
+    table.add_column("age", justify="right")
+    table.add_column("last rebuild", justify="right")
+    shown = rows if max_rows is None or len(rows) <= max_rows else rows[: max(max_rows - 1, 0)]
+    for row in shown:
+        missing = row.active_version is None
+        table.add_row(
+            Text(row.bucket),  # Text: a bucket like 0:gemini:single is no emoji code
+            Text("no snapshot", style="yellow") if missing else f"v{row.active_version}",
+            "-" if missing else str(row.account_count),
+            _num(row.schedulable_now),
+            _age(row.age_seconds),
+            "-" if row.rebuild_ms is None else f"{row.rebuild_ms:.1f} ms",
+        )
+    if len(shown) < len(rows):
+        rest = rows[len(shown) :]
+        active = sum(1 for r in rest if r.active_version is not None)
+        more = Text(f"... {len(rest)} more ({active} active)", style="dim")
+        table.add_row(more, "", "", "", "", "")
+    return table
+
+
+def summary_lines(report: StatusReport) -> list[Text]:
+    """Outbox, last-used and rebuild figures, a line each."""
+    out = report.outbox
+    lag = "-" if out.lag is None else str(out.lag)
+    outbox = Text.assemble(
+        ("outbox     ", "bold"),
+        f"watermark {out.watermark}  newest {_num(out.newest_id)}  lag ",
+        (lag, "red" if out.lag else "green"),
+        f"  gaps {out.gaps}",
+        f" (oldest {_age(out.oldest_gap_seconds)})" if out.gaps else "",
+        f"  events applied {_num(out.events_applied)}",
+    )
+    used = report.last_used
+    last_used = Text.assemble(
+        ("last used  ", "bold"),
+        f"flushes to db {_num(used.db_flushes)}  rows {_num(used.db_rows_written)}"
+        f"  pending {used.pending_db_writes}"
+        f"  last flush {_since(used.last_db_flush_at, report.generated_at)}",
+    )
+    active = sum(1 for row in report.buckets if row.active_version is not None)
+    buckets = Text.assemble(
+        ("buckets    ", "bold"),
+        f"{active} active of {len(report.buckets)}  rebuilds {_num(report.rebuilds)}",
+    )
+    return [buckets, outbox, last_used]
+
+
+def _unwrapped(part: RenderableType) -> RenderableType:
+    """Lines of text are cut, not wrapped, so the view's height is what it counts."""
+    if isinstance(part, Text):
+        part = part.copy()
+        part.no_wrap = True
+        part.overflow = "ellipsis"
+    return part
+
+
+def render_report(
+    report: StatusReport,
+    *,
+    header: Sequence[RenderableType] = (),
+    footer: Sequence[RenderableType] = (),
+    height: int | None = None,
+) -> RenderableType:
+    """The report as one renderable; with ``height``, the bucket table is cut to fit."""
+    header, footer = [_unwrapped(part) for part in header], [_unwrapped(part) for part in footer]
+    summary = [_unwrapped(line) for line in summary_lines(report)]
+    max_rows = None
+    if height is not None:
+        # header + summary + table header + footer, and one spare line for the cursor
+        max_rows = max(3, height - len(header) - len(summary) - len(footer) - 3)
+    table = bucket_table(report.buckets, max_rows)
+    parts: list[RenderableType] = [*header, *summary, Text(""), table]
+    if footer:
+        parts += [Text(""), *footer]
+    return Group(*parts)
+
+
+def run_live(
+    frame: Callable[[int], RenderableType],
+    *,
+    console: Console,
+    refresh_seconds: float = 1.0,
+    until: Callable[[], bool] = lambda: False,
+) -> None:
+    """Redraw ``frame(height)`` every ``refresh_seconds`` until ``until()`` or Ctrl-C.
+
+    KeyboardInterrupt propagates, so the caller's cleanup runs.
+    """
+    with Live(
+        frame(console.size.height),
+        console=console,
+        refresh_per_second=4,
+        transient=False,
+        vertical_overflow="crop",
+    ) as live:
+        while not until():
+            time.sleep(refresh_seconds)
+            live.update(frame(console.size.height))

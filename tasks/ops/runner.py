@@ -1,0 +1,356 @@
+"""``sched run``: a worker with beat, Flower and a live view, stopped together on Ctrl-C."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.text import Text
+
+from tasks.celery import QUEUES
+from tasks.connections import mask_url
+from tasks.ops.errors import one_line
+from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# A worker finishing its running tasks gets this long after SIGTERM (a rebuild is
+# killed by its own time limit well before), then it and its pool are killed.
+STOP_TIMEOUT_SECONDS = 25.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    demo: bool
+    flower_port: int | None = None
+    concurrency: int = 2
+    run_dir: Path = Path(".run")
+    refresh_seconds: float = 1.0
+
+
+@dataclass
+class Child:
+    """A service process of ours, in a session of its own so that the terminal's
+    Ctrl-C reaches only ``sched run``, which then stops the children in order."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exit_status(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> str:
+        """Stop it (SIGTERM, then SIGKILL to its whole session) and say how it went."""
+        process = self.process
+        if process is None:
+            return f"{self.name} was not started"
+        try:
+            if process.poll() is not None:
+                status = process.returncode
+                return f"{self.name} (pid {process.pid}) had exited with status {status}"
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+                how = "stopped"
+            except subprocess.TimeoutExpired:
+                how = f"killed after {timeout:.0f}s"
+            # Pool children or an embedded beat left behind share the session id.
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+            return f"{self.name} (pid {process.pid}) {how}"
+        finally:
+            if self._log is not None:
+                self._log.close()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM should ``sched run`` itself be killed outright, so a
+    `kill -9` or a closed terminal leaves no worker behind (Linux's PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        # As Flower (tornado) binds: connections of an earlier run lingering in
+        # TIME_WAIT do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def choose_flower_port(settings: Settings, requested: int | None) -> int:
+    """The requested or configured port; the default one only if free, else any free one."""
+    from tasks.ops.commands import BadSetting
+
+    configured = "flower_port" in settings.model_fields_set
+    explicit = requested or (settings.flower_port if configured else None)
+    if explicit is not None:
+        if not port_is_free(explicit):
+            raise BadSetting(f"Flower port {explicit} is in use: pick another with --flower-port")
+        return explicit
+    return settings.flower_port if port_is_free(settings.flower_port) else free_port()
+
+
+def http_ok(url: str, timeout: float = 0.3) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # our own Flower only
+            return int(reply.status) == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@dataclass
+class _Services:
+    settings: Settings
+    options: RunOptions
+    flower_port: int
+    worker: Child
+    flower: Child
+    flower_ready: bool = False
+    worker_ready: bool = False
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://127.0.0.1:{self.flower_port}"
+
+    def _state(self, child: Child, ready: bool) -> Text:
+        status = child.exit_status()
+        if status is not None:
+            return Text(f"exited with status {status}: see {child.log_path}", style="bold red")
+        if ready:
+            return Text(f"ready (pid {child.pid})", style="green")
+        return Text(f"starting (pid {child.pid})", style="yellow")
+
+    def header(self) -> list[RenderableType]:
+        if not self.flower_ready:
+            self.flower_ready = http_ok(f"{self.flower_url}/healthcheck")
+        if not self.worker_ready:
+            self.worker_ready = _log_says_ready(self.worker.log_path)
+        s = self.settings
+        return [
+            Text.assemble(("sched run", "bold"), "  Ctrl-C stops everything it started"),
+            Text.assemble(
+                ("flower     ", "bold"),
+                (self.flower_url, "cyan underline"),
+                f"  user {s.flower_user}  password {s.flower_password}  ",
+                self._state(self.flower, self.flower_ready),
+            ),
+            Text.assemble(
+                ("worker     ", "bold"),
+                self._state(self.worker, self.worker_ready),
+                f"  beat embedded, {self.options.concurrency} processes, queues {','.join(QUEUES)}",
+            ),
+            Text.assemble(
+                ("servers    ", "bold"),
+                f"redis {mask_url(s.redis_url)}  database {mask_url(s.database_url)}"
+                f"  logs {self.options.run_dir}/",
+            ),
+        ]
+
+
+def _log_says_ready(path: Path) -> bool:
+    try:
+        with path.open("rb") as log:
+            return b" ready." in log.read()
+    except OSError:
+        return False
+
+
+def run_system(settings: Settings, options: RunOptions) -> None:
+    """Start everything, show the live view until Ctrl-C, then stop everything."""
+    from tasks.ops.commands import account_ids, count_accounts, seed_database
+    from tasks.runtime import default_buckets, get_cache
+    from tasks.source import SqlSource
+    from tasks.source.schema import init_schema
+
+    console = Console(emoji=False, highlight=False, markup=False)
+    cache = get_cache()
+    cache.ping()  # fail before starting anything when Redis is not there
+    port = choose_flower_port(settings, options.flower_port)
+    init_schema(settings.database_url).dispose()
+    if options.demo and count_accounts(settings.database_url) == 0:
+        console.print(f"seeding the demo data set into {mask_url(settings.database_url)} ...")
+        summary = seed_database(settings)
+        console.print(f"  {summary.groups} groups, {summary.accounts} accounts")
+    source = SqlSource.from_settings(settings)
+    options.run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(options.run_dir / "sched-run.log")
+    services = _Services(
+        settings=settings,
+        options=options,
+        flower_port=port,
+        worker=Child("worker", _worker_argv(options), options.run_dir / "worker.log"),
+        flower=Child("flower", _flower_argv(port), options.run_dir / "flower.log"),
+    )
+    stop_signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in stop_signals}
+    driver: Any = None
+    try:
+        services.worker.start()
+        services.flower.start()
+        console.print(
+            f"Flower: {services.flower_url}  (user {settings.flower_user!r}, "
+            f"password {settings.flower_password!r})"
+        )
+        _kick_rebuilds(default_buckets(source))
+        if options.demo:
+            driver = _start_driver(source, account_ids(settings.database_url))
+        _live(console, services, cache, source, driver, options)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("\nstopping ...")
+        if driver is not None:
+            driver.stop()
+            console.print(f"  demo driver stopped ({driver.changes} changes, {driver.picks} picks)")
+        for child in (services.flower, services.worker):
+            console.print(f"  {child.stop()}")
+        source.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        console.print("stopped everything `sched run` started.")
+
+
+def _log_to_file(path: Path) -> None:
+    """This process's own log lines go to a file: on the terminal they would tear the
+    live view (and at Ctrl-C, ``make run``'s Redis stops first, which they would report)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min(root.level, logging.INFO) if root.level else logging.INFO)
+
+
+def _worker_argv(options: RunOptions) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-B",
+        "-Q",
+        ",".join(QUEUES),
+        "-c",
+        str(options.concurrency),
+        "-n",
+        f"sched-run-{os.getpid()}@%h",
+        "-s",
+        str(options.run_dir / "celerybeat-schedule"),
+        "--loglevel=INFO",
+    ]
+
+
+def _flower_argv(port: int) -> list[str]:
+    # Through `sched flower`, which reads the credentials from the settings itself.
+    return [sys.executable, "-m", "tasks", "flower", "--port", str(port), "--address", "127.0.0.1"]
+
+
+def _kick_rebuilds(buckets: list[Any]) -> None:
+    """Queue the first rebuilds now: beat's first refresh is a whole interval away."""
+    from tasks.web.requests import request_rebuild
+
+    for bucket in buckets:
+        request_rebuild(bucket)
+
+
+def _start_driver(source: Any, ids: list[int]) -> Any:
+    from tasks.ops.demo import DemoDriver
+    from tasks.runtime import default_buckets
+    from tasks.source import SqlWriter
+    from tasks.web import list_schedulable, record_last_used
+
+    # The (group, platform) pairs requests name: those of the buckets kept warm.
+    pairs = sorted({(bucket.group_id, bucket.platform) for bucket in default_buckets(source)})
+    driver = DemoDriver(
+        source=SqlWriter(source),
+        account_ids=ids,
+        buckets=pairs,
+        list_schedulable=lambda group_id, platform: list_schedulable(group_id, platform),
+        touch=lambda account_id: record_last_used(account_id),
+    )
+    driver.start()
+    return driver
+
+
+def _live(
+    console: Console, services: _Services, cache: Any, source: Any, driver: Any, options: RunOptions
+) -> None:
+    from tasks.ops.live import render_report, run_live
+    from tasks.ops.status import collect_status
+    from tasks.runtime import default_buckets
+
+    def frame(height: int) -> RenderableType:
+        header = services.header()
+        footer: list[RenderableType] = []
+        if driver is not None:
+            footer.append(
+                Text.assemble(
+                    ("demo driver ", "bold"),
+                    f"{driver.changes} changes, {driver.picks} picks, "
+                    f"{driver.errors} errors; latest:",
+                )
+            )
+            footer += [Text(f"  {line}", style="dim") for line in list(driver.log)[-4:]]
+        try:
+            report = collect_status(
+                cache,
+                redis_url=services.settings.redis_url,
+                source=source,
+                also_buckets=default_buckets(source),
+            )
+        except Exception as exc:  # the view outlives a Redis or database blip
+            reason = one_line(f"{type(exc).__name__}: {exc}", 300)
+            return Group(*header, Text(f"status unavailable: {reason}", style="red"))
+        return render_report(report, header=[*header, Text("")], footer=footer, height=height)
+
+    run_live(frame, console=console, refresh_seconds=options.refresh_seconds)

@@ -1,0 +1,146 @@
+"""The facts an operator looks at: one report for ``sched status`` and the live view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from cache import RedisSchedulerCache, SchedulerBucket
+from tasks import stats
+from tasks.connections import mask_url
+
+
+class OutboxSource(Protocol):
+    def max_outbox_id(self) -> int: ...
+
+
+class BucketStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    active_version: int | None
+    reserved_version: int
+    account_count: int
+    schedulable_now: int | None
+    built_at: datetime | None
+    age_seconds: float | None
+    rebuild_ms: float | None
+
+
+class OutboxStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    watermark: int
+    newest_id: int | None
+    lag: int | None
+    gaps: int
+    oldest_gap_seconds: float | None
+    events_applied: int | None
+    last_poll_at: str | None
+
+
+class LastUsedStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pending_db_writes: int
+    db_flushes: int | None
+    db_rows_written: int | None
+    last_db_flush_at: str | None
+
+
+class StatusReport(BaseModel):
+    """Everything ``sched status --json`` prints; field names are a stable interface."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generated_at: datetime
+    redis_url: str
+    buckets: list[BucketStatus]
+    outbox: OutboxStatus
+    last_used: LastUsedStatus
+    rebuilds: int | None
+    stats: dict[str, str]
+
+
+def _int(stats: Mapping[str, str], name: str) -> int | None:
+    """A counter the tasks record (tasks/rebuild.py, outbox.py, lastused.py name them);
+    None until the first time it is recorded."""
+    raw = stats.get(name)
+    try:
+        return None if raw is None else int(float(raw))
+    except ValueError:
+        return None
+
+
+def collect_status(
+    cache: RedisSchedulerCache,
+    *,
+    redis_url: str,
+    source: OutboxSource | None = None,
+    also_buckets: Iterable[SchedulerBucket] = (),
+    now: datetime | None = None,
+) -> StatusReport:
+    """Read the report from Redis (and the newest outbox id from ``source`` if given).
+
+    ``also_buckets`` are listed even before their first snapshot (the default buckets),
+    so an operator sees what is still missing.
+    """
+    now = now or datetime.now(UTC)
+    buckets = sorted(
+        {*cache.list_buckets(), *also_buckets},
+        key=lambda b: (b.group_id, b.platform, b.mode.value),
+    )
+    rows = [_bucket_status(cache, bucket, now) for bucket in buckets]
+    figures = cache.stats()
+    watermark = cache.get_outbox_watermark()
+    gaps = cache.outbox_gaps()
+    newest = source.max_outbox_id() if source is not None else None
+    lag = max(0, newest - watermark) if newest is not None else _int(figures, stats.OUTBOX_LAG)
+    outbox = OutboxStatus(
+        watermark=watermark,
+        newest_id=newest,
+        lag=lag,
+        gaps=len(gaps),
+        oldest_gap_seconds=(now - min(gaps.values())).total_seconds() if gaps else None,
+        events_applied=_int(figures, stats.OUTBOX_EVENTS_APPLIED),
+        last_poll_at=figures.get(stats.OUTBOX_LAST_POLL_AT),
+    )
+    last_used = LastUsedStatus(
+        pending_db_writes=len(cache.pending_last_used()),
+        db_flushes=_int(figures, stats.LAST_USED_DB_FLUSHES),
+        db_rows_written=_int(figures, stats.LAST_USED_DB_ROWS),
+        last_db_flush_at=figures.get(stats.LAST_USED_DB_FLUSH_AT),
+    )
+    return StatusReport(
+        generated_at=now,
+        redis_url=mask_url(redis_url),
+        buckets=rows,
+        outbox=outbox,
+        last_used=last_used,
+        rebuilds=_int(figures, stats.REBUILDS),
+        stats=figures,
+    )
+
+
+def _bucket_status(
+    cache: RedisSchedulerCache, bucket: SchedulerBucket, now: datetime
+) -> BucketStatus:
+    info = cache.bucket_info(bucket)
+    schedulable: int | None = None
+    if info.active_version is not None:
+        accounts = cache.get_snapshot(bucket)
+        if accounts is not None:
+            schedulable = sum(1 for account in accounts if account.is_schedulable(now))
+    return BucketStatus(
+        bucket=str(bucket),
+        active_version=info.active_version,
+        reserved_version=info.reserved_version,
+        account_count=info.account_count,
+        schedulable_now=schedulable,
+        built_at=info.built_at,
+        age_seconds=(now - info.built_at).total_seconds() if info.built_at else None,
+        rebuild_ms=info.rebuild_ms,
+    )

@@ -1,0 +1,269 @@
+"""The SQL source of truth the tasks read (:class:`tasks.source.Source`).
+
+Write helpers live in :mod:`tasks.source.writer` (built on a reader), connections and
+shared queries in :mod:`tasks.source.store`. Another application may also write plain
+SQL (the revision triggers keep the cache's ordering honest), but then it writes its own
+outbox rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Self
+
+import sqlalchemy as sa
+
+from cache import Account, SchedulerBucket, SchedulerMode
+from tasks.source.protocol import Group, OutboxEvent, Source
+from tasks.source.schema import account_groups, accounts, scheduler_outbox
+from tasks.source.schema import groups as groups_table
+from tasks.source.store import (
+    ACCOUNT_COLUMNS,
+    IDENTITY_COLUMNS,
+    AnyRow,
+    SqlStore,
+    as_account_id,
+    chunks,
+    valid_accounts,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def to_event(row: AnyRow) -> OutboxEvent:
+    payload = row.payload
+    if not isinstance(payload, dict):
+        # Written by hand as a list or a scalar: keep the event, flag the payload.
+        logger.warning("outbox event %s has a non-object payload %r; using {}", row.id, payload)
+        payload = {}
+    return OutboxEvent(
+        id=row.id,
+        event_type=row.event_type,
+        account_id=row.account_id,
+        group_id=row.group_id,
+        payload=payload,
+        created_at=row.created_at,
+    )
+
+
+_WANTED = sa.and_(
+    accounts.c.deleted_at.is_(None),
+    accounts.c.status == "active",
+    accounts.c.schedulable == sa.true(),
+    accounts.c.platform.in_(sa.bindparam("platforms", expanding=True)),
+)
+
+
+def _group_members(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .join(account_groups, account_groups.c.account_id == accounts.c.id)
+        .where(account_groups.c.group_id == sa.bindparam("group_id"), _WANTED)
+        .order_by(account_groups.c.priority, accounts.c.priority, accounts.c.id)
+    )
+
+
+def _ungrouped(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .where(_WANTED, ~sa.exists().where(account_groups.c.account_id == accounts.c.id))
+        .order_by(accounts.c.priority, accounts.c.id)
+    )
+
+
+# Built once: a rebuild pays for executing them, not for constructing them. The
+# identity queries give the order; the whole-row ones serve a first read of a bucket.
+GROUP_MEMBERS = _group_members(*IDENTITY_COLUMNS)
+UNGROUPED = _ungrouped(*IDENTITY_COLUMNS)
+GROUP_MEMBER_ROWS = _group_members(*ACCOUNT_COLUMNS)
+UNGROUPED_ROWS = _ungrouped(*ACCOUNT_COLUMNS)
+
+
+class SqlSource(SqlStore):
+    """:class:`tasks.source.Source` over SQLite or PostgreSQL (SQLAlchemy Core).
+
+    ``mixed_platforms`` are the platforms whose ``mixed`` buckets also take accounts of
+    ``donor_platform`` that opt in with ``extra.mixed_scheduling``.
+    Failures to reach the database raise :class:`SourceUnavailable` (worth retrying);
+    tables never created raise :class:`SchemaMissing`.
+    """
+
+    @classmethod
+    def from_settings(cls, settings: Settings, database_url: str | None = None) -> Self:
+        """The source ``settings`` describe (on another database with ``database_url``)."""
+        return cls(
+            database_url or settings.database_url,
+            mixed_platforms=settings.mixed_platforms,
+            donor_platform=settings.mixed_donor_platform,
+        )
+
+    # -- health ----------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise :class:`SourceUnavailable` (naming the masked URL) unless the database
+        answers, and :class:`SchemaMissing` when its tables were never created."""
+        with self.read("ping") as conn:
+            conn.execute(sa.select(scheduler_outbox.c.id).limit(1))
+
+    # -- the Source protocol ---------------------------------------------------------
+    def accounts_for_bucket(self, bucket: SchedulerBucket, now: datetime) -> list[Account]:
+        """The bucket's candidates in scheduling order.
+
+        Group > 0: members by membership priority, account priority, id. Group 0:
+        accounts in no group by priority, id. ``mixed`` adds donor accounts that opt in.
+        Accounts held back only by a time window are included (readers filter them).
+
+        The ordered ids come first with each row's identity; only rows whose state was
+        not decoded before are read whole, so a rebuild after one change decodes one row.
+        """
+        donor_rule = (
+            bucket.mode is SchedulerMode.MIXED
+            and bucket.platform in self.mixed_platforms
+            and bucket.platform != self.donor_platform
+        )
+        platforms = [bucket.platform, self.donor_platform] if donor_rule else [bucket.platform]
+        grouped = bucket.group_id != 0
+        params = {"group_id": bucket.group_id, "platforms": platforms}
+        with self.read(f"accounts_for_bucket {bucket}") as conn:
+            identities = conn.execute(GROUP_MEMBERS if grouped else UNGROUPED, params).all()
+            found: dict[int, Account] = {}
+            missing: list[int] = []
+            for row in identities:
+                account = self._reuse(row)
+                if account is None:
+                    missing.append(row[0])
+                else:
+                    found[row[0]] = account
+            if len(missing) * 2 > len(identities):
+                # Mostly new: one more pass over the bucket beats id lists (same snapshot).
+                rows = conn.execute(GROUP_MEMBER_ROWS if grouped else UNGROUPED_ROWS, params)
+                memberships = self._memberships_of_group(conn, bucket.group_id) if grouped else {}
+                fresh = {a.id: a for a in valid_accounts(rows, memberships)}
+            elif missing:
+                fresh = self.load_accounts(conn, sorted(missing))
+            else:
+                fresh = {}
+        self._remember((row for row in identities if row[0] in fresh), fresh)
+        found.update(fresh)
+        result = []
+        for row in identities:
+            account = found.get(row[0])  # absent: an invalid row, logged when read
+            if account is None or not account.is_candidate(now):
+                continue
+            if account.platform != bucket.platform and not _opts_in(account.extra):
+                continue
+            result.append(account)
+        return result
+
+    def get_accounts(self, account_ids: Iterable[int]) -> dict[int, Account]:
+        """The named accounts that exist and are not deleted, by id."""
+        ids = sorted({as_account_id(i) for i in account_ids})
+        if not ids:
+            return {}
+        with self.read("get_accounts") as conn:
+            return self.load_accounts(conn, ids)
+
+    def deleted_revisions(self, account_ids: Iterable[int]) -> dict[int, int]:
+        """Revisions of the named accounts that are soft-deleted, by id."""
+        ids = sorted({as_account_id(i) for i in account_ids})
+        found: dict[int, int] = {}
+        if not ids:
+            return found
+        with self.read("deleted_revisions") as conn:
+            for part in chunks(ids):
+                rows = conn.execute(
+                    sa.select(accounts.c.id, accounts.c.revision).where(
+                        accounts.c.id.in_(part), accounts.c.deleted_at.is_not(None)
+                    )
+                ).all()
+                found.update({int(row.id): int(row.revision) for row in rows})
+        return found
+
+    def active_groups(self) -> list[Group]:
+        """Active groups with a platform, by id. A platform that cannot name a bucket
+        is logged and skipped rather than breaking every refresh."""
+        query = (
+            sa.select(groups_table)
+            .where(groups_table.c.status == "active", groups_table.c.platform.is_not(None))
+            .order_by(groups_table.c.id)
+        )
+        with self.read("active_groups") as conn:
+            rows = conn.execute(query).all()
+        result = []
+        for row in rows:
+            try:
+                SchedulerBucket(row.id, row.platform, SchedulerMode.SINGLE)
+            except ValueError as exc:
+                logger.warning("skipping group %s: %s", row.id, exc)
+                continue
+            result.append(Group(id=row.id, name=row.name, platform=row.platform, status=row.status))
+        return result
+
+    def outbox_after(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        """Committed events with ``id > after_id``, lowest id first, at most ``limit``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"invalid outbox limit {limit!r}: expected an integer >= 1")
+        query = (
+            sa.select(scheduler_outbox)
+            .where(scheduler_outbox.c.id > after_id)
+            .order_by(scheduler_outbox.c.id)
+            .limit(limit)
+        )
+        with self.read("outbox_after") as conn:
+            return [to_event(row) for row in conn.execute(query)]
+
+    def outbox_by_ids(self, event_ids: Iterable[int]) -> list[OutboxEvent]:
+        """The named events that are committed now, lowest id first."""
+        ids = sorted({int(i) for i in event_ids})
+        events: list[OutboxEvent] = []
+        if not ids:
+            return events
+        with self.read("outbox_by_ids") as conn:
+            for part in chunks(ids):
+                query = sa.select(scheduler_outbox).where(scheduler_outbox.c.id.in_(part))
+                events.extend(to_event(row) for row in conn.execute(query))
+        return sorted(events, key=lambda event: event.id)
+
+    def max_outbox_id(self) -> int:
+        """The highest committed outbox id, 0 for an empty outbox."""
+        with self.read("max_outbox_id") as conn:
+            return int(conn.execute(sa.select(sa.func.max(scheduler_outbox.c.id))).scalar() or 0)
+
+    def update_last_used(self, updates: Mapping[int, datetime]) -> int:
+        """Move ``last_used_at`` forward, never back, in one statement batch.
+
+        Bumps no revision (the trigger does not watch this column) and writes no
+        outbox event. Returns how many rows moved.
+        """
+        batch = self.last_used_batch(updates)
+        if not batch:
+            return 0
+        with self.write("update_last_used") as conn:
+            return self.apply_last_used(conn, batch)
+
+    def _memberships_of_group(self, conn: sa.Connection, group_id: int) -> dict[int, list[int]]:
+        # Every membership of the group's members, in one query without an id list.
+        mine = account_groups.alias("mine")
+        query = (
+            sa.select(account_groups.c.account_id, account_groups.c.group_id)
+            .join(mine, mine.c.account_id == account_groups.c.account_id)
+            .where(mine.c.group_id == group_id)
+        )
+        found: dict[int, list[int]] = defaultdict(list)
+        for account_id, member_of in conn.execute(query):
+            found[account_id].append(member_of)
+        return found
+
+
+def _opts_in(extra: object) -> bool:
+    # Strictly the JSON value true, as the original's `extra["mixed_scheduling"].(bool)`.
+    return isinstance(extra, dict) and extra.get("mixed_scheduling") is True
+
+
+if TYPE_CHECKING:
+    from tasks.settings import Settings
+
+    # mypy proves the class implements the seam the tasks are written against.
+    _conforms: type[Source] = SqlSource

@@ -1,0 +1,10 @@
+"""What runs inside a web process: reading a bucket, noting uses, asking for rebuilds.
+
+None of it imports the worker's task code; rebuilds are sent by task name.
+"""
+
+from tasks.web.last_used import LastUsedBatcher, record_last_used
+from tasks.web.reader import list_schedulable
+from tasks.web.requests import request_rebuild
+
+__all__ = ["LastUsedBatcher", "list_schedulable", "record_last_used", "request_rebuild"]

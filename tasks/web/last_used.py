@@ -1,0 +1,208 @@
+"""Last use of accounts, the web side: touches batched in memory, sent to the cache.
+
+The path of one touch, with no Celery message per request::
+
+    record_last_used(7)          in the web process: max time per account, in memory
+      .. every ~0.5 s ..         one update_last_used script call (one round trip):
+                                 the cache's last-used hash moves forward, and the
+                                 pending hash keeps the time until the database has it
+      .. every ~10 s ..          tasks.flush_last_used (beat): pending -> database
+                                 (:mod:`tasks.worker.last_used`)
+
+A web process dying between the steps loses nothing that reached Redis: the pending
+hash survives it, and the next flush writes it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Protocol
+
+from cache import CacheError, Clock, as_utc, utc_now
+from tasks.runtime import get_cache, settings
+
+logger = logging.getLogger(__name__)
+
+# A fork waits at most this long for a flush in progress (a Redis call that may be
+# waiting for its socket timeout) before it goes ahead anyway.
+FORK_WAIT_SECONDS = 10.0
+
+
+class LastUsedSink(Protocol):
+    """Where a batcher sends its batches: the cache, or a stand-in in tests."""
+
+    def update_last_used(
+        self, updates: Mapping[int, datetime], *, record_pending: bool = False
+    ) -> int: ...
+
+
+class LastUsedBatcher:
+    """Keeps the latest touch per account and sends them to the cache in batches.
+
+    :meth:`touch` costs a lock and a dict update, never a network call. A daemon thread,
+    started on the first touch, calls :meth:`flush` every ``interval_seconds``; a flush is
+    one ``update_last_used(batch, record_pending=True)`` call, so one Redis round trip.
+    While Redis is unreachable the batch is kept, merged with newer touches (memory stays
+    one entry per account), retried every tick, and the outage is logged once.
+    """
+
+    def __init__(
+        self,
+        cache: LastUsedSink | None = None,
+        *,
+        cache_factory: Callable[[], LastUsedSink] | None = None,
+        interval_seconds: float | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        if interval_seconds is not None and not interval_seconds > 0:
+            raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
+        self._cache = cache
+        self._cache_factory: Callable[[], LastUsedSink] = cache_factory or get_cache
+        self._interval = interval_seconds
+        self._clock = clock
+        self._reset_state()
+        # Figures for tests, benchmarks and status views.
+        self.flushes = 0
+        self.sent = 0
+        ref = weakref.ref(self)
+        # A fork (gunicorn, a Celery prefork pool) waits for a flush in progress: a
+        # child forked while the flusher thread is inside a Redis call inherits the
+        # connection pool's lock held, and its first Redis call would hang. The child
+        # starts with fresh locks, no batch (the parent sends it) and no thread (the
+        # thread did not survive the fork; the next touch starts one).
+        os.register_at_fork(
+            before=lambda: _call(ref, "_before_fork"),
+            after_in_parent=lambda: _call(ref, "_after_fork_in_parent"),
+            after_in_child=lambda: _call(ref, "_reset_state"),
+        )
+        atexit.register(_call, ref, "close")
+
+    def _reset_state(self) -> None:
+        self._held_for_fork = False
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._batch: dict[int, datetime] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._failing = False
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._flush_lock.acquire(timeout=FORK_WAIT_SECONDS)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._flush_lock.release()
+
+    @property
+    def pending(self) -> int:
+        """Accounts touched since the last batch that reached the cache."""
+        with self._lock:
+            return len(self._batch)
+
+    def touch(self, account_id: int, at: datetime | None = None) -> None:
+        """Note that ``account_id`` was used at ``at`` (default: now)."""
+        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
+            raise ValueError(f"account id must be a positive int, got {account_id!r}")
+        if at is None:
+            at = self._clock()
+        elif not isinstance(at, datetime):
+            raise ValueError(f"last use of account {account_id} must be a datetime, got {at!r}")
+        else:
+            at = as_utc(at)
+        with self._lock:
+            seen = self._batch.get(account_id)
+            if seen is None or at > seen:
+                self._batch[account_id] = at
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            interval = self._interval or settings().last_used_cache_flush_seconds
+            self._thread = threading.Thread(
+                target=self._run, args=(interval, self._stop), name="last-used-flusher", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            try:
+                self.flush()
+            except Exception:
+                # The thread must outlive any surprise: it is the only way touches leave.
+                logger.exception("last-used flush failed; the batch is kept for the next tick")
+
+    def flush(self) -> int:
+        """Send the current batch now; returns how many accounts it held (0 if kept)."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._batch = self._batch, {}
+            if not batch:
+                return 0
+            try:
+                # Asked each time, not kept: the process's cache may be replaced.
+                cache = self._cache or self._cache_factory()
+                cache.update_last_used(batch, record_pending=True)
+            except Exception as exc:
+                # Kept whatever went wrong: the batch is the only copy of these touches.
+                self._keep(batch)
+                if not self._failing:
+                    self._failing = True
+                    logger.warning(
+                        "last-used batch of %d accounts kept in memory, cache unavailable: %s",
+                        len(batch),
+                        exc,
+                        exc_info=not isinstance(exc, CacheError),
+                    )
+                return 0
+            if self._failing:
+                self._failing = False
+                logger.warning("last-used batches reach the cache again (%d accounts)", len(batch))
+            self.flushes += 1
+            self.sent += len(batch)
+            return len(batch)
+
+    def _keep(self, batch: Mapping[int, datetime]) -> None:
+        with self._lock:
+            for account_id, at in batch.items():
+                seen = self._batch.get(account_id)
+                if seen is None or at > seen:
+                    self._batch[account_id] = at
+
+    def close(self) -> None:
+        """Stop the flusher thread and send what is left (also run at interpreter exit)."""
+        thread = self._thread
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self.flush()
+        with self._lock:
+            self._thread = None
+            self._stop = threading.Event()
+
+
+def _call(ref: weakref.ReferenceType[LastUsedBatcher], method: str) -> None:
+    batcher = ref()
+    if batcher is not None:
+        getattr(batcher, method)()
+
+
+default_batcher = LastUsedBatcher()
+
+
+def record_last_used(account_id: int, at: datetime | None = None) -> None:
+    """Note a use of ``account_id`` for least-recently-used picking; costs no message.
+
+    Reaches the cache within ``SCHED_LAST_USED_CACHE_FLUSH_SECONDS`` and the database
+    within ``SCHED_LAST_USED_DB_FLUSH_SECONDS`` after that.
+    """
+    default_batcher.touch(account_id, at)

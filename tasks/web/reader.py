@@ -1,0 +1,122 @@
+"""Reading a bucket's schedulable accounts, for web apps.
+
+The snapshot keeps accounts held back until a known time (rate limit, overload,
+temporary block), and this reader filters them at read time: an account comes back
+the moment its window ends, with no event and no rebuild.
+
+On a miss it reads the source directly (switchable, rate limited) and writes what it
+read through a version reserved before the read, so a fallback can never activate
+data older than a rebuild's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
+
+from cache import Account, CacheError, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
+from tasks import runtime, stats
+from tasks.buckets import bucket_for
+from tasks.settings import Settings
+from tasks.web.requests import request_rebuild
+
+logger = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """``rate`` permits a second, bursts up to ``burst``.
+
+    Process-local on purpose: the miss path must not cost another round trip to a
+    Redis that may be the reason for the miss. N web processes fall back at up to N
+    times the rate together.
+    """
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0 per second, got {rate}")
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def try_take(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+
+_limiter: TokenBucket | None = None
+_limiter_lock = threading.Lock()
+
+
+def _fallback_permit(s: Settings) -> bool:
+    global _limiter
+    if not s.fallback_enabled:
+        return False
+    with _limiter_lock:
+        if _limiter is None or _limiter.rate != s.fallback_per_second:
+            _limiter = TokenBucket(s.fallback_per_second)
+        limiter = _limiter
+    return limiter.try_take()
+
+
+def list_schedulable(
+    group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
+) -> list[Account]:
+    """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order."""
+    s = runtime.settings()
+    bucket = bucket_for(group_id, platform, has_force, s)
+    now = now or datetime.now(UTC)
+    cache = runtime.get_cache()
+    try:
+        accounts = cache.get_snapshot(bucket)
+    except CacheUnavailable as exc:
+        if not _fallback_permit(s):
+            raise
+        logger.warning("bucket %s: cache unavailable, reading the source: %s", bucket, exc)
+        accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
+    if accounts is None:
+        accounts = _on_miss(cache, bucket, s)
+    return [account for account in accounts if account.is_schedulable(now)]
+
+
+def _on_miss(cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings) -> list[Account]:
+    info = cache.bucket_info(bucket)
+    if info.active_version is not None and info.account_count == 0:
+        return []  # an active snapshot with no account: empty, not missing
+    if not _fallback_permit(s):
+        logger.info(
+            "bucket %s: miss, %s; rebuild requested",
+            bucket,
+            "fallback rate-limited" if s.fallback_enabled else "fallback off",
+        )
+        _request(bucket)
+        return []
+    version = cache.reserve_version(bucket)
+    accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
+    cache.set_snapshot(bucket, accounts, version)
+    with suppress(CacheError):
+        cache.record_stats({stats.FALLBACK_READS: 1})
+    _request(bucket)
+    return accounts
+
+
+def _request(bucket: SchedulerBucket) -> None:
+    # The read must not fail because the broker does: the next miss asks again.
+    try:
+        request_rebuild(bucket)
+    except Exception as exc:
+        logger.warning("bucket %s: could not request a rebuild: %s", bucket, exc)

@@ -1,0 +1,237 @@
+"""What one batch of outbox events asks for: accounts, groups and buckets, read from the
+events' types and payloads, and the ids the batch skipped over.
+
+Reading is kept apart from applying: a batch folds into one :class:`BatchPlan` (the
+accounts to refresh, the groups to rebuild, last-use times), so a hundred events about
+one account cost one refresh and one rebuild request per bucket, not a hundred.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from cache import Account, SchedulerBucket
+from tasks.buckets import Rules, platform_buckets
+from tasks.source.protocol import OutboxEvent, OutboxEventType
+
+logger = logging.getLogger(__name__)
+
+# Ids end up in SQL parameters (BIGINT) and Redis keys: bound them like the database does.
+_MAX_ID = 2**63 - 1
+AccountId = Annotated[int, Strict(), Field(gt=0, le=_MAX_ID)]
+GroupId = Annotated[int, Strict(), Field(ge=0, le=_MAX_ID)]
+UnixSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class MalformedEvent(ValueError):
+    """An outbox event this poller cannot read: logged with its id and skipped."""
+
+
+class _AccountPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    account_id: AccountId | None = None
+    group_ids: list[GroupId] | None = None
+
+
+class _BulkPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    account_ids: list[AccountId] = Field(min_length=1)
+    group_ids: list[GroupId] | None = None
+
+
+class _GroupPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    group_id: GroupId | None = None
+
+
+class _LastUsedPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    last_used: dict[str, UnixSeconds]
+
+
+@dataclass
+class BatchPlan:
+    """Everything a batch of events asks for, merged."""
+
+    # account id -> groups whose buckets to rebuild; None: every group it was or is in.
+    accounts: dict[int, frozenset[int] | None] = field(default_factory=dict)
+    groups: set[int] = field(default_factory=set)
+    full_rebuild: bool = False
+    last_used: dict[int, datetime] = field(default_factory=dict)
+    event_ids: list[int] = field(default_factory=list)
+    malformed: list[int] = field(default_factory=list)
+
+    def add_account(self, account_id: int, groups: Iterable[int] | None) -> None:
+        if groups is None:
+            self.accounts[account_id] = None
+            return
+        # An empty list names "no group", which is group 0.
+        named = frozenset(groups) or frozenset({0})
+        if account_id not in self.accounts:
+            self.accounts[account_id] = named
+            return
+        seen = self.accounts[account_id]
+        if seen is not None:
+            self.accounts[account_id] = seen | named
+
+    def add_last_used(self, times: Mapping[int, datetime]) -> None:
+        for account_id, at in times.items():
+            seen = self.last_used.get(account_id)
+            if seen is None or at > seen:
+                self.last_used[account_id] = at
+
+    @property
+    def empty(self) -> bool:
+        return not (self.accounts or self.groups or self.full_rebuild or self.last_used)
+
+
+def plan_batch(events: Iterable[OutboxEvent]) -> BatchPlan:
+    """Fold ``events`` (in id order) into one plan; malformed ones are logged and noted."""
+    plan = BatchPlan()
+    for event in events:
+        try:
+            add_event(plan, event)
+        except MalformedEvent as exc:
+            logger.error("skipping outbox event %d: %s", event.id, exc)
+            plan.malformed.append(event.id)
+        else:
+            plan.event_ids.append(event.id)
+    return plan
+
+
+def add_event(plan: BatchPlan, event: OutboxEvent) -> None:
+    """Add what ``event`` asks for to ``plan``; raise :class:`MalformedEvent`."""
+    try:
+        kind = OutboxEventType(event.event_type)
+    except ValueError:
+        raise MalformedEvent(f"unknown event type {event.event_type!r}") from None
+    try:
+        _ADDERS[kind](plan, event)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MalformedEvent(f"{kind} payload {event.payload!r}: {problems}") from None
+
+
+def _account(plan: BatchPlan, event: OutboxEvent) -> None:
+    payload = _AccountPayload.model_validate(event.payload)
+    account_id = event.account_id if event.account_id is not None else payload.account_id
+    if account_id is None:
+        raise MalformedEvent("no account_id in the row or the payload")
+    if isinstance(account_id, bool) or not 0 < account_id <= _MAX_ID:
+        raise MalformedEvent(f"invalid account id {account_id!r}")
+    plan.add_account(account_id, payload.group_ids)
+
+
+def _bulk(plan: BatchPlan, event: OutboxEvent) -> None:
+    payload = _BulkPayload.model_validate(event.payload)
+    for account_id in payload.account_ids:
+        plan.add_account(account_id, payload.group_ids)
+
+
+def _group(plan: BatchPlan, event: OutboxEvent) -> None:
+    payload = _GroupPayload.model_validate(event.payload)
+    group_id = event.group_id if event.group_id is not None else payload.group_id
+    if group_id is None:
+        raise MalformedEvent("no group_id in the row or the payload")
+    if isinstance(group_id, bool) or not 0 <= group_id <= _MAX_ID:
+        raise MalformedEvent(f"invalid group id {group_id!r}")
+    plan.groups.add(group_id)
+
+
+def _full(plan: BatchPlan, event: OutboxEvent) -> None:
+    plan.full_rebuild = True
+
+
+def _last_used(plan: BatchPlan, event: OutboxEvent) -> None:
+    payload = _LastUsedPayload.model_validate(event.payload)
+    times: dict[int, datetime] = {}
+    for raw_id, seconds in payload.last_used.items():
+        if not (raw_id.isascii() and raw_id.isdigit()) or not 0 < int(raw_id) <= _MAX_ID:
+            raise MalformedEvent(f"invalid account id {raw_id!r} in last_used")
+        try:
+            times[int(raw_id)] = datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise MalformedEvent(
+                f"last use {seconds!r} of account {raw_id} is out of range"
+            ) from None
+    plan.add_last_used(times)
+
+
+_ADDERS: dict[OutboxEventType, Callable[[BatchPlan, OutboxEvent], None]] = {
+    OutboxEventType.ACCOUNT_CHANGED: _account,
+    OutboxEventType.ACCOUNT_GROUPS_CHANGED: _account,
+    OutboxEventType.ACCOUNT_BULK_CHANGED: _bulk,
+    OutboxEventType.GROUP_CHANGED: _group,
+    OutboxEventType.FULL_REBUILD: _full,
+    OutboxEventType.ACCOUNT_LAST_USED: _last_used,
+}
+
+
+# -- the buckets an account change touches -----------------------------------------------
+def account_buckets(
+    old: Account | None, new: Account | None, groups: Iterable[int] | None, config: Rules
+) -> set[SchedulerBucket]:
+    """The buckets an account change touches: its platforms (before and after) in
+    ``groups``, or in every group it was or is in (no group is group 0)."""
+    platforms = {account.platform for account in (old, new) if account is not None}
+    if groups is None:
+        groups = {
+            group
+            for account in (old, new)
+            if account is not None
+            for group in (account.group_ids or (0,))
+        }
+    elif not platforms:
+        # Neither cached nor in the source: any bucket of these groups may list it.
+        platforms = set(config.platforms)
+    return {
+        bucket
+        for platform in platforms
+        for group in groups
+        for bucket in platform_buckets(group, platform, config)
+    }
+
+
+# -- ids not visible yet ------------------------------------------------------------------
+# In-flight transactions leave holes of a few ids; a hole wider than this is a pruned
+# outbox (a first poll of an old table) or a sequence moved by hand. Only its highest
+# ids are kept as gaps, so a first poll does not look up millions of ids for a minute.
+MAX_NEW_GAPS = 10_000
+
+
+def missing_ids(watermark: int, top: int, seen: set[int]) -> list[int]:
+    """Ids between ``watermark`` and ``top`` not in ``seen``: the highest
+    :data:`MAX_NEW_GAPS` of them (the rest is logged as skipped)."""
+    missing = (top - watermark - 1) - max(0, len(seen) - 1)
+    if missing <= MAX_NEW_GAPS:
+        return [i for i in range(watermark + 1, top) if i not in seen]
+    kept: list[int] = []
+    candidate = top - 1
+    while len(kept) < MAX_NEW_GAPS:
+        if candidate not in seen:
+            kept.append(candidate)
+        candidate -= 1
+    logger.error(
+        "outbox ids %d..%d skipped: %d ids missing between the watermark and id %d, more "
+        "than an in-flight transaction leaves (a pruned outbox or a moved sequence); "
+        "the %d highest are kept as gaps",
+        watermark + 1,
+        candidate,
+        missing - MAX_NEW_GAPS,
+        top,
+        MAX_NEW_GAPS,
+    )
+    return kept[::-1]

@@ -1,0 +1,215 @@
+"""Rebuilding bucket snapshots: the Celery tasks behind :func:`tasks.web.request_rebuild`.
+
+One burst of requests for a bucket, and the rebuilds it costs::
+
+    request_rebuild(b) x 1000   the first enqueues a task at once, the rest only count
+    rebuild_bucket(b)           lock -> begin (covers every request so far) -> reserve a
+                                version -> read the source -> write -> finish -> unlock
+    request during that run     enqueues exactly one more task: its change may have
+                                landed after the read, so it is never lost
+    that task                   waits for the lock (short retries) and until
+                                rebuild_min_interval_seconds after the last write,
+                                gathering every request meanwhile, then rebuilds
+
+Every figure it keeps is named in :mod:`tasks.stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Task
+
+from cache import CacheError, RedisSchedulerCache, SchedulerBucket
+from tasks import buckets, runtime, stats
+from tasks.celery import app
+from tasks.web.requests import request_rebuild, send_rebuild
+from tasks.worker.retry import RetryingTask, is_transient
+
+logger = logging.getLogger(__name__)
+
+# A busy lock is another rebuild of the same bucket, which takes milliseconds: retry
+# soon, doubling from this up to the cap, with jitter so waiters do not march in step.
+BUSY_RETRY_FIRST_SECONDS = 0.05
+BUSY_RETRY_MAX_SECONDS = 2.0
+# The refresh holds its named lock (never releasing it) for this share of its
+# interval: ticks of several beats that fall closer together than that run once.
+REFRESH_LOCK = "refresh-buckets"
+REFRESH_LOCK_SHARE = 0.9
+# A bucket whose rebuild was requested but which has not been written for this many
+# refresh intervals has lost its queued task (it gave up, or the broker lost it).
+STALE_AFTER_INTERVALS = 2
+
+
+def _bucket_arg(args: Any, kwargs: Any) -> object:
+    if args:
+        return args[0]
+    return (kwargs or {}).get("bucket")
+
+
+class _RebuildTask(RetryingTask):
+    """Says loudly when a rebuild is given up, and lets the bucket be requested again."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        raw = _bucket_arg(args, kwargs)
+        if is_transient(exc):
+            logger.error(
+                "rebuild of bucket %s given up after %d retries: %s; the next request or "
+                "refresh of the bucket rebuilds it",
+                raw,
+                self.request.retries,
+                exc,
+            )
+        else:
+            logger.error("rebuild task %s for bucket %r failed: %s", task_id, raw, exc)
+        with suppress(CacheError, ValueError):
+            cache = runtime.get_cache()
+            cache.record_stats({stats.REBUILDS_FAILED: 1})
+            # No task is queued for the bucket any more: let the next request send one.
+            cache.abandon_rebuild_request(SchedulerBucket.parse(raw))
+
+
+@app.task(name="tasks.rebuild_bucket", bind=True, base=_RebuildTask)  # type: ignore[untyped-decorator]
+def rebuild_bucket(self: Task, bucket: str) -> str:
+    """Rebuild one bucket's snapshot from the source, if a request is not covered yet."""
+    parsed = SchedulerBucket.parse(bucket)
+    cache = runtime.get_cache()
+    # The task id as token: a redelivered task whose first run was killed takes its
+    # own lock back at once instead of waiting for the TTL.
+    ttl = runtime.settings().lock_ttl_seconds
+    token = cache.try_lock_bucket(parsed, ttl, token=self.request.id)
+    if token is None:
+        cache.record_stats({stats.REBUILDS_LOCK_BUSY: 1})
+        delay = min(BUSY_RETRY_FIRST_SECONDS * 2**self.request.retries, BUSY_RETRY_MAX_SECONDS)
+        # Never counted as done: the lock holder may have read the source before the
+        # change that caused this request. The lock's TTL bounds the wait.
+        raise self.retry(countdown=delay * random.uniform(0.5, 1.0), max_retries=None)
+    try:
+        wait = _too_soon(cache, parsed)
+        if wait > 0:
+            # Not begun: the queued flag stays set, so requests meanwhile join this run.
+            cache.record_stats({stats.REBUILDS_DEFERRED: 1})
+            raise self.retry(countdown=wait, max_retries=None)
+        return _rebuild_locked(cache, parsed)
+    finally:
+        try:
+            cache.unlock_bucket(parsed, token)
+        except CacheError as exc:
+            logger.warning("bucket %s: unlock failed, the lock expires by itself: %s", parsed, exc)
+
+
+def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
+    """Seconds to wait before rebuilding ``bucket`` again; 0 after a quiet spell."""
+    interval = runtime.settings().rebuild_min_interval_seconds
+    if interval <= 0:
+        return 0.0
+    built_at = cache.bucket_info(bucket).built_at
+    if built_at is None:
+        return 0.0
+    since = (datetime.now(UTC) - built_at).total_seconds()
+    # Capped at the interval: a writer's clock ahead of ours must not stall the bucket.
+    wait = min(interval - since, interval)
+    return wait if wait > 0.001 else 0.0
+
+
+def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
+    started = time.perf_counter()
+    generation = cache.begin_rebuild(bucket)
+    if generation is None:
+        cache.record_stats({stats.REBUILDS_SKIPPED: 1})
+        return "skipped: every request was covered by a finished rebuild"
+    # Reserved before the read: a slower rebuild that read older data cannot win.
+    version = cache.reserve_version(bucket)
+    accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
+    read_ms = (time.perf_counter() - started) * 1000
+    activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms)
+    activated_at = time.time()
+    arrived = cache.finish_rebuild(bucket, generation)
+    total_ms = (time.perf_counter() - started) * 1000
+    counters = {stats.REBUILDS: 1}
+    if not activated:
+        counters[stats.REBUILDS_SUPERSEDED] = 1
+    cache.record_stats(
+        counters,
+        {
+            stats.LAST_REBUILD_BUCKET: str(bucket),
+            stats.LAST_REBUILD_MS: f"{total_ms:.3f}",
+            stats.LAST_REBUILD_AT: f"{activated_at:.6f}",
+        },
+    )
+    if arrived:
+        logger.debug("bucket %s: %d requests arrived during the rebuild", bucket, arrived)
+    state = "active" if activated else "superseded by a newer read"
+    return f"v{version} {state}: {len(accounts)} accounts in {total_ms:.1f} ms"
+
+
+@app.task(name="tasks.refresh_buckets", bind=True, base=RetryingTask)  # type: ignore[untyped-decorator]
+def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
+    """Request a rebuild of every registered and default bucket; retire gone ones.
+
+    Safe to run twice: it holds a named lock for most of its interval (``force``
+    ignores it), and its rebuilds are coalesced requests.
+    """
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool, got {force!r}")
+    s, cache, source = runtime.settings(), runtime.get_cache(), runtime.get_source()
+    ttl = s.refresh_interval_seconds * REFRESH_LOCK_SHARE
+    if not force and cache.try_lock(REFRESH_LOCK, ttl, token=self.request.id) is None:
+        cache.record_stats({stats.REFRESH_SKIPPED: 1})
+        return {"skipped": 1}
+    groups = source.active_groups()
+    defaults = set(buckets.warm_buckets(((g.id, g.platform) for g in groups), s))
+    active_groups = {group.id for group in groups}
+    stale_before = datetime.now(UTC) - timedelta(
+        seconds=s.refresh_interval_seconds * STALE_AFTER_INTERVALS
+    )
+    figures = {"sent": 0, "coalesced": 0, "requeued": 0, "retired": 0}
+    for bucket in buckets.in_order(defaults | set(cache.list_buckets())):
+        if bucket not in defaults and not _exists(bucket, active_groups, s.platforms):
+            cache.retire_bucket(bucket)
+            figures["retired"] += 1
+            logger.info("retired bucket %s: its group is gone or inactive", bucket)
+        elif request_rebuild(bucket):
+            figures["sent"] += 1
+        elif _requeue_if_lost(cache, bucket, stale_before):
+            figures["requeued"] += 1
+        else:
+            figures["coalesced"] += 1
+    cache.record_stats(
+        {stats.REFRESH_RUNS: 1, stats.BUCKETS_RETIRED: figures["retired"]},
+        {stats.LAST_REFRESH_AT: f"{time.time():.6f}"},
+    )
+    return figures
+
+
+def _exists(bucket: SchedulerBucket, active_groups: set[int], platforms: list[str]) -> bool:
+    if bucket.group_id == 0:
+        return bucket.platform in platforms
+    return bucket.group_id in active_groups
+
+
+def _requeue_if_lost(
+    cache: RedisSchedulerCache, bucket: SchedulerBucket, stale_before: datetime
+) -> bool:
+    """Send a rebuild anew when the queued one has evidently been lost.
+
+    A duplicate costs one skipped task; a lost one would leave the bucket unrefreshed.
+    """
+    built_at = cache.bucket_info(bucket).built_at
+    if built_at is not None and built_at >= stale_before:
+        return False
+    logger.warning("bucket %s: its queued rebuild looks lost, sending another", bucket)
+    cache.abandon_rebuild_request(bucket)
+    if not cache.request_rebuild(bucket):
+        return False
+    send_rebuild(cache, bucket)
+    with suppress(CacheError):
+        cache.record_stats({stats.REBUILD_REQUESTS_REQUEUED: 1})
+    return True

@@ -1,0 +1,166 @@
+"""Last use into the database through a real worker: the flush, its singleton lock, a
+worker killed mid-flush, and the update_last_used task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cache import RedisSchedulerCache
+from tasks.celery import app
+from tasks.source import SqlSource, SqlWriter
+from tasks.web.last_used import LastUsedBatcher
+from tasks.worker.last_used import FLUSH_LOCK, flush_last_used, update_last_used
+from tests.processes import WorkerProcess, wait_for
+from tests.worker.conftest import EventLog
+from tests.worker.helpers import SLOW_SOURCE, WRITING
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def db_last_used(source: SqlSource, account_id: int) -> datetime | None:
+    return source.get_accounts([account_id])[account_id].last_used_at
+
+
+def cached_last_used(cache: RedisSchedulerCache, account_id: int) -> datetime | None:
+    account = cache.get_account(account_id)
+    return account.last_used_at if account is not None else None
+
+
+def make_accounts(source: SqlSource, cache: RedisSchedulerCache, count: int) -> list[int]:
+    ids = []
+    for n in range(count):
+        account = SqlWriter(source).create_account(name=f"a{n}", platform="openai", type="apikey")
+        cache.set_account(account)
+        ids.append(account.id)
+    return ids
+
+
+def touch(cache: RedisSchedulerCache, times: dict[int, datetime]) -> None:
+    """Touches as a web process sends them: one batch into the cache's pending hash."""
+    batcher = LastUsedBatcher(cache, interval_seconds=3600)
+    for account_id, at in times.items():
+        batcher.touch(account_id, at)
+    assert batcher.flush() == len(times)
+
+
+def test_the_flush_writes_pending_times_and_the_database_never_goes_back(
+    worker: WorkerProcess, source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    fresh, stale = make_accounts(source, task_cache, 2)
+    source.update_last_used({stale: T0 + timedelta(hours=1)})  # the database is ahead
+    touch(task_cache, {fresh: T0, stale: T0})
+
+    flush_last_used.delay()
+    wait_for(lambda: not task_cache.pending_last_used(), what="pending acknowledged")
+    assert db_last_used(source, fresh) == T0
+    assert db_last_used(source, stale) == T0 + timedelta(hours=1)
+    assert task_cache.stats()["last_used_db_flushes"] == "1"
+
+
+def test_a_touch_during_a_flush_stays_pending_for_the_next(
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
+) -> None:
+    start_worker({**worker_env, "SCHED_SOURCE_FACTORY": SLOW_SOURCE})
+    (account,) = make_accounts(source, task_cache, 1)
+    touch(task_cache, {account: T0})
+    flush_last_used.delay()
+    lock = task_cache.keys.named_lock(FLUSH_LOCK)
+    wait_for(lambda: task_cache.client.exists(WRITING), what="a flush in its write")
+    touch(task_cache, {account: T0 + timedelta(seconds=5)})  # while the slow write runs
+
+    wait_for(lambda: db_last_used(source, account) == T0, what="the first time written")
+    wait_for(lambda: not task_cache.client.exists(lock), what="the flush finished")
+    assert task_cache.pending_last_used() == {account: T0 + timedelta(seconds=5)}
+    flush_last_used.delay()
+    wait_for(
+        lambda: db_last_used(source, account) == T0 + timedelta(seconds=5),
+        what="the newer time written by the next flush",
+    )
+    assert task_cache.pending_last_used() == {}
+
+
+def test_a_worker_killed_mid_flush_loses_nothing(
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
+) -> None:
+    # A short lock TTL: the killed flush's lock must not hold up the next one for long.
+    short = {**worker_env, "SCHED_LOCK_TTL_SECONDS": "3", "SCHED_REBUILD_TIME_LIMIT_SECONDS": "2"}
+    doomed = start_worker({**short, "SCHED_SOURCE_FACTORY": SLOW_SOURCE})
+    ids = make_accounts(source, task_cache, 3)
+    times = {account_id: T0 + timedelta(seconds=account_id) for account_id in ids}
+    touch(task_cache, times)
+
+    flush_last_used.delay()
+    wait_for(lambda: task_cache.client.exists(WRITING), what="a flush in its write")
+    doomed.kill()  # SIGKILL, worker and pool, in the middle of the database write
+    assert task_cache.pending_last_used() == times
+
+    start_worker(short)
+
+    def flushed() -> bool:
+        flush_last_used.delay()  # as beat would, every interval
+        return all(db_last_used(source, i) == at for i, at in times.items())
+
+    wait_for(flushed, interval=0.5, what="the times in the database after the restart")
+    wait_for(lambda: not task_cache.pending_last_used(), what="pending acknowledged")
+
+
+def test_update_last_used_applies_to_cache_and_database_monotonic_on_both(
+    worker: WorkerProcess, source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    first, second = make_accounts(source, task_cache, 2)
+    later = T0 + timedelta(minutes=5)
+    update_last_used.delay({str(first): later.isoformat(), str(second): T0.timestamp()})
+    wait_for(
+        lambda: db_last_used(source, first) == later and db_last_used(source, second) == T0,
+        what="the database",
+    )
+    assert cached_last_used(task_cache, first) == later
+    assert cached_last_used(task_cache, second) == T0
+
+    update_last_used.delay({str(first): T0.isoformat()})  # older: changes nothing
+    update_last_used.delay({str(second): (T0 + timedelta(seconds=1)).timestamp()})
+    wait_for(lambda: db_last_used(source, second) == T0 + timedelta(seconds=1), what="newer")
+    assert db_last_used(source, first) == later
+    assert cached_last_used(task_cache, first) == later
+    wait_for(lambda: not task_cache.pending_last_used(), what="nothing left pending")
+
+
+BAD_ARGUMENTS = [
+    (({"abc": 1.0},), "'abc'"),
+    (({"5": "yesterday"},), "'yesterday'"),
+    (({"5": True},), "True"),
+    (({"0": 1.0},), "'0'"),
+    (({"5": -1.0},), "-1.0"),
+    ((["5", 1.0],), "['5', 1.0]"),
+    ((), "updates"),  # missing
+]
+
+
+def test_bad_update_last_used_arguments_fail_once_with_a_clear_error(
+    worker: WorkerProcess, events: EventLog
+) -> None:
+    # send_task: a client-side signature check would stop a missing argument early.
+    sent = {
+        app.send_task("tasks.update_last_used", args=list(args)).id: named
+        for args, named in BAD_ARGUMENTS
+    }
+    wait_for(
+        lambda: {e.get("uuid") for e in events.of("task-failed")} >= set(sent),
+        what="every bad call to fail",
+    )
+    for task_id, named in sent.items():
+        failed = [e for e in events.of("task-failed") if e.get("uuid") == task_id]
+        assert len(failed) == 1
+        assert named in failed[0]["exception"], failed[0]["exception"]
+        assert not [e for e in events.of("task-retried") if e.get("uuid") == task_id]
