@@ -102,11 +102,18 @@ def test_joining_a_first_or_leaving_a_last_group_names_group_zero(
     assert only_event(world, mark)[3] == {"group_ids": [0, 1]}
 
 
-def test_create_and_update_group_write_group_changed(world: SqlSource, db: SqlWriter) -> None:
+def test_create_group_writes_group_changed_with_its_platform(
+    world: SqlSource, db: SqlWriter
+) -> None:
     mark = world.max_outbox_id()
     group = db.create_group("four", "gemini")
     assert only_event(world, mark) == ("group_changed", None, group.id, {"platforms": ["gemini"]})
 
+
+def test_update_group_writes_group_changed_with_old_and_new_platforms(
+    world: SqlSource, db: SqlWriter
+) -> None:
+    group = db.create_group("four", "gemini")
     mark = world.max_outbox_id()
     changed = db.update_group(group.id, platform="openai", status="disabled")
     assert only_event(world, mark) == (
@@ -140,12 +147,16 @@ def test_bulk_update_writes_one_event_with_accounts_and_groups(
     assert events_after(world, mark) == []
 
 
-def test_full_rebuild_and_last_used_events(world: SqlSource, db: SqlWriter) -> None:
+def test_request_full_rebuild_writes_a_full_rebuild_event(world: SqlSource, db: SqlWriter) -> None:
     mark = world.max_outbox_id()
     event_id = db.request_full_rebuild()
     assert only_event(world, mark) == ("full_rebuild", None, None, {})
     assert event_id == mark + 1
 
+
+def test_a_last_used_event_carries_unix_seconds_and_sets_the_times(
+    world: SqlSource, db: SqlWriter
+) -> None:
     mark = world.max_outbox_id()
     db.record_last_used_event({10: NOW, 11: NOW + timedelta(milliseconds=1500)})
     stamp = NOW.timestamp()
@@ -156,6 +167,9 @@ def test_full_rebuild_and_last_used_events(world: SqlSource, db: SqlWriter) -> N
         {"last_used": {"10": stamp, "11": stamp + 1.5}},
     )
     assert world.get_accounts([11])[11].last_used_at == NOW + timedelta(milliseconds=1500)
+
+
+def test_no_last_use_writes_no_event(world: SqlSource, db: SqlWriter) -> None:
     assert db.record_last_used_event({}) is None
 
 

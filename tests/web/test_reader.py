@@ -10,7 +10,6 @@ import pytest
 
 from cache import Account, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
-from tasks.buckets import bucket_for
 from tasks.settings import Settings
 from tasks.source import SqlSource, SqlWriter
 from tasks.web import reader
@@ -33,12 +32,6 @@ def use(settings: Settings, **changes: Any) -> None:
 def rebuild_queued(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> bool:
     """Whether a rebuild task was enqueued and has not started."""
     return bool(cache.client.hexists(cache.keys.rebuild_state(bucket), "queued"))
-
-
-def test_the_bucket_read_follows_platform_and_force(configured: Settings) -> None:
-    assert str(bucket_for(3, "openai", False, configured)) == "3:openai:single"
-    assert str(bucket_for(3, "anthropic", False, configured)) == "3:anthropic:mixed"
-    assert str(bucket_for(3, "anthropic", True, configured)) == "3:anthropic:forced"
 
 
 def test_a_rate_limited_account_returns_when_its_window_ends_without_a_rebuild(
