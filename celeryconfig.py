@@ -26,19 +26,19 @@ from __future__ import annotations
 
 from kombu.entity import Exchange, Queue
 
+from tasks import connections
 from tasks.celery import DEFAULT_QUEUE, QUEUES, TASK_QUEUES
-from tasks.connections import broker_ssl_options
 from tasks.settings import get_settings
 
 _settings = get_settings()
 
 broker_url = _settings.effective_broker_url
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_seconds}
+broker_transport_options = connections.broker_transport_options(_settings)
 # rediss:// and amqps:// only: kombu would otherwise reject a rediss:// URL or, in newer
 # releases, connect without verifying the server, which then sees the broker password.
 # Verification is always required, against SCHED_TLS_CA_FILE or the system CAs.
-_broker_ssl = broker_ssl_options(_settings)
+_broker_ssl = connections.broker_ssl_options(_settings)
 if _broker_ssl is not None:
     broker_use_ssl = _broker_ssl
 # No result backend: callers learn outcomes from the snapshot itself, and Flower from
@@ -55,6 +55,8 @@ event_serializer = "json"
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# Reconnects to a lost broker within a quarter second of its return, not Celery's 2-4 s.
+worker_consumer = "tasks.worker.consumer:Consumer"
 # On a lost broker connection the broker redelivers unacknowledged messages anyway:
 # cancel their runs instead of letting them finish as duplicates.
 worker_cancel_long_running_tasks_on_connection_loss = True

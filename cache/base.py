@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 import redis
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
+from cache.connect import connect
 from cache.errors import CacheError, CacheUnavailable
 from cache.keys import SNAPSHOT_GRACE_SECONDS, KeySpace
 from cache.scripts import Scripts
@@ -29,9 +30,11 @@ def redis_errors(action: str) -> Iterator[None]:
     """Re-raise redis-py failures as this package's errors, naming the action."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError) as exc:
         raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
+        # RedisClusterException is not a RedisError: a cross-slot call, a cluster that
+        # cannot be mapped. Neither may escape as anything but this package's error.
         raise CacheError(f"redis error during {action}: {exc}") from exc
 
 
@@ -73,19 +76,27 @@ class CacheBase:
         *,
         socket_timeout: float = 5.0,
         client_options: Mapping[str, Any] | None = None,
+        cluster: bool = False,
+        sentinel_master: str | None = None,
+        sentinel_password: str | None = None,
         **kwargs: Any,
     ) -> Self:
-        """A cache over a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``).
+        """A cache over a new client for ``url``: one server (``redis://``, ``rediss://``,
+        ``unix://``), a Cluster seed node (``cluster=True``) or Sentinels
+        (``sentinel://h1:26379;sentinel://h2:26379`` with ``sentinel_master``); see
+        :mod:`cache.connect`.
 
         Timeouts are set so that a dead server gives :class:`CacheUnavailable` quickly
-        instead of a hang. ``client_options`` go to ``redis.Redis.from_url`` (TLS files,
-        say: ``{"ssl_ca_certs": "/etc/ssl/redis-ca.pem"}``); ``kwargs`` to the cache.
+        instead of a hang. ``client_options`` go to every connection (TLS files, say:
+        ``{"ssl_ca_certs": "/etc/ssl/redis-ca.pem"}``); ``kwargs`` to the cache.
         """
-        options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": min(socket_timeout, 2.0),
-            "health_check_interval": 30,
-        }
-        options.update(client_options or {})
-        client = redis.Redis.from_url(url, **options)
+        with redis_errors(f"connecting to {url.split('@')[-1]}"):
+            client = connect(
+                url,
+                cluster=cluster,
+                sentinel_master=sentinel_master,
+                sentinel_password=sentinel_password,
+                socket_timeout=socket_timeout,
+                client_options=client_options,
+            )
         return cls(client, **kwargs)

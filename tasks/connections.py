@@ -11,6 +11,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from cache.connect import is_sentinel_url
 from tasks.settings import Settings
 
 MASK = "***"
@@ -23,8 +24,11 @@ def mask_url(url: str) -> str:
 
     Works for ``redis://``, ``rediss://``, ``amqp://``, SQLAlchemy URLs such as
     ``postgresql+psycopg://`` and leaves ``sqlite:///path`` as it is. A string that
-    does not parse as a URL is masked whole rather than risk printing a secret.
+    does not parse as a URL is masked whole rather than risk printing a secret. Sentinel
+    lists (``sentinel://...;sentinel://...``) are masked part by part.
     """
+    if ";" in url and is_sentinel_url(url):
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -51,10 +55,15 @@ def _scheme(url: str) -> str:
 
 
 def redis_client_options(settings: Settings) -> dict[str, Any]:
-    """Options for ``redis.Redis.from_url(settings.redis_url, ...)``; empty unless TLS."""
-    if _scheme(settings.redis_url) != "rediss":
+    """Client options for the cache's Redis (``cache.connect``); empty unless TLS."""
+    if is_sentinel_url(settings.redis_url):
+        if not settings.redis_sentinel_tls:
+            return {}
+        options: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required"}
+    elif _scheme(settings.redis_url) == "rediss":
+        options = {"ssl_cert_reqs": "required"}
+    else:
         return {}
-    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
     if settings.tls_ca_file:
         options["ssl_ca_certs"] = settings.tls_ca_file
     if settings.tls_cert_file:
@@ -72,9 +81,10 @@ def broker_ssl_options(settings: Settings) -> dict[str, Any] | None:
     that would see the broker password. The two transports name the same options
     differently: redis-py takes ``ssl_*``, py-amqp the ``ssl`` module's own names.
     """
-    scheme = _scheme(settings.effective_broker_url)
+    url = settings.effective_broker_url
+    scheme = _scheme(url)
     files = (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
-    if scheme == "rediss":
+    if scheme == "rediss" or (is_sentinel_url(url) and settings.redis_sentinel_tls):
         names = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
         options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     elif scheme == "amqps":
@@ -85,4 +95,15 @@ def broker_ssl_options(settings: Settings) -> dict[str, Any] | None:
     else:
         return None
     options.update({name: path for name, path in zip(names, files, strict=True) if path})
+    return options
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Celery's ``broker_transport_options``: the visibility timeout, and for a
+    ``sentinel://`` broker the master's name and the sentinels' password."""
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if is_sentinel_url(settings.effective_broker_url):
+        options["master_name"] = settings.redis_sentinel_master
+        if settings.redis_sentinel_password:
+            options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
     return options

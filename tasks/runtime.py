@@ -19,7 +19,12 @@ from celery.signals import worker_process_init
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import buckets
 from tasks.celery import app
-from tasks.connections import broker_ssl_options, mask_url, redis_client_options
+from tasks.connections import (
+    broker_ssl_options,
+    broker_transport_options,
+    mask_url,
+    redis_client_options,
+)
 from tasks.settings import Settings, get_settings
 from tasks.source.protocol import Source
 
@@ -46,6 +51,9 @@ def get_cache() -> RedisSchedulerCache:
                 _cache = RedisSchedulerCache.from_url(
                     s.redis_url,
                     client_options=redis_client_options(s),
+                    cluster=s.redis_cluster,
+                    sentinel_master=s.redis_sentinel_master,
+                    sentinel_password=s.redis_sentinel_password,
                     prefix=s.key_prefix,
                     snapshot_grace_seconds=s.snapshot_grace_seconds,
                     cached_credentials=s.cached_credentials,
@@ -97,7 +105,7 @@ def reset(new_settings: Settings | None = None) -> None:
     s = settings()
     _repoint_broker(
         s.effective_broker_url,
-        {"visibility_timeout": s.visibility_timeout_seconds},
+        broker_transport_options(s),
         broker_ssl_options(s),
     )
 

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS
+from cache.connect import is_sentinel_url
 
 
 def _split(value: object) -> object:
@@ -27,8 +28,23 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCHED_", extra="ignore")
 
     # -- where things are ------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="one server, a Cluster node (redis_cluster) or sentinel://h:26379;sentinel://...",
+    )
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    redis_cluster: bool = Field(
+        default=False, description="redis_url names a seed node of a Redis Cluster"
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, description="the master's name, with a sentinel:// redis_url"
+    )
+    redis_sentinel_password: str | None = Field(
+        default=None, description="the sentinels' own password, if they require one"
+    )
+    redis_sentinel_tls: bool = Field(
+        default=False, description="TLS to the sentinels and the master they name"
+    )
     database_url: str = "sqlite:///sched.sqlite3"
     tls_ca_file: str | None = Field(
         default=None,
@@ -96,7 +112,14 @@ class Settings(BaseSettings):
         "cached_credentials", "platforms", "mixed_platforms", mode="before"
     )(_split)
 
-    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file", mode="before")
+    @field_validator(
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "redis_sentinel_master",
+        "redis_sentinel_password",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose files and shells pass "VAR=" for a variable they leave unset.
@@ -116,6 +139,28 @@ class Settings(BaseSettings):
         if self.tls_key_file and not self.tls_cert_file:
             raise ValueError(
                 "tls_key_file is set without tls_cert_file, the certificate it belongs to"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_topology_the_clients_support(self) -> Self:
+        sentinel = is_sentinel_url(self.redis_url)
+        if self.redis_cluster and sentinel:
+            raise ValueError("redis_cluster=true needs a cluster node's URL, not sentinel://")
+        if self.redis_cluster and not self.broker_url:
+            # Celery's Redis transport has no cluster support: its queues would land on
+            # whichever node the URL names and fail on MOVED.
+            raise ValueError(
+                "redis_cluster=true needs its own broker_url (SCHED_BROKER_URL): Celery's "
+                "Redis transport cannot use a Redis Cluster (use RabbitMQ, or a plain Redis)"
+            )
+        if sentinel and not self.redis_sentinel_master:
+            raise ValueError(
+                "a sentinel:// redis_url needs redis_sentinel_master (SCHED_REDIS_SENTINEL_MASTER)"
+            )
+        if self.broker_url and is_sentinel_url(self.broker_url) and not self.redis_sentinel_master:
+            raise ValueError(
+                "a sentinel:// broker_url needs redis_sentinel_master (SCHED_REDIS_SENTINEL_MASTER)"
             )
         return self
 

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,10 +81,11 @@ def postgres_schema_or_skip(servers: TestServers) -> Iterator[str]:
 class RedisServer:
     """A private ``redis-server`` on a free 127.0.0.1 port, for tests that kill it."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: Sequence[str] = ()) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on the PATH (apt-get install redis-server)")
         self.port = port or free_port()
+        self.args = list(args)
         self.dir = Path(tempfile.mkdtemp(prefix="sched-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -108,6 +109,7 @@ class RedisServer:
                 str(self.dir),
                 "--logfile",
                 str(self.dir / "redis.log"),
+                *self.args,
             ],
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
