@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache import keys as ttl
@@ -32,7 +32,8 @@ def redis_errors(action: str) -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
+        # RedisClusterException (cross-slot keys, no slot map) is not a RedisError.
         raise CacheError(f"redis error during {action}: {exc}") from exc
 
 
