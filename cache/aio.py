@@ -222,7 +222,9 @@ class AsyncNearCache:
             }
             self.state.checked(held, gens, asked_at)
             if since is None or self.state.touch_seq is None:
-                self.state.touch_seq = seq
+                # Not from here: a bucket read since may have taken an earlier position.
+                if self.state.touch_seq is None:
+                    self.state.touch_seq = seq
                 return
             if touched:
                 ids = [member for member, _ in touched]

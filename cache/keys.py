@@ -34,8 +34,8 @@ REBUILD_STATE_TTL_SECONDS = 86_400
 # Accounts per script call or command when a snapshot is written or read: about a
 # millisecond of server time each, so no call blocks other clients for long at any
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
-WRITE_CHUNK = 1_000
-READ_CHUNK = 2_000
+WRITE_CHUNK = 500
+READ_CHUNK = 1_000
 # Last-use changes read per call by a near cache catching up.
 TOUCH_CHUNK = 5_000
 # Decoded accounts kept per cache object: a payload that has not changed since the last

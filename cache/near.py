@@ -188,7 +188,9 @@ class NearCache:
             }
             self.state.checked(text(epoch), gens, asked_at)
             if since is None or self.state.touch_seq is None:
-                self.state.touch_seq = seq
+                # Not from here: a bucket read since may have taken an earlier position.
+                if self.state.touch_seq is None:
+                    self.state.touch_seq = seq
                 return
             if touched:
                 ids = [member for member, _ in touched]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from cache.codec import from_ms, to_ms, with_last_used
+from cache.codec import to_ms, with_last_used
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
 from cache.reads import SnapshotRead
@@ -115,7 +115,9 @@ class NearState:
             if entry is not None and read.gen == entry.gen:
                 entry.confirmed = max(entry.confirmed, asked_at)
                 return
-            accounts = [self._laid_over(a) for a in read.accounts]
+            accounts = [
+                self._laid_over(a, used) for a, used in zip(read.accounts, read.uses, strict=True)
+            ]
             fresh = Entry(
                 version=read.version,
                 gen=read.gen,
@@ -128,12 +130,11 @@ class NearState:
                 self._forget_members(name, entry)
             self.entries[name] = fresh
             self.entries.move_to_end(name)
-            for account in accounts:
-                self._members.setdefault(account.id, set()).add(name)
-                if account.last_used_at is not None:
-                    used = to_ms(account.last_used_at)
-                    if used > self._uses.get(account.id, 0):
-                        self._uses[account.id] = used
+            members, uses = self._members, self._uses
+            for account, used in zip(accounts, read.uses, strict=True):
+                members.setdefault(account.id, set()).add(name)
+                if used > uses.get(account.id, 0):
+                    uses[account.id] = used
             while len(self.entries) > self.max_buckets:
                 old_name, old = self.entries.popitem(last=False)
                 self._forget_members(old_name, old)
@@ -209,13 +210,10 @@ class NearState:
     def used_at(self, updates: Mapping[int, datetime]) -> None:
         self.used({int(i): to_ms(t) for i, t in updates.items()})
 
-    def _laid_over(self, account: Account) -> Account:
-        used = self._uses.get(account.id)
-        if used is None:
-            return account
-        if account.last_used_at is not None and to_ms(account.last_used_at) >= used:
-            return account
-        return account.model_copy(update={"last_used_at": from_ms(used)})
+    def _laid_over(self, account: Account, read_use: int) -> Account:
+        """``account`` with the newest last use known here (its own, as read, or newer)."""
+        used = self._uses.get(account.id, 0)
+        return account if used <= read_use else with_last_used(account, used)
 
     def _forget_members(self, name: str, entry: Entry) -> None:
         for account_id in entry.positions:

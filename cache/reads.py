@@ -35,6 +35,8 @@ class SnapshotRead:
     version: int
     gen: int
     accounts: list[Account]
+    # Each account's last use in integer ms (0: none), as read.
+    uses: list[int]
 
 
 class Expired(Exception):
@@ -60,7 +62,7 @@ class ReadPlan:
         self._need: list[bytes] = []
         # Accounts decoded before for the entries read: held here, since another read
         # in another thread may replace the codec's copy meanwhile.
-        self._held: dict[bytes, Account] = {}
+        self._held: dict[bytes, tuple[bytes | None, Account]] = {}
 
     # step 1: the script --------------------------------------------------------------
     def first_call(self) -> tuple[list[str], list[Any]]:
@@ -145,4 +147,5 @@ class ReadPlan:
             except CorruptPayload as exc:
                 logger.warning("snapshot miss for %s v%s: %s", self.bucket, self.version, exc)
                 return None
-        return SnapshotRead(self.bucket, self.version, self.gen, accounts)
+        uses_ms = [int(u) if u else 0 for u in uses]
+        return SnapshotRead(self.bucket, self.version, self.gen, accounts, uses_ms)
