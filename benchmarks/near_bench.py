@@ -195,7 +195,7 @@ def bench_slowlog(client: redis.Redis, url: str, lines: list[str]) -> None:
     client.flushdb()
     accounts = realistic_accounts(10_000)
     cache = RedisSchedulerCache(client)
-    old: dict[str, Any] = client.config_get("slowlog-*")
+    old: Any = client.config_get("slowlog-*")
     client.config_set("slowlog-max-len", 100_000)
     client.config_set("slowlog-log-slower-than", 0)
     revision = [10_000]

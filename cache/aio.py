@@ -181,6 +181,10 @@ class AsyncNearCache:
         return read.accounts
 
     async def _epoch(self) -> str:
+        """As :meth:`cache.near.NearCache._epoch`."""
+        held = self.state.epoch
+        if held is not None and self.state.touch_seq is not None:
+            return held
         keys = self.reader.keys
         with redis_errors("near cache epoch"):
             pipe = self.reader.client.pipeline(transaction=False)

@@ -137,7 +137,11 @@ class NearCache:
 
     def _epoch(self) -> str:
         """The epoch, and the touch log's position if none is held yet (taken before
-        any bucket is read, so no touch between the two is missed)."""
+        any bucket is read, so no touch between the two is missed). Once both are held,
+        the check keeps them current: a read needs no round trip for them."""
+        held = self.state.epoch
+        if held is not None and self.state.touch_seq is not None:
+            return held
         with redis_errors("near cache epoch"):
             pipe = self.cache.client.pipeline(transaction=False)
             pipe.get(self.cache.keys.last_used_seq)
