@@ -53,8 +53,10 @@ def _with_last_used_json(payload: bytes, last_used: bytes | None) -> bytes:
 _DATETIMES = tuple(
     name for name, field in Account.model_fields.items() if "datetime" in str(field.annotation)
 )
-_FIELDS = frozenset(Account.model_fields)
+_PAYLOAD_KEYS = frozenset(Account.model_fields) - {"last_used_at"}
+_STATUSES = {status.value: status for status in AccountStatus}
 _new = object.__new__
+_fromisoformat = datetime.fromisoformat
 _set = object.__setattr__
 
 
@@ -64,14 +66,15 @@ def _trusted(payload: bytes, last_used: bytes | None) -> Account | None:
     first read. None when the payload has not the encoder's shape after all."""
     try:
         data = orjson.loads(payload)
-        if not isinstance(data, dict) or data.keys() | {"last_used_at"} != _FIELDS:
+        if not isinstance(data, dict) or data.keys() != _PAYLOAD_KEYS:
             return None
         for name in _DATETIMES:
             value = data.get(name)
             if value is not None:
-                data[name] = as_utc(datetime.fromisoformat(value))
+                moment = _fromisoformat(value)
+                data[name] = moment if moment.tzinfo is UTC else as_utc(moment)
         data["last_used_at"] = from_ms(last_used) if last_used else None
-        data["status"] = AccountStatus(data["status"])
+        data["status"] = _STATUSES[data["status"]]
         data["group_ids"] = tuple(data["group_ids"])
     except (ValueError, TypeError, KeyError):
         return None

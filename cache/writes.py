@@ -54,6 +54,13 @@ def _groups(payload: bytes | None) -> set[int]:
 class WriteMixin(CacheBase):
     """The writing half of :class:`cache.client.RedisSchedulerCache`."""
 
+    # Last uses this writer seeded from accounts' payloads, by id.
+    _seeded: dict[int, datetime]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeded = {}
+
     def _run(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Script ``name`` once per (keys, args): one call directly, more in a pipeline
         (which costs one extra round trip to check the script is loaded)."""
@@ -121,9 +128,21 @@ class WriteMixin(CacheBase):
                 logger.info("bucket %s: v%s not activated, v%s is newer", bucket, version, other)
                 return False
             self._store_winner(bucket, staged)
-        if uses:
-            self.update_last_used(uses)
+        # No version before this one: a new bucket, or a Redis that lost its state.
+        self._seed_last_used(uses, everything=other == 0)
         return True
+
+    def _seed_last_used(self, uses: dict[int, datetime], *, everything: bool) -> None:
+        """Last uses the accounts carried, unless this writer sent them already: a
+        refresh rebuilds the same accounts again and again, with the same times."""
+        sent = self._seeded
+        fresh = uses if everything else {i: t for i, t in uses.items() if sent.get(i) != t}
+        if not fresh:
+            return
+        self.update_last_used(fresh)
+        if len(sent) + len(fresh) > ttl.DECODED_ACCOUNTS_MAX:
+            sent.clear()
+        sent.update(fresh)
 
     def _encode_all(
         self, bucket: SchedulerBucket, accounts: Iterable[Account]
