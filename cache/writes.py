@@ -175,9 +175,12 @@ class WriteMixin(CacheBase):
             return
         pipe = self.client.pipeline(transaction=False)
         ids = [s.id for s, _ in newer]
-        pipe.hmget(self.keys.accounts, ids)
-        pipe.hmget(self.keys.digests, ids)
-        payloads, digests = pipe.execute()
+        for first in range(0, len(ids), ttl.READ_CHUNK):
+            pipe.hmget(self.keys.accounts, ids[first : first + ttl.READ_CHUNK])
+            pipe.hmget(self.keys.digests, ids[first : first + ttl.READ_CHUNK])
+        replies = pipe.execute()
+        payloads = [p for part in replies[0::2] for p in part]
+        digests = [d for part in replies[1::2] for d in part]
         for (s, rev), payload, payload_digest in zip(newer, payloads, digests, strict=True):
             s.revision = text(rev)
             if payload is None or payload_digest is None:
