@@ -166,6 +166,8 @@ def bench_set_snapshot(client: redis.Redis, lines: list[str]) -> None:
 
 
 def main(url: str) -> None:
+    from benchmarks import near_bench
+
     client = redis.Redis.from_url(url)
     lines = [
         f"cache benchmarks against {client.connection_pool.connection_kwargs.get('host')}"
@@ -175,5 +177,6 @@ def main(url: str) -> None:
     bench_get_snapshot(client, lines)
     bench_update_last_used(client, lines)
     bench_set_snapshot(client, lines)
+    near_bench.main(client, url, lines)
     client.flushdb()
     print("\n".join(lines), flush=True)

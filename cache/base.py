@@ -34,8 +34,20 @@ def redis_errors(action: str) -> Iterator[None]:
         raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
     except (RedisError, RedisClusterException) as exc:
         # RedisClusterException is not a RedisError: a cross-slot call, a cluster that
-        # cannot be mapped. Neither may escape as anything but this package's error.
+        # cannot be mapped. Neither may escape as anything but this package's error; a
+        # cluster none of whose nodes answers is unavailable, like a single server.
+        if _caused_by_the_network(exc):
+            raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
         raise CacheError(f"redis error during {action}: {exc}") from exc
+
+
+def _caused_by_the_network(exc: BaseException) -> bool:
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, (RedisConnectionError, RedisTimeoutError, OSError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def text(value: bytes | str) -> str:

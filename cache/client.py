@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from cache.base import raw, redis_errors, text
 from cache.codec import from_ms, to_ms
 from cache.coordination import CoordinationMixin
-from cache.errors import CorruptPayload, VersionNotReserved
 from cache.models import Account, BucketInfo, SchedulerBucket
+from cache.reads import Expired, ReadPlan, SnapshotRead
+from cache.writes import WriteMixin
 
 logger = logging.getLogger(__name__)
 
+# A version replaced and expired while being read is read again, this many times.
+READ_ATTEMPTS = 3
 
-class RedisSchedulerCache(CoordinationMixin):
+
+class RedisSchedulerCache(WriteMixin, CoordinationMixin):
     """Versioned snapshots of each bucket's schedulable accounts, in Redis.
 
     Writers reserve a version *before* they read the source and activate it with a
@@ -25,7 +30,8 @@ class RedisSchedulerCache(CoordinationMixin):
         rebuild A: reserve v5 .. read (slow, old data) ............ set v5 -> refused
         rebuild B:      reserve v6 .. read (new data) .. set v6 -> active
 
-    Readers get the active snapshot in one atomic script call.
+    Readers get the active version, uncached, with :meth:`get_snapshot`; web processes
+    read through a :class:`cache.near.NearCache`, which serves from memory.
     """
 
     # -- snapshots -------------------------------------------------------------------
@@ -34,118 +40,44 @@ class RedisSchedulerCache(CoordinationMixin):
 
         A miss: no active version, an empty snapshot, a missing account payload, or a
         corrupt one (logged). Each account's ``last_used_at`` is the cached last use.
+        Every account comes from one version (or is a newer revision put into it).
         """
-        name = str(bucket)
-        last = self.codec.last_read(name)
+        read = self.read_snapshot(bucket)
+        return read.accounts if read is not None and read.accounts else None
+
+    def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
+        """The active version with its number and ``gen``; None when there is none, or
+        an account payload is missing or corrupt. An empty version reads as no accounts.
+        """
         with redis_errors(f"get_snapshot {bucket}"):
-            reply = self._scripts["get_snapshot"](
-                keys=[
-                    self.keys.meta(bucket),
-                    self.keys.accounts,
-                    self.keys.digests,
-                    self.keys.last_used,
-                ],
-                args=[self.keys.snapshot_stem(bucket), last.fingerprint if last else b""],
-            )
-        if not reply:
-            return None
-        if reply[1] is None:
-            version, _, missing = reply
-            logger.info(
-                "snapshot miss for %s v%s: account %s has no payload",
-                bucket,
-                text(version),
-                text(missing),
-            )
-            return None
-        version, fingerprint, uses, *changed = reply
-        try:
-            if not changed:
-                return self.codec.decode_snapshot(name, last, fingerprint, uses)
-            ids, payloads = changed
-            return self.codec.decode_snapshot(name, last, fingerprint, uses, ids, payloads)
-        except CorruptPayload as exc:
-            logger.warning("snapshot miss for %s v%s: %s", bucket, text(version), exc)
-            return None
+            for _ in range(READ_ATTEMPTS):
+                try:
+                    return self._read_once(ReadPlan(self.keys, self.codec, bucket))
+                except Expired as exc:
+                    logger.info("snapshot %s expired mid-read; reading again", exc)
+        return None
 
-    def reserve_version(self, bucket: SchedulerBucket) -> int:
-        """A new version number for ``bucket``; call it before reading the source."""
-        with redis_errors(f"reserve_version {bucket}"):
-            return int(self.client.incr(self.keys.version_counter(bucket)))
+    def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
+        keys, args = plan.first_call()
+        if not plan.absorb_first(self._scripts["read_snapshot"](keys=keys, args=args)):
+            return None
+        ranges = plan.rest_ranges()
+        if ranges:
+            pipe = self.client.pipeline(transaction=False)
+            for key, start, end in ranges:
+                pipe.lrange(key, start, end)
+            pipe = self._hmgets(plan.absorb_rest(pipe.execute()))
+            plan.absorb_entries(pipe.execute())
+        payloads, uses = plan.fetches()
+        pipe = self._hmgets(payloads + uses)
+        replies = pipe.execute()
+        return plan.finish(replies[: len(payloads)], replies[len(payloads) :])
 
-    def set_snapshot(
-        self,
-        bucket: SchedulerBucket,
-        accounts: Iterable[Account],
-        version: int | None = None,
-        *,
-        rebuild_ms: float | None = None,
-    ) -> bool:
-        """Write ``accounts`` as ``version`` and activate it if nothing newer is active.
-
-        Returns True when it became active. Without ``version`` one is reserved now,
-        which is only right when ``accounts`` were read after this call began: a
-        rebuilder should call :meth:`reserve_version` before it reads the source.
-        Account payloads are written only by the winner, and never over a newer revision.
-        """
-        if version is None:
-            version = self.reserve_version(bucket)
-        if version < 1:
-            raise VersionNotReserved(f"bucket {bucket}: version {version} was never reserved")
-        encode = self.codec.encode
-        ids: list[str] = []
-        revisions: list[str] = []
-        digests: list[str] = []
-        uses: list[str] = []
-        payloads: list[bytes] = []
-        seen: set[int] = set()
-        for account in accounts:
-            if account.id in seen:
-                raise ValueError(f"bucket {bucket}: account {account.id} appears twice")
-            seen.add(account.id)
-            payload, payload_digest = encode(account)
-            used = account.last_used_at
-            ids.append(str(account.id))
-            revisions.append("-1" if account.revision is None else str(account.revision))
-            digests.append(payload_digest)
-            uses.append("" if used is None else str(to_ms(used)))
-            payloads.append(payload)
-        # The small per-account fields travel joined, one argument each: every script
-        # argument costs the server far more than its bytes (see set_snapshot.lua).
-        args: list[Any] = [
-            version,
-            self.keys.snapshot_stem(bucket),
-            str(bucket),
-            self.grace_seconds,
-            to_ms(self.clock()),
-            "" if rebuild_ms is None else f"{rebuild_ms:.3f}",
-            ",".join(ids),
-            ",".join(revisions),
-            ",".join(digests),
-            ",".join(uses),
-            *payloads,
-        ]
-        with redis_errors(f"set_snapshot {bucket} v{version}"):
-            status, other = self._scripts["set_snapshot"](
-                keys=[
-                    self.keys.meta(bucket),
-                    self.keys.version_counter(bucket),
-                    self.keys.accounts,
-                    self.keys.revisions,
-                    self.keys.digests,
-                    self.keys.last_used,
-                    self.keys.registry,
-                ],
-                args=args,
-            )
-        if status == -1:
-            raise VersionNotReserved(
-                f"bucket {bucket}: version {version} was never reserved (last reserved: {other})"
-            )
-        if status == 0:
-            logger.info("bucket %s: v%s not activated, v%s is newer", bucket, version, int(other))
-            return False
-        return True
+    def _hmgets(self, calls: list[tuple[str, list[bytes]]]) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in calls:
+            pipe.hmget(key, fields)
+        return pipe
 
     def bucket_info(self, bucket: SchedulerBucket) -> BucketInfo:
         """Active version, size, age and last rebuild time of one bucket."""
@@ -163,6 +95,25 @@ class RedisSchedulerCache(CoordinationMixin):
             rebuild_ms=float(rebuild_ms) if rebuild_ms is not None else None,
         )
 
+    # -- the state's identity ----------------------------------------------------------
+    def epoch(self) -> str:
+        """The id of Redis's current state, set now if there is none.
+
+        It changes only when Redis lost its state (a restart without persistence,
+        FLUSHALL, a failover to an empty replica): whoever calls this first afterwards
+        sets a new one. Compare it with the id you saw before to notice the loss.
+        """
+        with redis_errors("epoch"):
+            fresh = secrets.token_hex(8)
+            held = self.client.set(self.keys.epoch, fresh, nx=True, get=True)
+        return fresh if held is None else text(cast(bytes, held))
+
+    def peek_epoch(self) -> str | None:
+        """The id of Redis's current state, or None when it is gone (state lost)."""
+        with redis_errors("peek_epoch"):
+            held = self.client.get(self.keys.epoch)
+        return None if held is None else text(cast(bytes, held))
+
     # -- accounts --------------------------------------------------------------------
     def get_account(self, account_id: int) -> Account | None:
         """The cached account, or None; raise :class:`CorruptPayload` if undecodable."""
@@ -175,74 +126,12 @@ class RedisSchedulerCache(CoordinationMixin):
             return None
         return self.codec.decode(account_id, raw(payload), used and raw(used))
 
-    def set_account(self, account: Account) -> bool:
-        """Store ``account`` unless a newer revision is cached; True when stored."""
-        used = account.last_used_at
-        payload, payload_digest = self.codec.encode(account)
-        with redis_errors(f"set_account {account.id}"):
-            stored = self._scripts["set_account"](
-                keys=[
-                    self.keys.accounts,
-                    self.keys.revisions,
-                    self.keys.digests,
-                    self.keys.last_used,
-                ],
-                args=[
-                    account.id,
-                    -1 if account.revision is None else account.revision,
-                    payload,
-                    payload_digest,
-                    "" if used is None else to_ms(used),
-                ],
-            )
-        return bool(stored)
-
-    def delete_account(self, account_id: int, revision: int | None = None) -> bool:
-        """Forget an account; with ``revision``, only if nothing newer is cached.
-
-        A tombstone stays behind: a payload of the deleted revision or older (from a
-        rebuild that read the account just before it was deleted) is not stored again.
-        """
-        with redis_errors(f"delete_account {account_id}"):
-            deleted = self._scripts["delete_account"](
-                keys=[
-                    self.keys.accounts,
-                    self.keys.revisions,
-                    self.keys.digests,
-                    self.keys.last_used,
-                ],
-                args=[account_id, "" if revision is None else revision],
-            )
-        return bool(deleted)
-
-    # -- last use --------------------------------------------------------------------
-    def update_last_used(
-        self, updates: Mapping[int, datetime], *, record_pending: bool = False
-    ) -> int:
-        """Move last-use times forward in one round trip; unknown ids are ignored.
-
-        With ``record_pending`` the times are also kept in a pending hash until
-        :meth:`ack_pending_last_used` says the source database has them. Returns how
-        many cached times moved forward.
-        """
-        if not updates:
-            return 0
-        args: list[Any] = ["1" if record_pending else "0"]
-        for account_id, used in updates.items():
-            args.append(int(account_id))
-            args.append(to_ms(used))
-        with redis_errors("update_last_used"):
-            moved = self._scripts["update_last_used"](
-                keys=[self.keys.last_used, self.keys.digests, self.keys.last_used_pending],
-                args=args,
-            )
-        return int(moved)
-
+    # -- last use (writing it: WriteMixin.update_last_used) ---------------------------
     def pending_last_used(self) -> dict[int, datetime]:
         """Last-use times not yet acknowledged as written to the source database."""
         with redis_errors("pending_last_used"):
-            raw = self.client.hgetall(self.keys.last_used_pending)
-        return {int(k): from_ms(v) for k, v in raw.items()}
+            found = self.client.hgetall(self.keys.last_used_pending)
+        return {int(k): from_ms(v) for k, v in found.items()}
 
     def ack_pending_last_used(self, written: Mapping[int, datetime]) -> int:
         """Drop pending times the database now has; newer pending times stay."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from cache.errors import CorruptPayload
-from cache.keys import DECODED_ACCOUNTS_MAX, DECODED_SNAPSHOTS_MAX
-from cache.models import Account, as_utc
+from cache.keys import DECODED_ACCOUNTS_MAX
+from cache.models import Account, AccountStatus, as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,56 @@ def digest(payload: bytes) -> str:
     return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
 
+def with_last_used(account: Account, last_used: bytes | int | None) -> Account:
+    """``account`` with another last use (integer ms, or None)."""
+    return account.model_copy(update={"last_used_at": from_ms(last_used) if last_used else None})
+
+
+def _with_last_used_json(payload: bytes, last_used: bytes | None) -> bytes:
+    """The payload with its last use spliced in, so one validation builds the account:
+    a copy with the last use set afterwards costs as much again as the validation."""
+    if not last_used or not payload.endswith(b"}") or not last_used.isdigit():
+        return payload
+    stamp = from_ms(last_used).isoformat().encode()
+    return b'%s,"last_used_at":"%s"}' % (payload[:-1], stamp)
+
+
+_DATETIMES = tuple(
+    name for name, field in Account.model_fields.items() if "datetime" in str(field.annotation)
+)
+_PAYLOAD_KEYS = frozenset(Account.model_fields) - {"last_used_at"}
+_STATUSES = {status.value: status for status in AccountStatus}
+_new = object.__new__
+_fromisoformat = datetime.fromisoformat
+_set = object.__setattr__
+
+
+def _trusted(payload: bytes, last_used: bytes | None) -> Account | None:
+    """The account of a payload this codec's encoder wrote (its digest matched), built
+    without validating it again: about twice as fast as validation, which is most of a
+    first read. None when the payload has not the encoder's shape after all."""
+    try:
+        data = orjson.loads(payload)
+        if not isinstance(data, dict) or data.keys() != _PAYLOAD_KEYS:
+            return None
+        for name in _DATETIMES:
+            value = data.get(name)
+            if value is not None:
+                moment = _fromisoformat(value)
+                data[name] = moment if moment.tzinfo is UTC else as_utc(moment)
+        data["last_used_at"] = from_ms(last_used) if last_used else None
+        data["status"] = _STATUSES[data["status"]]
+        data["group_ids"] = tuple(data["group_ids"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    account = _new(Account)
+    _set(account, "__dict__", data)
+    _set(account, "__pydantic_fields_set__", set(data))
+    _set(account, "__pydantic_extra__", None)
+    _set(account, "__pydantic_private__", None)
+    return account
+
+
 def _same_payload(old: Account, new: Account) -> bool:
     """Whether two accounts encode to the same payload (last use is not in it)."""
     if old is new:
@@ -43,16 +93,6 @@ def _same_payload(old: Account, new: Account) -> bool:
     if old.revision != new.revision and new.revision is not None:
         return False  # the usual case of a changed account, without comparing fields
     return {**old.__dict__, "last_used_at": None} == {**new.__dict__, "last_used_at": None}
-
-
-@dataclass(slots=True, frozen=True)
-class DecodedRead:
-    """A bucket's last decoded read: its fingerprint, last uses and accounts."""
-
-    fingerprint: bytes
-    uses: bytes
-    use_list: list[bytes]
-    accounts: list[Account]
 
 
 class AccountCodec:
@@ -71,12 +111,10 @@ class AccountCodec:
     ) -> None:
         self.cached_credentials = frozenset(cached_credentials)
         self._max_decoded = max_decoded
-        # id -> (payload, last-used bytes, account built from both)
+        # id -> (entry or payload, last-used bytes, account built from both)
         self._decoded: dict[int, tuple[bytes, bytes | None, Account]] = {}
         # id -> (account, its payload, the payload's digest)
         self._encoded: dict[int, tuple[Account, bytes, str]] = {}
-        # bucket -> its last decoded read
-        self._snapshots: dict[str, DecodedRead] = {}
 
     # -- encoding --------------------------------------------------------------------
     def encode(self, account: Account) -> tuple[bytes, str]:
@@ -98,70 +136,54 @@ class AccountCodec:
         return payload, payload_digest
 
     # -- decoding --------------------------------------------------------------------
-    def decode(self, account_id: int, payload: bytes, last_used: bytes | None) -> Account:
-        """The account stored under ``account_id``; raise :class:`CorruptPayload`."""
+    def held(self, account_id: int, entry: bytes) -> tuple[bytes | None, Account] | None:
+        """The account decoded for ``entry`` (its payload's digest and revision) with the
+        last use it was decoded with, if any."""
         hit = self._decoded.get(account_id)
-        if hit is not None and hit[0] == payload:
-            if hit[1] == last_used:
-                return hit[2]
-            base = hit[2]
+        return (hit[1], hit[2]) if hit is not None and hit[0] == entry else None
+
+    def decode(
+        self,
+        account_id: int,
+        payload: bytes | None,
+        last_used: bytes | None,
+        entry: bytes = b"",
+        held: tuple[bytes | None, Account] | None = None,
+    ) -> Account:
+        """The account stored under ``account_id``; raise :class:`CorruptPayload`.
+
+        From a snapshot, ``entry`` names the payload (digest and revision): a payload
+        that matches its digest was written by an encoder and is not validated again;
+        without the payload, ``held`` (from :meth:`held`) is reused with ``last_used``.
+        """
+        token = entry or payload or b""
+        if payload is None:
+            if held is None:
+                raise CorruptPayload(f"account {account_id}: no payload for entry {entry!r}")
+            account = held[1] if held[0] == last_used else with_last_used(held[1], last_used)
         else:
-            base = self._validate(account_id, payload)
-        account = base.model_copy(
-            update={"last_used_at": from_ms(last_used) if last_used else None}
-        )
+            hit = self._decoded.get(account_id)
+            if hit is not None and hit[0] == token:
+                if hit[1] == last_used:
+                    return hit[2]
+                account = with_last_used(hit[2], last_used)
+            else:
+                trusted = None
+                if entry and entry.split(b"/", 1)[0].decode() == digest(payload):
+                    trusted = _trusted(payload, last_used)
+                if trusted is None or trusted.id != account_id:
+                    account = self._validate(account_id, payload, last_used)
+                else:
+                    account = trusted
         if len(self._decoded) >= self._max_decoded:
             self._decoded.clear()
-        self._decoded[account_id] = (payload, last_used, account)
+        self._decoded[account_id] = (token, last_used, account)
         return account
 
-    def last_read(self, bucket: str) -> DecodedRead | None:
-        """The bucket's last decoded read; pass it back to :meth:`decode_snapshot`."""
-        return self._snapshots.get(bucket)
-
-    def decode_snapshot(
-        self,
-        bucket: str,
-        last: DecodedRead | None,
-        fingerprint: bytes,
-        uses: bytes,
-        ids: list[bytes] | None = None,
-        payloads: list[bytes] | None = None,
-    ) -> list[Account]:
-        """Accounts from a snapshot read (see cache/lua/get_snapshot.lua).
-
-        Without ``ids`` and ``payloads`` the read matched the fingerprint of ``last``
-        (the read the caller sent the fingerprint of, even if another thread has
-        recorded a newer one since): nothing is decoded, only accounts whose last use
-        moved get a new object.
-        """
-        use_list = uses.split(b",")
-        if ids is None or payloads is None:
-            if last is None or last.fingerprint != fingerprint:
-                raise CorruptPayload(f"bucket {bucket}: no decoded read matches {fingerprint!r}")
-            if last.uses == uses:
-                return list(last.accounts)
-            accounts = [
-                account
-                if new == old
-                else account.model_copy(update={"last_used_at": from_ms(new) if new else None})
-                for account, old, new in zip(last.accounts, last.use_list, use_list, strict=True)
-            ]
-        else:
-            decode = self.decode
-            accounts = [
-                decode(int(i), p, u or None)
-                for i, p, u in zip(ids, payloads, use_list, strict=True)
-            ]
-        if len(self._snapshots) >= DECODED_SNAPSHOTS_MAX:
-            self._snapshots.clear()
-        self._snapshots[bucket] = DecodedRead(fingerprint, uses, use_list, accounts)
-        return list(accounts)
-
     @staticmethod
-    def _validate(account_id: int, payload: bytes) -> Account:
+    def _validate(account_id: int, payload: bytes, last_used: bytes | None) -> Account:
         try:
-            account = Account.model_validate_json(payload)
+            account = Account.model_validate_json(_with_last_used_json(payload, last_used))
         except ValidationError as exc:
             raise CorruptPayload(
                 f"account {account_id}: cannot decode payload {payload[:80]!r}: "

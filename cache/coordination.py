@@ -71,17 +71,21 @@ class CoordinationMixin(CacheBase):
 
     def retire_bucket(self, bucket: SchedulerBucket) -> bool:
         """Stop serving and refreshing ``bucket``; True when it was known."""
+        k = self.keys
         with redis_errors(f"retire_bucket {bucket}"):
-            return bool(
-                self._scripts["retire_bucket"](
-                    keys=[
-                        self.keys.meta(bucket),
-                        self.keys.registry,
-                        self.keys.rebuild_state(bucket),
-                    ],
-                    args=[self.keys.snapshot_stem(bucket), str(bucket), self.grace_seconds],
-                )
+            active = self._scripts["retire_bucket"](
+                keys=[k.meta(bucket), k.rebuild_state(bucket)],
+                args=[
+                    k.snapshot_stem(bucket),
+                    k.payloads_stem(bucket),
+                    k.entries_stem(bucket),
+                    self.grace_seconds,
+                    k.changes_channel,
+                    str(bucket),
+                ],
             )
+            removed = self.client.srem(k.registry, str(bucket))
+        return bool(active) or bool(removed)
 
     # -- outbox ----------------------------------------------------------------------
     def get_outbox_watermark(self) -> int:

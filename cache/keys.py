@@ -1,10 +1,14 @@
 """Every Redis key name and TTL the cache uses, built in one place.
 
-Keys of one bucket share the hash tag ``{<bucket>}`` so that a bucket's scripts touch a
-single Cluster slot. The account store, the last-used store and the registry are shared
-by all buckets; to run every script on Redis Cluster, give the prefix a hash tag of its
-own (``prefix="{sched}"``): Redis hashes the first ``{...}`` of a key, so every key then
-lives in one slot.
+Every script touches keys of one Cluster slot, by construction and with any prefix:
+
+- a bucket's keys, its snapshot versions and their payloads share the hash tag
+  ``{<bucket>}``, so different buckets spread over the masters of a Cluster;
+- the shared stores (accounts by id, last use, pending last use, registry, stats,
+  outbox position, epoch) share the hash tag ``{shared}``.
+
+A prefix with a hash tag of its own (``prefix="{sched}"``) still works: Redis hashes
+the first ``{...}`` of a key, so every key then lives in one slot.
 """
 
 from __future__ import annotations
@@ -17,16 +21,35 @@ from cache.models import SchedulerBucket
 # A replaced snapshot stays readable this long instead of being deleted, so a reader
 # that looked up the active version just before a switch can still read that version.
 SNAPSHOT_GRACE_SECONDS = 60
+# A version being written lives this long unless it is activated: a writer that dies
+# or loses leaves nothing behind for longer. Above the rebuild task's time limit, and
+# renewed by every chunk, so a live writer never sees its staged version expire.
+STAGE_TTL_SECONDS = 120
 # The rebuild request counters of a bucket nobody asked about for a day are dropped;
 # a request after that starts from zero, which only costs one rebuild.
 REBUILD_STATE_TTL_SECONDS = 86_400
+# Accounts per script call or command when a snapshot is written or read: about a
+# millisecond of server time each, so no call blocks other clients for long at any
+# bucket size (and unpack() stays far below Lua's 8000-slot C stack).
+WRITE_CHUNK = 500
+READ_CHUNK = 1_000
+# Last-use changes read per call by a near cache catching up.
+TOUCH_CHUNK = 5_000
 # Decoded accounts kept per cache object: a payload that has not changed since the last
 # read is not decoded again. Bounded so that a huge pool cannot grow the process forever.
 DECODED_ACCOUNTS_MAX = 200_000
-# Buckets whose last read is kept decoded per cache object (each holds its payload bytes).
-DECODED_SNAPSHOTS_MAX = 1_024
+# Buckets a near cache keeps in memory (least recently read dropped first).
+NEAR_BUCKETS_MAX = 1_024
+# A near cache checks its buckets' versions, the epoch and other processes' touches
+# this often, whatever pushes it received: the backstop for a lost push.
+NEAR_CHECK_SECONDS = 0.5
+# ... and serves nothing that Redis has not confirmed for longer than this: a
+# checker that fell behind (or a Redis that stopped answering) turns reads back into
+# round trips instead of stale answers.
+NEAR_TRUST_SECONDS = 1.0
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.{}-]{1,64}")
+SHARED_TAG = "{shared}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +68,13 @@ class KeySpace:
     def _bucket(self, bucket: SchedulerBucket, leaf: str) -> str:
         return self._join(f"{{{bucket}}}", leaf)
 
+    def _shared(self, *leaf: str) -> str:
+        return self._join(SHARED_TAG, *leaf)
+
     # -- per bucket, all under the bucket's hash tag ---------------------------------
     def meta(self, bucket: SchedulerBucket) -> str:
-        """Hash: active version, account count, built_at (ms), rebuild duration."""
+        """Hash: active version, account count, built_at (ms), rebuild duration, and
+        ``gen``, which grows with every change readers can see (activation or patch)."""
         return self._bucket(bucket, "meta")
 
     def version_counter(self, bucket: SchedulerBucket) -> str:
@@ -59,7 +86,23 @@ class KeySpace:
         return self._bucket(bucket, "snap:")
 
     def snapshot(self, bucket: SchedulerBucket, version: int) -> str:
+        """List: account ids of version N in scheduling order."""
         return f"{self.snapshot_stem(bucket)}{version}"
+
+    def payloads_stem(self, bucket: SchedulerBucket) -> str:
+        return self._bucket(bucket, "pay:")
+
+    def payloads(self, bucket: SchedulerBucket, version: int) -> str:
+        """Hash: account id -> JSON payload of version N (absent for a deleted account)."""
+        return f"{self.payloads_stem(bucket)}{version}"
+
+    def entries_stem(self, bucket: SchedulerBucket) -> str:
+        return self._bucket(bucket, "ent:")
+
+    def entries(self, bucket: SchedulerBucket, version: int) -> str:
+        """Hash: account id -> ``<digest>/<revision>`` of its payload in version N
+        (digest ``-`` for a deleted account); what readers compare to skip decoding."""
+        return f"{self.entries_stem(bucket)}{version}"
 
     def lock(self, bucket: SchedulerBucket) -> str:
         return self._bucket(bucket, "lock")
@@ -72,47 +115,71 @@ class KeySpace:
         """Hash: rebuild request counter, queued flag, generation of the last rebuild."""
         return self._bucket(bucket, "rebuild")
 
-    # -- shared ----------------------------------------------------------------------
+    # -- shared, all under one hash tag ----------------------------------------------
     @property
     def registry(self) -> str:
         """Set of every bucket that has had a snapshot."""
-        return self._join("buckets")
+        return self._shared("buckets")
 
     @property
     def accounts(self) -> str:
-        """Hash: account id -> JSON payload (without last_used_at)."""
-        return self._join("acc")
+        """Hash: account id -> JSON payload (without last_used_at), newest revision."""
+        return self._shared("acc")
 
     @property
     def revisions(self) -> str:
-        """Hash: account id -> revision of the stored payload."""
-        return self._join("acc_rev")
+        """Hash: account id -> revision of the stored payload (x.5: deleted at x)."""
+        return self._shared("acc_rev")
 
     @property
     def digests(self) -> str:
-        """Hash: account id -> digest of the stored payload (what readers compare)."""
-        return self._join("acc_digest")
+        """Hash: account id -> digest of the stored payload; absent: unknown account."""
+        return self._shared("acc_digest")
 
     @property
     def last_used(self) -> str:
         """Hash: account id -> last use, integer milliseconds since the epoch."""
-        return self._join("last_used")
+        return self._shared("last_used")
+
+    @property
+    def last_used_log(self) -> str:
+        """Sorted set: account id scored by the touch sequence number of its last move;
+        one member per account, so it is as large as the last-used hash, no larger."""
+        return self._shared("last_used", "log")
+
+    @property
+    def last_used_seq(self) -> str:
+        """Counter: one step per call that moved a last use (the log's scores)."""
+        return self._shared("last_used", "seq")
 
     @property
     def last_used_pending(self) -> str:
         """Hash: account id -> last use not yet written to the source database."""
-        return self._join("last_used", "pending")
+        return self._shared("last_used", "pending")
 
     @property
     def stats(self) -> str:
         """Hash: counters and last-seen figures of the background work, for status views."""
-        return self._join("stats")
+        return self._shared("stats")
 
     @property
     def outbox_watermark(self) -> str:
-        return self._join("outbox", "watermark")
+        return self._shared("outbox", "watermark")
 
     @property
     def outbox_gaps(self) -> str:
         """Sorted set: outbox ids below the watermark not seen yet, scored by first-seen ms."""
-        return self._join("outbox", "gaps")
+        return self._shared("outbox", "gaps")
+
+    @property
+    def epoch(self) -> str:
+        """String: a random id set once, never expiring. Its absence, or another id,
+        means Redis lost its state (restart without persistence, FLUSHALL, failover to
+        an empty replica): every near cache drops what it holds."""
+        return self._shared("epoch")
+
+    # -- pub/sub -----------------------------------------------------------------------
+    @property
+    def changes_channel(self) -> str:
+        """Channel: ``<bucket> <version> <gen>`` after every change readers can see."""
+        return self._join("changes")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import redis
-from redis.commands.core import Script
+import redis.asyncio
 
 SCRIPT_NAMES = (
-    "get_snapshot",
-    "set_snapshot",
+    "read_snapshot",
+    "stage_snapshot",
+    "activate_snapshot",
+    "patch_account",
+    "store_accounts",
     "set_account",
     "delete_account",
     "update_last_used",
@@ -36,8 +40,8 @@ class Scripts:
     restarted server costs one extra round trip, never an error.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | redis.asyncio.Redis) -> None:
         self._scripts = {name: client.register_script(load_source(name)) for name in SCRIPT_NAMES}
 
-    def __getitem__(self, name: str) -> Script:
+    def __getitem__(self, name: str) -> Any:
         return self._scripts[name]

@@ -4,7 +4,9 @@ sentinels. Skipped with a reason where the binaries are missing."""
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -42,13 +44,31 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         time.sleep(0.05)
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher, at most 65535) is free too."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        if all(_free(candidate) for candidate in (port, port + 10_000)):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class RedisClusterServers:
     """Three cluster-enabled masters, slots spread by ``redis-cli --cluster create``."""
 
     def __init__(self, masters: int = 3) -> None:
         options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         options += ["--cluster-node-timeout", "2000"]
-        self.nodes = [RedisServer(args=options) for _ in range(masters)]
+        self.nodes = [RedisServer(free_cluster_port(), options) for _ in range(masters)]
 
     @property
     def url(self) -> str:

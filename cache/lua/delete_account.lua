@@ -5,20 +5,26 @@
 --           only a later revision (an undelete in the source) passes
 -- KEYS[3] - account digest hash
 -- KEYS[4] - last-used hash
+-- KEYS[5] - last-used log
 -- ARGV[1] - account id
 -- ARGV[2] - revision of the deletion, or '' for "whatever revision is cached"
--- returns 1 when a payload was deleted, 0 when none was cached or it is newer
+-- returns {1, tombstone or false, previous payload or false} when a payload was
+--         deleted; {0, tombstone or false, false} when none was cached or it is newer
 local id = ARGV[1]
 local revision = tonumber(ARGV[2])
 
 local stored = tonumber(redis.call('HGET', KEYS[2], id) or '')
 if revision and stored and stored > revision then
-  return 0
+  return {0, false, false}
 end
 local deleted = revision or stored
+local tombstone = false
 if deleted then
-  redis.call('HSET', KEYS[2], id, math.floor(deleted) + 0.5)
+  tombstone = tostring(math.floor(deleted) + 0.5)
+  redis.call('HSET', KEYS[2], id, tombstone)
 end
+local previous = redis.call('HGET', KEYS[1], id)
 redis.call('HDEL', KEYS[4], id)
+redis.call('ZREM', KEYS[5], id)
 redis.call('HDEL', KEYS[3], id)
-return redis.call('HDEL', KEYS[1], id)
+return {redis.call('HDEL', KEYS[1], id), tombstone, previous}

@@ -3,12 +3,15 @@
 -- KEYS[2] - account revision hash (id -> revision)
 -- KEYS[3] - account digest hash (id -> digest of the payload)
 -- KEYS[4] - last-used hash (id -> integer ms)
+-- KEYS[5] - last-used log (id scored by the touch sequence number of its last move)
+-- KEYS[6] - touch sequence counter
 -- ARGV[1] - account id
 -- ARGV[2] - revision (-1 for none)
 -- ARGV[3] - payload
 -- ARGV[4] - digest of the payload
 -- ARGV[5] - last use in ms, or '' for none
--- returns 1 when the payload was stored, 0 when a newer revision kept its place
+-- returns {1, previous payload or false} when the payload was stored,
+--         {0, false} when a newer revision kept its place
 local id = ARGV[1]
 local revision = tonumber(ARGV[2])
 local payload = ARGV[3]
@@ -19,15 +22,17 @@ if used ~= '' then
   local seen = redis.call('HGET', KEYS[4], id)
   if not seen or tonumber(used) > tonumber(seen) then
     redis.call('HSET', KEYS[4], id, used)
+    redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), id)
   end
 end
 local stored = redis.call('HGET', KEYS[2], id)
 if stored and revision < tonumber(stored) then
-  return 0
+  return {0, false}
 end
 redis.call('HSET', KEYS[2], id, revision)
+local previous = redis.call('HGET', KEYS[1], id)
 if redis.call('HGET', KEYS[3], id) ~= digest then
   redis.call('HSET', KEYS[1], id, payload)
   redis.call('HSET', KEYS[3], id, digest)
 end
-return 1
+return {1, previous}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
@@ -235,3 +235,23 @@ def test_redis_stopped_mid_test_is_unavailable_not_a_hang(private_redis: RedisSe
 
 def test_time_is_stored_in_milliseconds() -> None:
     assert to_ms(T0) == 1767268800000
+
+
+def test_every_script_keeps_to_one_cluster_slot(
+    cache: RedisSchedulerCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.commands.core import Script
+    from redis.crc import key_slot
+
+    calls: list[list[str]] = []
+    call = Script.__call__
+
+    def recording(self: Script, keys: list[str], args: Any = None, client: Any = None) -> Any:
+        calls.append(list(keys))
+        return call(self, keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(Script, "__call__", recording)
+    test_every_script_works_after_script_flush(cache, cache.client)
+    assert calls
+    for keys in calls:
+        assert len({key_slot(k.encode()) for k in keys}) == 1, keys

@@ -40,8 +40,9 @@ def test_missing_payload_is_a_miss(cache: RedisSchedulerCache) -> None:
 def test_corrupt_payload_is_a_logged_miss(
     cache: RedisSchedulerCache, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
-    redis_client.hset(cache.keys.accounts, "2", b"{not json")
+    version = cache.reserve_version(BUCKET)
+    cache.set_snapshot(BUCKET, accounts(3), version)
+    redis_client.hset(cache.keys.payloads(BUCKET, version), "2", b"{not json")
     with caplog.at_level(logging.WARNING, logger="cache"):
         assert cache.get_snapshot(BUCKET) is None
     assert "account 2" in caplog.text
@@ -51,8 +52,10 @@ def test_corrupt_payload_is_a_logged_miss(
 def test_payload_of_another_account_is_corrupt(
     cache: RedisSchedulerCache, redis_client: redis.Redis
 ) -> None:
-    cache.set_snapshot(BUCKET, accounts(2), cache.reserve_version(BUCKET))
-    redis_client.hset(cache.keys.accounts, "2", redis_client.hget(cache.keys.accounts, "1"))
+    version = cache.reserve_version(BUCKET)
+    cache.set_snapshot(BUCKET, accounts(2), version)
+    payloads = cache.keys.payloads(BUCKET, version)
+    redis_client.hset(payloads, "2", redis_client.hget(payloads, "1"))
     assert cache.get_snapshot(BUCKET) is None
 
 

@@ -1,0 +1,67 @@
+-- Write one chunk of version N of a bucket's snapshot, staged: its keys expire unless
+-- N is activated, so a writer that dies or loses leaves nothing behind for long, and
+-- nothing readers see changes until activate_snapshot.lua.
+-- KEYS[1] - the bucket's meta hash
+-- KEYS[2] - the bucket's version counter
+-- KEYS[3] - version N's id list
+-- KEYS[4] - version N's payload hash (id -> JSON)
+-- KEYS[5] - version N's entry hash (id -> '<digest>/<revision>')
+-- ARGV[1] - version N
+-- ARGV[2] - seconds the staged keys live unless activated
+-- ARGV[3] - account ids of this chunk, in snapshot order, joined by ','
+-- ARGV[4] - their entries, joined by ','; digest '-' means no payload (a deleted account)
+-- ARGV[5..] - their payloads, one argument each ('' where the digest is '-').
+--   Small fields come joined because each script argument costs the server far more
+--   than its bytes.
+-- returns {1, ids staged so far} when written;
+--         {0, active version} when N cannot win any more (nothing written);
+--         {-1, last reserved version} when N was never reserved
+local version = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local first_payload = 5
+
+local reserved = tonumber(redis.call('GET', KEYS[2]) or '0')
+if version > reserved then
+  return {-1, reserved}
+end
+local active = tonumber(redis.call('HGET', KEYS[1], 'active') or '0')
+-- A retired bucket remembers its last version: reviving it still moves forward.
+local floor = math.max(active, tonumber(redis.call('HGET', KEYS[1], 'retired') or '0'))
+if version <= floor then
+  return {0, floor}
+end
+
+local count = #ARGV - first_payload + 1
+local function split(joined)
+  local parts = {}
+  -- '([^,]*),' on joined .. ',' keeps empty fields.
+  for part in string.gmatch(joined .. ',', '([^,]*),') do
+    parts[#parts + 1] = part
+  end
+  if #parts ~= count then
+    error('stage_snapshot: ' .. count .. ' payloads but ' .. #parts .. ' joined values')
+  end
+  return parts
+end
+local ids = split(ARGV[3])
+local entries = split(ARGV[4])
+
+local payload_pairs, entry_pairs = {}, {}
+for k = 1, count do
+  entry_pairs[#entry_pairs + 1] = ids[k]
+  entry_pairs[#entry_pairs + 1] = entries[k]
+  local payload = ARGV[first_payload + k - 1]
+  if payload ~= '' then
+    payload_pairs[#payload_pairs + 1] = ids[k]
+    payload_pairs[#payload_pairs + 1] = payload
+  end
+end
+local staged = redis.call('RPUSH', KEYS[3], unpack(ids))
+redis.call('HSET', KEYS[5], unpack(entry_pairs))
+if #payload_pairs > 0 then
+  redis.call('HSET', KEYS[4], unpack(payload_pairs))
+end
+for i = 3, 5 do
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return {1, staged}
