@@ -1,7 +1,7 @@
-"""``python -m benchmarks [cache] [tasks] [outbox]``: run benchmark suites (all by default).
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster]``: benchmark suites (all by default).
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
-suites start their own Redis and workers.
+suites start their own Redis and workers, the cluster suite its own 3-master Cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ SUITES = {
     "cache": "benchmarks.cache_bench",
     "tasks": "benchmarks.tasks_bench",
     "outbox": "benchmarks.tasks_outbox_bench",
+    "cluster": "benchmarks.cluster_bench",
 }
 
 
