@@ -6,33 +6,43 @@ from cache.codec import DEFAULT_CACHED_CREDENTIALS
 from cache.errors import (
     CacheError,
     CacheUnavailable,
+    CorruptKey,
     CorruptPayload,
+    InvalidAccountId,
     InvalidBucket,
     VersionNotReserved,
+    brief,
 )
 from cache.models import (
+    MAX_ID,
     Account,
     AccountStatus,
     BucketInfo,
     SchedulerBucket,
     SchedulerMode,
     as_utc,
+    check_account_id,
 )
 
 __all__ = [
     "DEFAULT_CACHED_CREDENTIALS",
+    "MAX_ID",
     "Account",
     "AccountStatus",
     "BucketInfo",
     "CacheError",
     "CacheUnavailable",
     "Clock",
+    "CorruptKey",
     "CorruptPayload",
+    "InvalidAccountId",
     "InvalidBucket",
     "RedisSchedulerCache",
     "SchedulerBucket",
     "SchedulerMode",
     "VersionNotReserved",
     "as_utc",
+    "brief",
+    "check_account_id",
     "utc_now",
 ]
