@@ -10,8 +10,8 @@ from typing import Any
 from cache.base import raw, redis_errors, text
 from cache.codec import from_ms, to_ms
 from cache.coordination import CoordinationMixin
-from cache.errors import CorruptPayload, VersionNotReserved
-from cache.models import Account, BucketInfo, SchedulerBucket
+from cache.errors import CorruptPayload, VersionNotReserved, brief
+from cache.models import Account, BucketInfo, SchedulerBucket, check_account_id
 
 logger = logging.getLogger(__name__)
 
@@ -223,13 +223,14 @@ class RedisSchedulerCache(CoordinationMixin):
 
         With ``record_pending`` the times are also kept in a pending hash until
         :meth:`ack_pending_last_used` says the source database has them. Returns how
-        many cached times moved forward.
+        many cached times moved forward. An id out of range raises
+        :class:`InvalidAccountId` before anything is written.
         """
         if not updates:
             return 0
         args: list[Any] = ["1" if record_pending else "0"]
         for account_id, used in updates.items():
-            args.append(int(account_id))
+            args.append(check_account_id(account_id))
             args.append(to_ms(used))
         with redis_errors("update_last_used"):
             moved = self._scripts["update_last_used"](
@@ -239,10 +240,31 @@ class RedisSchedulerCache(CoordinationMixin):
         return int(moved)
 
     def pending_last_used(self) -> dict[int, datetime]:
-        """Last-use times not yet acknowledged as written to the source database."""
+        """Last-use times not yet acknowledged as written to the source database.
+
+        An entry this package does not write (an id out of range, say from an older
+        version, or a time that is not integer ms) is logged and deleted: kept, it
+        would fail every write of the others to the database.
+        """
         with redis_errors("pending_last_used"):
             raw = self.client.hgetall(self.keys.last_used_pending)
-        return {int(k): from_ms(v) for k, v in raw.items()}
+        pending: dict[int, datetime] = {}
+        malformed: list[bytes | str] = []
+        for key, value in raw.items():
+            try:
+                pending[check_account_id(key)] = from_ms(value)
+            except (ValueError, OverflowError, OSError):
+                malformed.append(key)
+        if malformed:
+            logger.error(
+                "dropping %d malformed entries of %s: %s",
+                len(malformed),
+                self.keys.last_used_pending,
+                brief({k: raw[k] for k in malformed[:5]}),
+            )
+            with redis_errors("pending_last_used"):
+                self.client.hdel(self.keys.last_used_pending, *malformed)
+        return pending
 
     def ack_pending_last_used(self, written: Mapping[int, datetime]) -> int:
         """Drop pending times the database now has; newer pending times stay."""

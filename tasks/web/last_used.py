@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from cache import CacheError, Clock, as_utc, utc_now
+from cache import CacheError, Clock, as_utc, brief, check_account_id, utc_now
 from tasks.runtime import get_cache, settings
 
 logger = logging.getLogger(__name__)
@@ -108,12 +108,17 @@ class LastUsedBatcher:
 
     def touch(self, account_id: int, at: datetime | None = None) -> None:
         """Note that ``account_id`` was used at ``at`` (default: now)."""
-        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
-            raise ValueError(f"account id must be a positive int, got {account_id!r}")
+        if not isinstance(account_id, int):
+            raise ValueError(f"account id must be an int, got {brief(account_id)}")
+        # The bounds every part of the system shares: an id the database would refuse
+        # never enters a batch, where it would fail every flush after this one.
+        check_account_id(account_id)
         if at is None:
             at = self._clock()
         elif not isinstance(at, datetime):
-            raise ValueError(f"last use of account {account_id} must be a datetime, got {at!r}")
+            raise ValueError(
+                f"last use of account {account_id} must be a datetime, got {brief(at)}"
+            )
         else:
             at = as_utc(at)
         with self._lock:
