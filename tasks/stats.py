@@ -36,6 +36,7 @@ OUTBOX_REBUILDS_REQUESTED: Final = "outbox_rebuilds_requested"
 # -- counters: last use --------------------------------------------------------------------
 LAST_USED_DB_FLUSHES: Final = "last_used_db_flushes"
 LAST_USED_DB_ROWS: Final = "last_used_db_rows"
+LAST_USED_DROPPED: Final = "last_used_dropped"  # entries the database refused
 
 # -- values ---------------------------------------------------------------------------------
 LAST_REBUILD_BUCKET: Final = "last_rebuild_bucket"
@@ -53,5 +54,5 @@ COUNTERS: Final = (
     REFRESH_SKIPPED, BUCKETS_RETIRED, FALLBACK_READS, OUTBOX_POLLS, OUTBOX_BATCHES,
     OUTBOX_EVENTS_APPLIED, OUTBOX_EVENTS_MALFORMED, OUTBOX_EVENTS_FAILED,
     OUTBOX_GAPS_RECORDED, OUTBOX_GAPS_RESOLVED, OUTBOX_GAPS_GIVEN_UP,
-    OUTBOX_REBUILDS_REQUESTED, LAST_USED_DB_FLUSHES, LAST_USED_DB_ROWS,
+    OUTBOX_REBUILDS_REQUESTED, LAST_USED_DB_FLUSHES, LAST_USED_DB_ROWS, LAST_USED_DROPPED,
 )  # fmt: skip
