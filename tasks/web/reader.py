@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from cache import Account, CacheError, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime, stats
-from tasks.buckets import bucket_for
+from tasks.buckets import bucket_for, check_platform
 from tasks.settings import Settings
 from tasks.web.requests import request_rebuild
 
@@ -76,8 +76,13 @@ def _fallback_permit(s: Settings) -> bool:
 def list_schedulable(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
 ) -> list[Account]:
-    """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order."""
+    """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order.
+
+    A platform that is not configured raises :class:`tasks.buckets.UnknownPlatform`
+    (a ``ValueError``): no bucket is read, built or registered for it.
+    """
     s = runtime.settings()
+    check_platform(platform, s)
     bucket = bucket_for(group_id, platform, has_force, s)
     now = now or datetime.now(UTC)
     cache = runtime.get_cache()

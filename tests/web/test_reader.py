@@ -178,3 +178,13 @@ def test_the_token_bucket_refills_at_its_rate() -> None:
 def test_request_rebuild_rejects_a_malformed_bucket(configured: Settings) -> None:
     with pytest.raises(ValueError, match="'1:openai'"):
         request_rebuild("1:openai")
+
+
+def test_an_unknown_platform_is_refused_and_registers_nothing(
+    configured: Settings, task_cache: RedisSchedulerCache
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown platform 'nonsense': configured are anthropic"):
+        list_schedulable(0, "nonsense")
+    with pytest.raises(ValueError, match=r"unknown platform 'nosuchplat'"):
+        request_rebuild("0:nosuchplat:single")
+    assert task_cache.client.keys("*") == []
