@@ -32,6 +32,9 @@ class OutboxEvent(BaseModel):
     group_id: int | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
+    # Why the row cannot be read (a payload that is not JSON): such an event is counted
+    # and skipped as malformed, and the poller moves past it.
+    error: str | None = None
 
 
 class Group(BaseModel):

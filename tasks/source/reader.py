@@ -8,6 +8,7 @@ outbox rows.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import sqlalchemy as sa
 
-from cache import Account, SchedulerBucket, SchedulerMode
+from cache import Account, SchedulerBucket, SchedulerMode, brief
 from tasks.source.protocol import Group, OutboxEvent, Source
 from tasks.source.schema import account_groups, accounts, scheduler_outbox
 from tasks.source.schema import groups as groups_table
@@ -34,10 +35,21 @@ logger = logging.getLogger(__name__)
 
 
 def to_event(row: AnyRow) -> OutboxEvent:
+    """One row as an event; a payload that is not JSON makes an event that says so
+    (:attr:`OutboxEvent.error`) instead of an error that would stop the whole batch."""
     payload = row.payload
+    error = None
+    if isinstance(payload, (str, bytes)):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            error = f"payload is not JSON ({exc}): {brief(payload)}"
+            payload = {}
     if not isinstance(payload, dict):
         # Written by hand as a list or a scalar: keep the event, flag the payload.
-        logger.warning("outbox event %s has a non-object payload %r; using {}", row.id, payload)
+        logger.warning(
+            "outbox event %s has a non-object payload %s; using {}", row.id, brief(payload)
+        )
         payload = {}
     return OutboxEvent(
         id=row.id,
@@ -46,7 +58,17 @@ def to_event(row: AnyRow) -> OutboxEvent:
         group_id=row.group_id,
         payload=payload,
         created_at=row.created_at,
+        error=error,
     )
+
+
+# The payload as stored, decoded row by row in to_event: the JSON type would decode it
+# while fetching, and one row written by hand with invalid JSON (SQLite stores text as
+# it comes) would fail the whole batch, and every poll after it.
+OUTBOX_COLUMNS = (
+    *(column for column in scheduler_outbox.c if column.name != "payload"),
+    sa.type_coerce(scheduler_outbox.c.payload, sa.Text).label("payload"),
+)
 
 
 _WANTED = sa.and_(
@@ -204,9 +226,9 @@ class SqlSource(SqlStore):
     def outbox_after(self, after_id: int, limit: int) -> list[OutboxEvent]:
         """Committed events with ``id > after_id``, lowest id first, at most ``limit``."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"invalid outbox limit {limit!r}: expected an integer >= 1")
+            raise ValueError(f"invalid outbox limit {brief(limit)}: expected an integer >= 1")
         query = (
-            sa.select(scheduler_outbox)
+            sa.select(*OUTBOX_COLUMNS)
             .where(scheduler_outbox.c.id > after_id)
             .order_by(scheduler_outbox.c.id)
             .limit(limit)
@@ -222,7 +244,7 @@ class SqlSource(SqlStore):
             return events
         with self.read("outbox_by_ids") as conn:
             for part in chunks(ids):
-                query = sa.select(scheduler_outbox).where(scheduler_outbox.c.id.in_(part))
+                query = sa.select(*OUTBOX_COLUMNS).where(scheduler_outbox.c.id.in_(part))
                 events.extend(to_event(row) for row in conn.execute(query))
         return sorted(events, key=lambda event: event.id)
 

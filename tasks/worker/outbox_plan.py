@@ -110,6 +110,8 @@ def plan_batch(events: Iterable[OutboxEvent]) -> BatchPlan:
 
 def add_event(plan: BatchPlan, event: OutboxEvent) -> None:
     """Add what ``event`` asks for to ``plan``; raise :class:`MalformedEvent`."""
+    if event.error is not None:
+        raise MalformedEvent(event.error)
     try:
         kind = OutboxEventType(event.event_type)
     except ValueError:
