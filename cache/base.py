@@ -9,11 +9,11 @@ from typing import Any, Self
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
-from cache.errors import CacheError, CacheUnavailable
+from cache.errors import CacheError, CacheUnavailable, CorruptKey
 from cache.keys import SNAPSHOT_GRACE_SECONDS, KeySpace
 from cache.scripts import Scripts
 
@@ -25,12 +25,21 @@ def utc_now() -> datetime:
 
 
 @contextmanager
-def redis_errors(action: str) -> Iterator[None]:
-    """Re-raise redis-py failures as this package's errors, naming the action."""
+def redis_errors(action: str, key: str | None = None) -> Iterator[None]:
+    """Re-raise redis-py failures as this package's errors, naming the action.
+
+    A key of the wrong type becomes :class:`CorruptKey`, naming ``key`` when the action
+    touches only that one.
+    """
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise CacheError(f"redis error during {action}: {exc}") from exc
+        where = f" (key {key})" if key else ""
+        raise CorruptKey(f"wrong key type during {action}{where}: {exc}", key) from exc
     except RedisError as exc:
         raise CacheError(f"redis error during {action}: {exc}") from exc
 

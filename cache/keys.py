@@ -113,6 +113,17 @@ class KeySpace:
         return self._join("outbox", "watermark")
 
     @property
+    def epoch(self) -> str:
+        """String: a random id, written once when the state is established.
+
+        Its absence means Redis lost the state (a restart without persistence, a
+        failover to an empty replica, FLUSHALL): every snapshot, and the outbox position
+        they were built up to, are gone together, so the workers rebuild every bucket
+        from the source instead of waiting for the next refresh.
+        """
+        return self._join("epoch")
+
+    @property
     def outbox_gaps(self) -> str:
         """Sorted set: outbox ids below the watermark not seen yet, scored by first-seen ms."""
         return self._join("outbox", "gaps")

@@ -21,6 +21,7 @@ SCRIPT_NAMES = (
     "request_rebuild",
     "begin_rebuild",
     "finish_rebuild",
+    "reestablish",
 )
 
 

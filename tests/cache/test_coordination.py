@@ -177,6 +177,7 @@ def test_every_script_works_after_script_flush(
     cache.finish_rebuild(BUCKET, generation)
     assert cache.delete_account(2)
     assert cache.retire_bucket(BUCKET)
+    assert cache.reestablish(None, 3)
 
 
 def test_every_script_has_a_header_and_takes_keys_from_keys() -> None:
