@@ -33,6 +33,8 @@ OUTBOX_GAPS_RESOLVED: Final = "outbox_gaps_resolved"
 OUTBOX_GAPS_GIVEN_UP: Final = "outbox_gaps_given_up"
 OUTBOX_REBUILDS_REQUESTED: Final = "outbox_rebuilds_requested"
 
+STATE_REESTABLISHED: Final = "state_reestablished"  # Redis lost its state: all rebuilt
+
 # -- counters: last use --------------------------------------------------------------------
 LAST_USED_DB_FLUSHES: Final = "last_used_db_flushes"
 LAST_USED_DB_ROWS: Final = "last_used_db_rows"
@@ -47,6 +49,7 @@ OUTBOX_WATERMARK: Final = "outbox_watermark"
 OUTBOX_LAST_POLL_AT: Final = "outbox_last_poll_at"  # ISO 8601
 OUTBOX_LAG: Final = "outbox_lag"  # events in the source beyond the watermark
 LAST_USED_DB_FLUSH_AT: Final = "last_used_db_flush_at"  # ISO 8601
+LAST_REESTABLISHED_AT: Final = "last_reestablished_at"  # unix seconds
 
 COUNTERS: Final = (
     REBUILDS, REBUILDS_SKIPPED, REBUILDS_SUPERSEDED, REBUILDS_LOCK_BUSY, REBUILDS_DEFERRED,
@@ -54,5 +57,6 @@ COUNTERS: Final = (
     REFRESH_SKIPPED, BUCKETS_RETIRED, FALLBACK_READS, OUTBOX_POLLS, OUTBOX_BATCHES,
     OUTBOX_EVENTS_APPLIED, OUTBOX_EVENTS_MALFORMED, OUTBOX_EVENTS_FAILED,
     OUTBOX_GAPS_RECORDED, OUTBOX_GAPS_RESOLVED, OUTBOX_GAPS_GIVEN_UP,
-    OUTBOX_REBUILDS_REQUESTED, LAST_USED_DB_FLUSHES, LAST_USED_DB_ROWS, LAST_USED_DROPPED,
+    OUTBOX_REBUILDS_REQUESTED, STATE_REESTABLISHED, LAST_USED_DB_FLUSHES, LAST_USED_DB_ROWS,
+    LAST_USED_DROPPED,
 )  # fmt: skip
