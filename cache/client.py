@@ -12,11 +12,12 @@ from cache.codec import from_ms, to_ms
 from cache.coordination import CoordinationMixin
 from cache.errors import CorruptPayload, VersionNotReserved, brief
 from cache.models import Account, BucketInfo, SchedulerBucket, check_account_id
+from cache.repair import RepairMixin
 
 logger = logging.getLogger(__name__)
 
 
-class RedisSchedulerCache(CoordinationMixin):
+class RedisSchedulerCache(CoordinationMixin, RepairMixin):
     """Versioned snapshots of each bucket's schedulable accounts, in Redis.
 
     Writers reserve a version *before* they read the source and activate it with a
@@ -66,6 +67,7 @@ class RedisSchedulerCache(CoordinationMixin):
             return self.codec.decode_snapshot(name, last, fingerprint, uses, ids, payloads)
         except CorruptPayload as exc:
             logger.warning("snapshot miss for %s v%s: %s", bucket, text(version), exc)
+            self.forget_corrupt_payload(exc)
             return None
 
     def reserve_version(self, bucket: SchedulerBucket) -> int:
@@ -173,7 +175,24 @@ class RedisSchedulerCache(CoordinationMixin):
             payload, used = pipe.execute()
         if payload is None:
             return None
-        return self.codec.decode(account_id, raw(payload), used and raw(used))
+        try:
+            return self.codec.decode(account_id, raw(payload), used and raw(used))
+        except CorruptPayload as exc:
+            self.forget_corrupt_payload(exc)
+            raise
+
+    def forget_corrupt_payload(self, exc: CorruptPayload) -> bool:
+        """Make the next write of the account in ``exc`` replace its undecodable payload
+        (see cache/lua/forget_payload.lua); True when it will."""
+        if exc.account_id is None or exc.payload is None:
+            return False
+        with redis_errors(f"forget_corrupt_payload {exc.account_id}"):
+            return bool(
+                self._scripts["forget_payload"](
+                    keys=[self.keys.accounts, self.keys.digests],
+                    args=[exc.account_id, exc.payload],
+                )
+            )
 
     def set_account(self, account: Account) -> bool:
         """Store ``account`` unless a newer revision is cached; True when stored."""

@@ -19,7 +19,18 @@ class InvalidBucket(CacheError, ValueError):
 
 
 class CorruptPayload(CacheError):
-    """A cached account payload could not be decoded."""
+    """A cached account payload could not be decoded.
+
+    :attr:`account_id` and :attr:`payload` say which, when known, so the cache can make
+    the next write of the account replace it.
+    """
+
+    def __init__(
+        self, message: str, account_id: int | None = None, payload: bytes | None = None
+    ) -> None:
+        super().__init__(message)
+        self.account_id = account_id
+        self.payload = payload
 
 
 class VersionNotReserved(CacheError, ValueError):

@@ -22,6 +22,8 @@ SCRIPT_NAMES = (
     "begin_rebuild",
     "finish_rebuild",
     "reestablish",
+    "forget_payload",
+    "repair_types",
 )
 
 
