@@ -21,6 +21,9 @@ REFRESH_RUNS: Final = "refresh_runs"
 REFRESH_SKIPPED: Final = "refresh_skipped"
 BUCKETS_RETIRED: Final = "buckets_retired"
 FALLBACK_READS: Final = "fallback_reads"
+SNAPSHOT_MISSES: Final = "snapshot_misses"  # reads that found no usable snapshot
+CACHE_READ_ERRORS: Final = "cache_read_errors"  # reads that failed on a corrupt key
+KEYS_REPAIRED: Final = "keys_repaired"  # keys of the wrong type deleted by a write
 
 # -- counters: outbox ----------------------------------------------------------------------
 OUTBOX_POLLS: Final = "outbox_polls"
@@ -54,7 +57,8 @@ LAST_REESTABLISHED_AT: Final = "last_reestablished_at"  # unix seconds
 COUNTERS: Final = (
     REBUILDS, REBUILDS_SKIPPED, REBUILDS_SUPERSEDED, REBUILDS_LOCK_BUSY, REBUILDS_DEFERRED,
     REBUILDS_FAILED, REBUILD_REQUESTS_SENT, REBUILD_REQUESTS_REQUEUED, REFRESH_RUNS,
-    REFRESH_SKIPPED, BUCKETS_RETIRED, FALLBACK_READS, OUTBOX_POLLS, OUTBOX_BATCHES,
+    REFRESH_SKIPPED, BUCKETS_RETIRED, FALLBACK_READS, SNAPSHOT_MISSES, CACHE_READ_ERRORS,
+    KEYS_REPAIRED, OUTBOX_POLLS, OUTBOX_BATCHES,
     OUTBOX_EVENTS_APPLIED, OUTBOX_EVENTS_MALFORMED, OUTBOX_EVENTS_FAILED,
     OUTBOX_GAPS_RECORDED, OUTBOX_GAPS_RESOLVED, OUTBOX_GAPS_GIVEN_UP,
     OUTBOX_REBUILDS_REQUESTED, STATE_REESTABLISHED, LAST_USED_DB_FLUSHES, LAST_USED_DB_ROWS,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from cache import CacheError, Clock, as_utc, brief, check_account_id, utc_now
+from cache import CacheError, Clock, CorruptKey, as_utc, brief, check_account_id, utc_now
 from tasks.runtime import get_cache, settings
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,10 @@ class LastUsedBatcher:
                 # Asked each time, not kept: the process's cache may be replaced.
                 cache = self._cache or self._cache_factory()
                 cache.update_last_used(batch, record_pending=True)
+            except CorruptKey as exc:
+                self._keep(batch)
+                repair_wrong_types(cache, exc)
+                return 0
             except Exception as exc:
                 # Kept whatever went wrong: the batch is the only copy of these touches.
                 self._keep(batch)
@@ -193,6 +197,19 @@ class LastUsedBatcher:
         with self._lock:
             self._thread = None
             self._stop = threading.Event()
+
+
+def repair_wrong_types(cache: object, exc: CorruptKey) -> None:
+    """Delete the keys of the wrong type under a failed last-use write, and name them:
+    the next write recreates them instead of failing the same way forever."""
+    find = getattr(cache, "wrong_type_keys", None)
+    repaired: object = "unknown (not a Redis cache)"
+    if callable(find):
+        try:
+            repaired = find(repair=True) or "none any more"
+        except CacheError as error:
+            repaired = f"unknown ({error})"
+    logger.error("last-use write refused: %s; deleted keys of the wrong type: %s", exc, repaired)
 
 
 def _call(ref: weakref.ReferenceType[LastUsedBatcher], method: str) -> None:

@@ -19,12 +19,21 @@ from typing import Any
 
 from celery import Task
 
-from cache import CacheError, RedisSchedulerCache, as_utc, brief, check_account_id, utc_now
+from cache import (
+    CacheError,
+    CorruptKey,
+    RedisSchedulerCache,
+    as_utc,
+    brief,
+    check_account_id,
+    utc_now,
+)
 from tasks import stats
 from tasks.celery import app
 from tasks.runtime import get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import Source
+from tasks.web.last_used import repair_wrong_types
 from tasks.worker.retry import RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)
@@ -109,7 +118,11 @@ def flush_last_used(self: Task) -> dict[str, Any]:
         logger.info("last-used flush skipped: another flush holds the lock")
         return {"status": "busy"}
     try:
-        return {"status": "done", **flush_pending(cache, get_source())}
+        try:
+            return {"status": "done", **flush_pending(cache, get_source())}
+        except CorruptKey as exc:
+            repair_wrong_types(cache, exc)
+            return {"status": "done", **flush_pending(cache, get_source())}
     finally:
         _unlock(cache, FLUSH_LOCK, token)
 
@@ -183,7 +196,11 @@ def update_last_used(updates: dict[str, str | float]) -> dict[str, int]:
     if not parsed:
         return {"accounts": 0, "cache_moved": 0, "db_moved": 0}
     cache = get_cache()
-    moved = cache.update_last_used(parsed, record_pending=True)
+    try:
+        moved = cache.update_last_used(parsed, record_pending=True)
+    except CorruptKey as exc:
+        repair_wrong_types(cache, exc)
+        moved = cache.update_last_used(parsed, record_pending=True)
     written = get_source().update_last_used(parsed)
     cache.ack_pending_last_used(parsed)
     return {"accounts": len(parsed), "cache_moved": moved, "db_moved": int(written)}

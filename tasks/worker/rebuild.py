@@ -27,7 +27,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from cache import CacheError, RedisSchedulerCache, SchedulerBucket, brief
+from cache import CacheError, CorruptKey, RedisSchedulerCache, SchedulerBucket, brief
 from tasks import buckets, runtime, stats
 from tasks.celery import app
 from tasks.web.requests import request_rebuild, send_rebuild
@@ -86,6 +86,25 @@ def rebuild_bucket(self: Task, bucket: str) -> str:
     # registers nothing.
     buckets.check_platform(parsed.platform, runtime.settings())
     cache = runtime.get_cache()
+    try:
+        return _rebuild(self, cache, parsed)
+    except CorruptKey as exc:
+        # A key of the wrong type fails every write until it is gone: delete it (its
+        # content is nothing this package wrote) and write again, once.
+        repaired = cache.wrong_type_keys(parsed, repair=True)
+        if not repaired:
+            raise
+        logger.error(
+            "bucket %s: %s; deleted the keys of the wrong type %s, rebuilding again",
+            parsed,
+            exc,
+            ", ".join(f"{key} (a {held})" for key, held in repaired.items()),
+        )
+        cache.record_stats({stats.KEYS_REPAIRED: len(repaired)})
+        return _rebuild(self, cache, parsed)
+
+
+def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) -> str:
     # The task id as token: a redelivered task whose first run was killed takes its
     # own lock back at once instead of waiting for the TTL.
     ttl = runtime.settings().lock_ttl_seconds
