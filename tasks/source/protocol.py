@@ -37,6 +37,18 @@ class OutboxEvent(BaseModel):
     error: str | None = None
 
 
+class OutboxStats(BaseModel):
+    """How big the outbox table is, for status views and retention."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rows: int
+    oldest_at: datetime | None
+
+    def oldest_age_seconds(self, now: datetime) -> float | None:
+        return None if self.oldest_at is None else (now - self.oldest_at).total_seconds()
+
+
 class Group(BaseModel):
     model_config = ConfigDict(frozen=True)
 

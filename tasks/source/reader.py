@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Self
 import sqlalchemy as sa
 
 from cache import Account, SchedulerBucket, SchedulerMode, brief
-from tasks.source.protocol import Group, OutboxEvent, Source
-from tasks.source.schema import account_groups, accounts, scheduler_outbox
+from tasks.source.protocol import Group, OutboxEvent, OutboxStats, Source
+from tasks.source.schema import account_groups, accounts, scheduler_outbox, stored_utc
 from tasks.source.schema import groups as groups_table
 from tasks.source.store import (
     ACCOUNT_COLUMNS,
@@ -252,6 +252,28 @@ class SqlSource(SqlStore):
         """The highest committed outbox id, 0 for an empty outbox."""
         with self.read("max_outbox_id") as conn:
             return int(conn.execute(sa.select(sa.func.max(scheduler_outbox.c.id))).scalar() or 0)
+
+    def outbox_stats(self) -> OutboxStats:
+        """How many outbox rows there are, and when the oldest was written."""
+        query = sa.select(sa.func.count(), sa.func.min(scheduler_outbox.c.created_at))
+        with self.read("outbox_stats") as conn:
+            rows, oldest = conn.execute(query).one()
+        return OutboxStats(rows=int(rows), oldest_at=stored_utc(oldest))
+
+    def prune_outbox(self, up_to_id: int, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` outbox rows with ``id <= up_to_id`` written before
+        ``before``, lowest ids first; returns how many went."""
+        doomed = (
+            sa.select(scheduler_outbox.c.id)
+            .where(scheduler_outbox.c.id <= up_to_id, scheduler_outbox.c.created_at < before)
+            .order_by(scheduler_outbox.c.id)
+            .limit(limit)
+        )
+        statement = scheduler_outbox.delete().where(
+            scheduler_outbox.c.id.in_(doomed.scalar_subquery())
+        )
+        with self.write("prune_outbox") as conn:
+            return int(conn.execute(statement).rowcount)
 
     def update_last_used(self, updates: Mapping[int, datetime]) -> int:
         """Move ``last_used_at`` forward, never back, in one statement batch.
