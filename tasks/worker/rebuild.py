@@ -48,10 +48,11 @@ REFRESH_LOCK_SHARE = 0.9
 STALE_AFTER_INTERVALS = 2
 
 
-def _bucket_arg(args: Any, kwargs: Any) -> object:
-    if args:
-        return args[0]
-    return (kwargs or {}).get("bucket")
+def _bucket_arg(args: Any, kwargs: Any) -> str:
+    """The task's bucket argument for a log line: as it is when it can be a bucket,
+    else briefly (an argument of megabytes must not become a line of megabytes)."""
+    raw = args[0] if args else (kwargs or {}).get("bucket")
+    return raw if isinstance(raw, str) and len(raw) <= 100 else brief(raw)
 
 
 class _RebuildTask(RetryingTask):
@@ -65,12 +66,12 @@ class _RebuildTask(RetryingTask):
             logger.error(
                 "rebuild of bucket %s given up after %d retries: %s; the next request or "
                 "refresh of the bucket rebuilds it",
-                brief(raw),
+                raw,
                 self.request.retries,
                 exc,
             )
         else:
-            logger.error("rebuild task %s for bucket %s failed: %s", task_id, brief(raw), exc)
+            logger.error("rebuild task %s for bucket %s failed: %s", task_id, raw, exc)
         with suppress(CacheError, ValueError):
             cache = runtime.get_cache()
             cache.record_stats({stats.REBUILDS_FAILED: 1})
