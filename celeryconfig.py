@@ -86,6 +86,12 @@ beat_schedule = {
         "schedule": _settings.outbox_interval_seconds,
         "options": {"expires": max(_settings.outbox_interval_seconds * 5, 5.0)},
     },
+    # Hourly: a day's retention needs no finer grain, and each run deletes in batches.
+    "prune-outbox": {
+        "task": "tasks.prune_outbox",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
     "flush-last-used": {
         "task": "tasks.flush_last_used",
         "schedule": _settings.last_used_db_flush_seconds,

@@ -7,23 +7,29 @@ from cache.codec import DEFAULT_CACHED_CREDENTIALS
 from cache.errors import (
     CacheError,
     CacheUnavailable,
+    CorruptKey,
     CorruptPayload,
+    InvalidAccountId,
     InvalidBucket,
     VersionNotReserved,
+    brief,
 )
 from cache.models import (
+    MAX_ID,
     Account,
     AccountStatus,
     BucketInfo,
     SchedulerBucket,
     SchedulerMode,
     as_utc,
+    check_account_id,
 )
 from cache.near import NearCache
 from cache.reads import SnapshotRead
 
 __all__ = [
     "DEFAULT_CACHED_CREDENTIALS",
+    "MAX_ID",
     "Account",
     "AccountStatus",
     "AsyncNearCache",
@@ -32,7 +38,9 @@ __all__ = [
     "CacheError",
     "CacheUnavailable",
     "Clock",
+    "CorruptKey",
     "CorruptPayload",
+    "InvalidAccountId",
     "InvalidBucket",
     "NearCache",
     "RedisSchedulerCache",
@@ -41,5 +49,7 @@ __all__ = [
     "SnapshotRead",
     "VersionNotReserved",
     "as_utc",
+    "brief",
+    "check_account_id",
     "utc_now",
 ]

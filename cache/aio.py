@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -18,14 +17,19 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from cache import keys as ttl
 from cache.base import redis_errors, text
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
 from cache.errors import CacheError
-from cache.keys import KeySpace
+from cache.keys import (
+    NEAR_BUCKETS_MAX,
+    NEAR_CHECK_SECONDS,
+    NEAR_TRUST_SECONDS,
+    TOUCH_CHUNK,
+    KeySpace,
+)
 from cache.models import Account, SchedulerBucket
 from cache.near import RETRY_SECONDS, SERVE_ATTEMPTS, parse_push, touch_since
-from cache.nearstate import NearState
+from cache.nearstate import NO_EPOCH, NearState
 from cache.reads import Expired, ReadPlan, SnapshotRead
 from cache.scripts import Scripts
 
@@ -97,12 +101,11 @@ class AsyncSchedulerReader:
             pipe.hmget(key, fields)
         return await pipe.execute()
 
-    async def epoch(self) -> str:
+    async def epoch(self) -> str | None:
         """As :meth:`cache.client.RedisSchedulerCache.epoch`."""
-        with redis_errors("epoch"):
-            fresh = secrets.token_hex(8)
-            held = await self.client.set(self.keys.epoch, fresh, nx=True, get=True)
-        return fresh if held is None else text(cast(bytes, held))
+        with redis_errors("epoch", self.keys.epoch):
+            held = await self.client.get(self.keys.epoch)
+        return None if held is None else text(cast(bytes, held))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -116,9 +119,9 @@ class AsyncNearCache:
         self,
         reader: AsyncSchedulerReader,
         *,
-        check_seconds: float = ttl.NEAR_CHECK_SECONDS,
-        trust_seconds: float = ttl.NEAR_TRUST_SECONDS,
-        max_buckets: int = ttl.NEAR_BUCKETS_MAX,
+        check_seconds: float = NEAR_CHECK_SECONDS,
+        trust_seconds: float = NEAR_TRUST_SECONDS,
+        max_buckets: int = NEAR_BUCKETS_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -191,7 +194,7 @@ class AsyncNearCache:
             pipe.get(keys.last_used_seq)
             pipe.get(keys.epoch)
             seq, epoch = await pipe.execute()
-        epoch = text(epoch) if epoch is not None else await self.reader.epoch()
+        epoch = NO_EPOCH if epoch is None else text(epoch)
         if epoch != self.state.epoch:
             self.state.drop_all(epoch)
         if self.state.touch_seq is None:
@@ -211,7 +214,7 @@ class AsyncNearCache:
             pipe.get(keys.epoch)
             if since is not None:
                 pipe.zrangebyscore(
-                    keys.last_used_log, f"({since}", "+inf", 0, ttl.TOUCH_CHUNK, withscores=True
+                    keys.last_used_log, f"({since}", "+inf", 0, TOUCH_CHUNK, withscores=True
                 )
             for name in names:
                 pipe.hmget(keys.meta(SchedulerBucket.parse(name)), ["active", "gen"])
@@ -219,7 +222,7 @@ class AsyncNearCache:
             seq, epoch = int(replies[0] or 0), replies[1]
             touched: list[tuple[bytes, float]] = replies[2] if since is not None else []
             metas = replies[3:] if since is not None else replies[2:]
-            held = text(epoch) if epoch is not None else await self.reader.epoch()
+            held = NO_EPOCH if epoch is None else text(epoch)
             gens = {
                 name: int(gen or 0) if active is not None else None
                 for name, (active, gen) in zip(names, metas, strict=True)
@@ -234,7 +237,7 @@ class AsyncNearCache:
                 ids = [member for member, _ in touched]
                 uses = await client.hmget(keys.last_used, ids)
                 self.state.used({int(i): int(u) for i, u in zip(ids, uses, strict=True) if u})
-            self.state.touch_seq = touch_since(seq, touched, ttl.TOUCH_CHUNK)
+            self.state.touch_seq = touch_since(seq, touched, TOUCH_CHUNK)
 
     def _ensure_started(self) -> None:
         if not self.background or (self._task is not None and not self._task.done()):

@@ -8,13 +8,19 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 import redis
-from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
 from cache.connect import connect
-from cache.errors import CacheError, CacheUnavailable
+from cache.errors import CacheError, CacheUnavailable, CorruptKey
 from cache.keys import SNAPSHOT_GRACE_SECONDS, KeySpace
 from cache.scripts import Scripts
 
@@ -26,12 +32,21 @@ def utc_now() -> datetime:
 
 
 @contextmanager
-def redis_errors(action: str) -> Iterator[None]:
-    """Re-raise redis-py failures as this package's errors, naming the action."""
+def redis_errors(action: str, key: str | None = None) -> Iterator[None]:
+    """Re-raise redis-py failures as this package's errors, naming the action.
+
+    A key of the wrong type becomes :class:`CorruptKey`, naming ``key`` when the action
+    touches only that one.
+    """
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError) as exc:
         raise CacheUnavailable(f"redis unavailable during {action}: {exc}") from exc
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise CacheError(f"redis error during {action}: {exc}") from exc
+        where = f" (key {key})" if key else ""
+        raise CorruptKey(f"wrong key type during {action}{where}: {exc}", key) from exc
     except (RedisError, RedisClusterException) as exc:
         # RedisClusterException is not a RedisError: a cross-slot call, a cluster that
         # cannot be mapped. Neither may escape as anything but this package's error; a

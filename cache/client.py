@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from cache.base import raw, redis_errors, text
+from cache.base import raw, redis_errors
 from cache.codec import from_ms, to_ms
 from cache.coordination import CoordinationMixin
-from cache.models import Account, BucketInfo, SchedulerBucket
+from cache.errors import CorruptPayload, brief
+from cache.models import Account, BucketInfo, SchedulerBucket, check_account_id
 from cache.reads import Expired, ReadPlan, SnapshotRead
+from cache.repair import RepairMixin
 from cache.writes import WriteMixin
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 READ_ATTEMPTS = 3
 
 
-class RedisSchedulerCache(WriteMixin, CoordinationMixin):
+class RedisSchedulerCache(WriteMixin, CoordinationMixin, RepairMixin):
     """Versioned snapshots of each bucket's schedulable accounts, in Redis.
 
     Writers reserve a version *before* they read the source and activate it with a
@@ -95,25 +96,6 @@ class RedisSchedulerCache(WriteMixin, CoordinationMixin):
             rebuild_ms=float(rebuild_ms) if rebuild_ms is not None else None,
         )
 
-    # -- the state's identity ----------------------------------------------------------
-    def epoch(self) -> str:
-        """The id of Redis's current state, set now if there is none.
-
-        It changes only when Redis lost its state (a restart without persistence,
-        FLUSHALL, a failover to an empty replica): whoever calls this first afterwards
-        sets a new one. Compare it with the id you saw before to notice the loss.
-        """
-        with redis_errors("epoch"):
-            fresh = secrets.token_hex(8)
-            held = self.client.set(self.keys.epoch, fresh, nx=True, get=True)
-        return fresh if held is None else text(cast(bytes, held))
-
-    def peek_epoch(self) -> str | None:
-        """The id of Redis's current state, or None when it is gone (state lost)."""
-        with redis_errors("peek_epoch"):
-            held = self.client.get(self.keys.epoch)
-        return None if held is None else text(cast(bytes, held))
-
     # -- accounts --------------------------------------------------------------------
     def get_account(self, account_id: int) -> Account | None:
         """The cached account, or None; raise :class:`CorruptPayload` if undecodable."""
@@ -124,14 +106,52 @@ class RedisSchedulerCache(WriteMixin, CoordinationMixin):
             payload, used = pipe.execute()
         if payload is None:
             return None
-        return self.codec.decode(account_id, raw(payload), used and raw(used))
+        try:
+            return self.codec.decode(account_id, raw(payload), used and raw(used))
+        except CorruptPayload as exc:
+            self.forget_corrupt_payload(exc)
+            raise
+
+    def forget_corrupt_payload(self, exc: CorruptPayload) -> bool:
+        """Make the next write of the account in ``exc`` replace its undecodable payload
+        (see cache/lua/forget_payload.lua); True when it will."""
+        if exc.account_id is None or exc.payload is None:
+            return False
+        with redis_errors(f"forget_corrupt_payload {exc.account_id}"):
+            return bool(
+                self._scripts["forget_payload"](
+                    keys=[self.keys.accounts, self.keys.digests],
+                    args=[exc.account_id, exc.payload],
+                )
+            )
 
     # -- last use (writing it: WriteMixin.update_last_used) ---------------------------
     def pending_last_used(self) -> dict[int, datetime]:
-        """Last-use times not yet acknowledged as written to the source database."""
+        """Last-use times not yet acknowledged as written to the source database.
+
+        An entry this package does not write (an id out of range, say from an older
+        version, or a time that is not integer ms) is logged and deleted: kept, it
+        would fail every write of the others to the database.
+        """
         with redis_errors("pending_last_used"):
             found = self.client.hgetall(self.keys.last_used_pending)
-        return {int(k): from_ms(v) for k, v in found.items()}
+        pending: dict[int, datetime] = {}
+        malformed: list[bytes | str] = []
+        for key, value in found.items():
+            try:
+                pending[check_account_id(key)] = from_ms(value)
+            except (ValueError, OverflowError, OSError):
+                malformed.append(key)
+        if malformed:
+            logger.error(
+                "dropping %d malformed entries of %s: %s",
+                len(malformed),
+                self.keys.last_used_pending,
+                brief({k: found[k] for k in malformed[:5]}),
+            )
+            with redis_errors("pending_last_used"):
+                self.client.hdel(self.keys.last_used_pending, *malformed)
+        return pending
 
     def ack_pending_last_used(self, written: Mapping[int, datetime]) -> int:
         """Drop pending times the database now has; newer pending times stay."""

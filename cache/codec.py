@@ -187,10 +187,14 @@ class AccountCodec:
         except ValidationError as exc:
             raise CorruptPayload(
                 f"account {account_id}: cannot decode payload {payload[:80]!r}: "
-                f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
+                f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}",
+                account_id,
+                payload,
             ) from exc
         if account.id != account_id:
             raise CorruptPayload(
-                f"account {account_id}: payload is for account {account.id}: {payload[:80]!r}"
+                f"account {account_id}: payload is for account {account.id}: {payload[:80]!r}",
+                account_id,
+                payload,
             )
         return account

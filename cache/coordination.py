@@ -11,7 +11,7 @@ from typing import Any
 
 from cache.base import CacheBase, redis_errors, text
 from cache.codec import from_ms, to_ms
-from cache.errors import CacheError
+from cache.errors import CacheError, CorruptKey, brief
 from cache.keys import REBUILD_STATE_TTL_SECONDS
 from cache.models import SchedulerBucket, validate_token
 
@@ -89,9 +89,45 @@ class CoordinationMixin(CacheBase):
 
     # -- outbox ----------------------------------------------------------------------
     def get_outbox_watermark(self) -> int:
-        with redis_errors("get_outbox_watermark"):
-            raw = self.client.get(self.keys.outbox_watermark)
-        return int(raw) if raw is not None else 0
+        """The outbox position; :class:`CorruptKey` naming the key if it is unreadable."""
+        key = self.keys.outbox_watermark
+        with redis_errors("get_outbox_watermark", key):
+            raw = self.client.get(key)
+        if raw is None:
+            return 0
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise CorruptKey(f"outbox watermark {key} holds {brief(raw)}, not an id", key)
+        return value
+
+    # -- epoch -----------------------------------------------------------------------
+    def epoch(self) -> str | None:
+        """The id of the state Redis holds; None when it was lost (see ``keys.epoch``)."""
+        with redis_errors("epoch", self.keys.epoch):
+            raw = self.client.get(self.keys.epoch)
+        return None if raw is None else text(raw)
+
+    def reestablish(self, seen: str | None, watermark: int, gaps: Iterable[int] = ()) -> bool:
+        """Start a new epoch with the outbox at ``watermark`` and ``gaps`` (ids at or
+        below it not visible yet), if the epoch is still ``seen``.
+
+        True for the one caller that did it; it owes every bucket a rebuild from the
+        source, which covers every event up to ``watermark``.
+        """
+        if watermark < 0:
+            raise ValueError(f"outbox watermark must be >= 0, got {watermark}")
+        args: list[Any] = [secrets.token_hex(8), seen or "", watermark, to_ms(self.clock())]
+        args += [int(i) for i in gaps]
+        with redis_errors("reestablish"):
+            return bool(
+                self._scripts["reestablish"](
+                    keys=[self.keys.epoch, self.keys.outbox_watermark, self.keys.outbox_gaps],
+                    args=args,
+                )
+            )
 
     def set_outbox_watermark(self, event_id: int) -> bool:
         """Advance the watermark to ``event_id``; False when it would go backwards."""
@@ -123,11 +159,15 @@ class CoordinationMixin(CacheBase):
 
     def outbox_gaps(self) -> dict[int, datetime]:
         """Outbox ids skipped over, with when each was first missed."""
-        with redis_errors("outbox_gaps"):
+        key = self.keys.outbox_gaps
+        with redis_errors("outbox_gaps", key):
             raw: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
-                self.keys.outbox_gaps, 0, -1, withscores=True
+                key, 0, -1, withscores=True
             )
-        return {int(member): from_ms(int(score)) for member, score in raw}
+        try:
+            return {int(member): from_ms(int(score)) for member, score in raw}
+        except (ValueError, OverflowError, OSError):
+            raise CorruptKey(f"outbox gaps {key} hold {brief(raw[:5])}, not ids", key) from None
 
     # -- coalesced rebuild requests --------------------------------------------------
     def request_rebuild(self, bucket: SchedulerBucket) -> bool:

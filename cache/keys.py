@@ -173,9 +173,16 @@ class KeySpace:
 
     @property
     def epoch(self) -> str:
-        """String: a random id set once, never expiring. Its absence, or another id,
-        means Redis lost its state (restart without persistence, FLUSHALL, failover to
-        an empty replica): every near cache drops what it holds."""
+        """String: a random id, written once when the state is established (by the
+        outbox poller, together with the outbox position), never expiring.
+
+        Its absence means Redis lost the state (a restart without persistence, a
+        failover to an empty replica, FLUSHALL): every snapshot, and the outbox position
+        they were built up to, are gone together, so the workers rebuild every bucket
+        from the source instead of waiting for the next refresh, and every near cache
+        drops what it holds. Under the shared tag with the outbox keys, so the one
+        script that re-establishes all three keeps to one Cluster slot.
+        """
         return self._shared("epoch")
 
     # -- pub/sub -----------------------------------------------------------------------

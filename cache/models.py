@@ -9,7 +9,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cache.errors import InvalidBucket
+from cache.errors import InvalidAccountId, InvalidBucket, brief
 
 # Bucket parts end up inside Redis keys and a `{hash tag}`: a ':' would change the
 # bucket's shape, braces would move the hash tag, whitespace and control characters
@@ -17,7 +17,24 @@ from cache.errors import InvalidBucket
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 # Digits only: int() would also take '+5', ' 5', '1_000' and non-ASCII digits.
 _GROUP_ID = re.compile(r"[0-9]{1,19}")
-_MAX_GROUP_ID = 2**63 - 1
+# Ids end up in SQL parameters (BIGINT), Redis hash fields and JSON. Every part of the
+# system takes an id only in this range, so an id the database would refuse (and that
+# would then fail every batch it is in) never gets in anywhere.
+MAX_ID = 2**63 - 1
+_MAX_GROUP_ID = MAX_ID
+
+
+def check_account_id(value: object) -> int:
+    """``value`` as an account id: an int, or its ASCII digits (as JSON keys carry it),
+    in 1 .. :data:`MAX_ID`; else :class:`InvalidAccountId` naming it briefly."""
+    number = value
+    if isinstance(value, (str, bytes)) and value.isascii() and value.isdigit() and len(value) < 20:
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 < number <= MAX_ID:
+        raise InvalidAccountId(
+            f"invalid account id {brief(value)}: expected an integer from 1 to 2**63-1"
+        )
+    return number
 
 
 class SchedulerMode(StrEnum):
@@ -36,7 +53,7 @@ def validate_token(value: object, what: str) -> str:
     """Return ``value`` if it is a lowercase token usable in a key, else raise."""
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise InvalidBucket(
-            f"invalid {what} {value!r}: expected 1-64 characters of a-z, 0-9, '_', '.', '-'"
+            f"invalid {what} {brief(value)}: expected 1-64 characters of a-z, 0-9, '_', '.', '-'"
         )
     return value
 
@@ -52,34 +69,38 @@ class SchedulerBucket(BaseModel):
 
     def __init__(self, group_id: int, platform: str, mode: SchedulerMode | str) -> None:
         if isinstance(group_id, bool) or not isinstance(group_id, int):
-            raise InvalidBucket(f"invalid group id {group_id!r}: expected an integer")
+            raise InvalidBucket(f"invalid group id {brief(group_id)}: expected an integer")
         if not 0 <= group_id <= _MAX_GROUP_ID:
-            raise InvalidBucket(f"invalid group id {group_id!r}: must be 0 or a positive int64")
+            raise InvalidBucket(
+                f"invalid group id {brief(group_id)}: must be 0 or a positive int64"
+            )
         validate_token(platform, "platform")
         try:
             mode = SchedulerMode(mode)
         except ValueError:
             choices = ", ".join(m.value for m in SchedulerMode)
-            raise InvalidBucket(f"invalid mode {mode!r}: expected one of {choices}") from None
+            raise InvalidBucket(f"invalid mode {brief(mode)}: expected one of {choices}") from None
         super().__init__(group_id=group_id, platform=platform, mode=mode)
 
     @classmethod
     def parse(cls, raw: object) -> Self:
         """Parse ``"12:anthropic:mixed"``; raise :class:`InvalidBucket` naming the input."""
         if not isinstance(raw, str):
-            raise InvalidBucket(f"invalid bucket {raw!r}: expected a string")
+            raise InvalidBucket(f"invalid bucket {brief(raw)}: expected a string")
         parts = raw.split(":")
         if len(parts) != 3:
-            raise InvalidBucket(f"invalid bucket {raw!r}: expected '<group_id>:<platform>:<mode>'")
+            raise InvalidBucket(
+                f"invalid bucket {brief(raw)}: expected '<group_id>:<platform>:<mode>'"
+            )
         group, platform, mode = parts
         if not _GROUP_ID.fullmatch(group):
             raise InvalidBucket(
-                f"invalid bucket {raw!r}: group id {group!r} is not an integer >= 0"
+                f"invalid bucket {brief(raw)}: group id {brief(group)} is not an integer >= 0"
             )
         try:
             return cls(int(group), platform, mode)
         except InvalidBucket as exc:
-            raise InvalidBucket(f"invalid bucket {raw!r}: {exc}") from None
+            raise InvalidBucket(f"invalid bucket {brief(raw)}: {exc}") from None
 
     def __str__(self) -> str:
         return f"{self.group_id}:{self.platform}:{self.mode.value}"
@@ -108,7 +129,7 @@ class Account(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    id: int = Field(gt=0)
+    id: int = Field(gt=0, le=MAX_ID)
     name: str
     platform: str
     type: str

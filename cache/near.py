@@ -31,12 +31,12 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from cache import keys as ttl
 from cache.base import redis_errors, text
 from cache.client import RedisSchedulerCache
 from cache.errors import CacheError
+from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS, TOUCH_CHUNK
 from cache.models import Account, SchedulerBucket
-from cache.nearstate import NearState
+from cache.nearstate import NO_EPOCH, NearState
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class NearCache:
         self,
         cache: RedisSchedulerCache,
         *,
-        check_seconds: float = ttl.NEAR_CHECK_SECONDS,
-        trust_seconds: float = ttl.NEAR_TRUST_SECONDS,
-        max_buckets: int = ttl.NEAR_BUCKETS_MAX,
+        check_seconds: float = NEAR_CHECK_SECONDS,
+        trust_seconds: float = NEAR_TRUST_SECONDS,
+        max_buckets: int = NEAR_BUCKETS_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -147,9 +147,7 @@ class NearCache:
             pipe.get(self.cache.keys.last_used_seq)
             pipe.get(self.cache.keys.epoch)
             seq, epoch = pipe.execute()
-        if epoch is None:
-            epoch = self.cache.epoch()
-        epoch = text(epoch)
+        epoch = NO_EPOCH if epoch is None else text(epoch)
         if epoch != self.state.epoch:
             self.state.drop_all(epoch)
         if self.state.touch_seq is None:
@@ -176,7 +174,7 @@ class NearCache:
             pipe.get(keys.epoch)
             if since is not None:
                 pipe.zrangebyscore(
-                    keys.last_used_log, f"({since}", "+inf", 0, ttl.TOUCH_CHUNK, withscores=True
+                    keys.last_used_log, f"({since}", "+inf", 0, TOUCH_CHUNK, withscores=True
                 )
             for name in names:
                 pipe.hmget(keys.meta(SchedulerBucket.parse(name)), ["active", "gen"])
@@ -184,13 +182,12 @@ class NearCache:
             seq, epoch = int(replies[0] or 0), replies[1]
             touched: list[tuple[bytes, float]] = replies[2] if since is not None else []
             metas = replies[3:] if since is not None else replies[2:]
-            if epoch is None:
-                epoch = self.cache.epoch().encode()
+            held = NO_EPOCH if epoch is None else text(epoch)
             gens = {
                 name: int(gen or 0) if active is not None else None
                 for name, (active, gen) in zip(names, metas, strict=True)
             }
-            self.state.checked(text(epoch), gens, asked_at)
+            self.state.checked(held, gens, asked_at)
             if since is None or self.state.touch_seq is None:
                 # Not from here: a bucket read since may have taken an earlier position.
                 if self.state.touch_seq is None:
@@ -200,7 +197,7 @@ class NearCache:
                 ids = [member for member, _ in touched]
                 uses = cast(list[bytes | None], self.cache.client.hmget(keys.last_used, ids))
                 self.state.used({int(i): int(u) for i, u in zip(ids, uses, strict=True) if u})
-            self.state.touch_seq = touch_since(seq, touched, ttl.TOUCH_CHUNK)
+            self.state.touch_seq = touch_since(seq, touched, TOUCH_CHUNK)
 
     # -- the background thread -------------------------------------------------------
     def _ensure_started(self) -> None:

@@ -24,6 +24,10 @@ from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
 from cache.reads import SnapshotRead
 
+# The epoch a near cache holds while Redis has none (its state was lost and nobody has
+# re-established it yet): a change to or from it drops everything, like any other.
+NO_EPOCH = ""
+
 NEVER = float("-inf")
 
 

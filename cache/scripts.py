@@ -25,6 +25,9 @@ SCRIPT_NAMES = (
     "request_rebuild",
     "begin_rebuild",
     "finish_rebuild",
+    "reestablish",
+    "forget_payload",
+    "repair_types",
 )
 
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from cache import keys as ttl
 from cache.base import CacheBase, redis_errors, text
 from cache.codec import to_ms
 from cache.errors import CacheError, VersionNotReserved
-from cache.models import Account, SchedulerBucket
+from cache.keys import DECODED_ACCOUNTS_MAX, READ_CHUNK, STAGE_TTL_SECONDS, WRITE_CHUNK
+from cache.models import Account, SchedulerBucket, check_account_id
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class WriteMixin(CacheBase):
         if not fresh:
             return
         self.update_last_used(fresh)
-        if len(sent) + len(fresh) > ttl.DECODED_ACCOUNTS_MAX:
+        if len(sent) + len(fresh) > DECODED_ACCOUNTS_MAX:
             sent.clear()
         sent.update(fresh)
 
@@ -167,17 +167,17 @@ class WriteMixin(CacheBase):
         if not staged:
             return
         pipe = self.client.pipeline(transaction=False)
-        for first in range(0, len(staged), ttl.READ_CHUNK):
-            pipe.hmget(self.keys.revisions, [s.id for s in staged[first : first + ttl.READ_CHUNK]])
+        for first in range(0, len(staged), READ_CHUNK):
+            pipe.hmget(self.keys.revisions, [s.id for s in staged[first : first + READ_CHUNK]])
         stored = [r for part in pipe.execute() for r in part]
         newer = [(s, rev) for s, rev in zip(staged, stored, strict=True) if _newer(rev, s.revision)]
         if not newer:
             return
         pipe = self.client.pipeline(transaction=False)
         ids = [s.id for s, _ in newer]
-        for first in range(0, len(ids), ttl.READ_CHUNK):
-            pipe.hmget(self.keys.accounts, ids[first : first + ttl.READ_CHUNK])
-            pipe.hmget(self.keys.digests, ids[first : first + ttl.READ_CHUNK])
+        for first in range(0, len(ids), READ_CHUNK):
+            pipe.hmget(self.keys.accounts, ids[first : first + READ_CHUNK])
+            pipe.hmget(self.keys.digests, ids[first : first + READ_CHUNK])
         replies = pipe.execute()
         payloads = [p for part in replies[0::2] for p in part]
         digests = [d for part in replies[1::2] for d in part]
@@ -203,11 +203,11 @@ class WriteMixin(CacheBase):
         keys = [self.keys.meta(bucket), self.keys.version_counter(bucket)]
         keys += self._version_keys(bucket, version)
         calls = []
-        for first in range(0, len(staged), ttl.WRITE_CHUNK):
-            part = staged[first : first + ttl.WRITE_CHUNK]
+        for first in range(0, len(staged), WRITE_CHUNK):
+            part = staged[first : first + WRITE_CHUNK]
             args: list[Any] = [
                 version,
-                ttl.STAGE_TTL_SECONDS,
+                STAGE_TTL_SECONDS,
                 ",".join(s.id for s in part),
                 ",".join(f"{s.digest}/{s.revision}" for s in part),
                 *(s.payload for s in part),
@@ -245,8 +245,8 @@ class WriteMixin(CacheBase):
             return
         keys = [self.keys.accounts, self.keys.revisions, self.keys.digests]
         calls = []
-        for first in range(0, len(live), ttl.WRITE_CHUNK):
-            part = live[first : first + ttl.WRITE_CHUNK]
+        for first in range(0, len(live), WRITE_CHUNK):
+            part = live[first : first + WRITE_CHUNK]
             args: list[Any] = [
                 ",".join(s.id for s in part),
                 ",".join(s.revision for s in part),
@@ -380,11 +380,12 @@ class WriteMixin(CacheBase):
 
         With ``record_pending`` the times are also kept in a pending hash until
         :meth:`ack_pending_last_used` says the source database has them. Returns how
-        many cached times moved forward. One round trip, in chunks of bounded cost.
+        many cached times moved forward. One round trip, in chunks of bounded cost. An
+        id out of range raises :class:`InvalidAccountId` before anything is written.
         """
         if not updates:
             return 0
-        items = [(str(int(i)), str(to_ms(used))) for i, used in updates.items()]
+        items = [(str(check_account_id(i)), str(to_ms(used))) for i, used in updates.items()]
         keys = [
             self.keys.last_used,
             self.keys.digests,
@@ -393,8 +394,8 @@ class WriteMixin(CacheBase):
             self.keys.last_used_seq,
         ]
         calls: list[tuple[list[str], list[Any]]] = []
-        for first in range(0, len(items), ttl.WRITE_CHUNK * 2):
-            part = items[first : first + ttl.WRITE_CHUNK * 2]
+        for first in range(0, len(items), WRITE_CHUNK * 2):
+            part = items[first : first + WRITE_CHUNK * 2]
             args = [
                 "1" if record_pending else "0",
                 ",".join(i for i, _ in part),

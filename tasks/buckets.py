@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache import InvalidBucket, SchedulerBucket, SchedulerMode
+from cache import InvalidBucket, SchedulerBucket, SchedulerMode, brief
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,8 @@ def in_order(buckets: Iterable[SchedulerBucket]) -> list[SchedulerBucket]:
 def check_platform(platform: str, rules: Rules) -> str:
     """``platform`` if it is configured; else :class:`UnknownPlatform` naming both."""
     if platform not in rules.platforms:
-        shown = platform if len(platform) <= 64 else f"{platform[:64]}... ({len(platform)} chars)"
         raise UnknownPlatform(
-            f"unknown platform {shown!r}: configured are {', '.join(rules.platforms)}"
+            f"unknown platform {brief(platform, 64)}: configured are {', '.join(rules.platforms)}"
         )
     return platform
 
@@ -120,6 +119,7 @@ def warm_buckets(groups: Iterable[tuple[int, str]], rules: Rules) -> list[Schedu
     buckets: set[SchedulerBucket] = set()
     for group_id, platform in pairs:
         try:
+            check_platform(platform, rules)
             buckets.update(
                 SchedulerBucket(group_id, platform, mode) for mode in modes_for(platform, rules)
             )

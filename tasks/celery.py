@@ -13,6 +13,7 @@ TASK_QUEUES = {
     "tasks.rebuild_bucket": "rebuild",
     "tasks.refresh_buckets": "rebuild",
     "tasks.poll_outbox": "outbox",
+    "tasks.prune_outbox": "outbox",
     "tasks.flush_last_used": "last_used",
     "tasks.update_last_used": "last_used",
 }
@@ -22,6 +23,11 @@ DEFAULT_QUEUE = TASK_QUEUES["tasks.rebuild_bucket"]
 
 app = Celery(
     "tasks",
-    include=["tasks.worker.rebuild", "tasks.worker.outbox", "tasks.worker.last_used"],
+    include=[
+        "tasks.worker.rebuild",
+        "tasks.worker.outbox",
+        "tasks.worker.prune",
+        "tasks.worker.last_used",
+    ],
 )
 app.config_from_object("celeryconfig")

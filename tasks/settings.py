@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     outbox_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=200, ge=1)
     outbox_gap_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Applied outbox rows older than this are deleted (tasks.prune_outbox); 0 keeps all.
+    outbox_retention_seconds: float = Field(default=86_400.0, ge=0)
 
     # -- last used -------------------------------------------------------------------
     last_used_cache_flush_seconds: float = Field(default=0.5, gt=0)

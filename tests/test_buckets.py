@@ -77,6 +77,11 @@ def test_a_group_with_an_unusable_platform_is_left_out_not_fatal() -> None:
     assert {b.group_id for b in warm} == {0, 6}
 
 
+def test_a_group_whose_platform_is_not_configured_is_not_kept_warm() -> None:
+    warm = warm_buckets([(5, "nosuchplat"), (6, "openai")], RULES)
+    assert {b.group_id for b in warm} == {0, 6}
+
+
 def test_buckets_are_ordered_by_group_platform_mode_without_repeats() -> None:
     buckets = [SchedulerBucket.parse(b) for b in ("2:a:single", "1:b:forced", "1:a:single")]
     assert [str(b) for b in in_order([*buckets, *buckets])] == [
@@ -94,4 +99,4 @@ def test_an_unknown_platform_is_refused_naming_it_and_the_configured_ones() -> N
 def test_a_huge_unknown_platform_is_named_bounded() -> None:
     with pytest.raises(UnknownPlatform) as caught:
         check_platform("x" * 100_000, RULES)
-    assert len(str(caught.value)) < 300 and "100000 chars" in str(caught.value)
+    assert len(str(caught.value)) < 300 and "100,000 characters" in str(caught.value)

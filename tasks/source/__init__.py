@@ -21,7 +21,7 @@ from tasks.source.errors import (
     SourceError,
     SourceUnavailable,
 )
-from tasks.source.protocol import Group, OutboxEvent, OutboxEventType, Source
+from tasks.source.protocol import Group, OutboxEvent, OutboxEventType, OutboxStats, Source
 
 if TYPE_CHECKING:
     from tasks.source.reader import SqlSource
@@ -34,6 +34,7 @@ __all__ = [
     "InvalidDatabaseUrl",
     "OutboxEvent",
     "OutboxEventType",
+    "OutboxStats",
     "SchemaMissing",
     "Source",
     "SourceError",

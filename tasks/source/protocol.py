@@ -32,6 +32,21 @@ class OutboxEvent(BaseModel):
     group_id: int | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
+    # Why the row cannot be read (a payload that is not JSON): such an event is counted
+    # and skipped as malformed, and the poller moves past it.
+    error: str | None = None
+
+
+class OutboxStats(BaseModel):
+    """How big the outbox table is, for status views and retention."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rows: int
+    oldest_at: datetime | None
+
+    def oldest_age_seconds(self, now: datetime) -> float | None:
+        return None if self.oldest_at is None else (now - self.oldest_at).total_seconds()
 
 
 class Group(BaseModel):

@@ -8,6 +8,7 @@ outbox rows.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import sqlalchemy as sa
 
-from cache import Account, SchedulerBucket, SchedulerMode
-from tasks.source.protocol import Group, OutboxEvent, Source
-from tasks.source.schema import account_groups, accounts, scheduler_outbox
+from cache import Account, SchedulerBucket, SchedulerMode, brief
+from tasks.source.protocol import Group, OutboxEvent, OutboxStats, Source
+from tasks.source.schema import account_groups, accounts, scheduler_outbox, stored_utc
 from tasks.source.schema import groups as groups_table
 from tasks.source.store import (
     ACCOUNT_COLUMNS,
@@ -34,10 +35,21 @@ logger = logging.getLogger(__name__)
 
 
 def to_event(row: AnyRow) -> OutboxEvent:
+    """One row as an event; a payload that is not JSON makes an event that says so
+    (:attr:`OutboxEvent.error`) instead of an error that would stop the whole batch."""
     payload = row.payload
+    error = None
+    if isinstance(payload, (str, bytes)):
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            error = f"payload is not JSON ({exc}): {brief(payload)}"
+            payload = {}
     if not isinstance(payload, dict):
         # Written by hand as a list or a scalar: keep the event, flag the payload.
-        logger.warning("outbox event %s has a non-object payload %r; using {}", row.id, payload)
+        logger.warning(
+            "outbox event %s has a non-object payload %s; using {}", row.id, brief(payload)
+        )
         payload = {}
     return OutboxEvent(
         id=row.id,
@@ -46,7 +58,17 @@ def to_event(row: AnyRow) -> OutboxEvent:
         group_id=row.group_id,
         payload=payload,
         created_at=row.created_at,
+        error=error,
     )
+
+
+# The payload as stored, decoded row by row in to_event: the JSON type would decode it
+# while fetching, and one row written by hand with invalid JSON (SQLite stores text as
+# it comes) would fail the whole batch, and every poll after it.
+OUTBOX_COLUMNS = (
+    *(column for column in scheduler_outbox.c if column.name != "payload"),
+    sa.type_coerce(scheduler_outbox.c.payload, sa.Text).label("payload"),
+)
 
 
 _WANTED = sa.and_(
@@ -204,9 +226,9 @@ class SqlSource(SqlStore):
     def outbox_after(self, after_id: int, limit: int) -> list[OutboxEvent]:
         """Committed events with ``id > after_id``, lowest id first, at most ``limit``."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"invalid outbox limit {limit!r}: expected an integer >= 1")
+            raise ValueError(f"invalid outbox limit {brief(limit)}: expected an integer >= 1")
         query = (
-            sa.select(scheduler_outbox)
+            sa.select(*OUTBOX_COLUMNS)
             .where(scheduler_outbox.c.id > after_id)
             .order_by(scheduler_outbox.c.id)
             .limit(limit)
@@ -222,7 +244,7 @@ class SqlSource(SqlStore):
             return events
         with self.read("outbox_by_ids") as conn:
             for part in chunks(ids):
-                query = sa.select(scheduler_outbox).where(scheduler_outbox.c.id.in_(part))
+                query = sa.select(*OUTBOX_COLUMNS).where(scheduler_outbox.c.id.in_(part))
                 events.extend(to_event(row) for row in conn.execute(query))
         return sorted(events, key=lambda event: event.id)
 
@@ -230,6 +252,28 @@ class SqlSource(SqlStore):
         """The highest committed outbox id, 0 for an empty outbox."""
         with self.read("max_outbox_id") as conn:
             return int(conn.execute(sa.select(sa.func.max(scheduler_outbox.c.id))).scalar() or 0)
+
+    def outbox_stats(self) -> OutboxStats:
+        """How many outbox rows there are, and when the oldest was written."""
+        query = sa.select(sa.func.count(), sa.func.min(scheduler_outbox.c.created_at))
+        with self.read("outbox_stats") as conn:
+            rows, oldest = conn.execute(query).one()
+        return OutboxStats(rows=int(rows), oldest_at=stored_utc(oldest))
+
+    def prune_outbox(self, up_to_id: int, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` outbox rows with ``id <= up_to_id`` written before
+        ``before``, lowest ids first; returns how many went."""
+        doomed = (
+            sa.select(scheduler_outbox.c.id)
+            .where(scheduler_outbox.c.id <= up_to_id, scheduler_outbox.c.created_at < before)
+            .order_by(scheduler_outbox.c.id)
+            .limit(limit)
+        )
+        statement = scheduler_outbox.delete().where(
+            scheduler_outbox.c.id.in_(doomed.scalar_subquery())
+        )
+        with self.write("prune_outbox") as conn:
+            return int(conn.execute(statement).rowcount)
 
     def update_last_used(self, updates: Mapping[int, datetime]) -> int:
         """Move ``last_used_at`` forward, never back, in one statement batch.

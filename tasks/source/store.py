@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine, Row
 
-from cache import Account
+from cache import Account, brief, check_account_id
 from tasks.source.engine import as_engine, db_errors, mask_url, writing
 from tasks.source.errors import SourceError
 from tasks.source.protocol import OutboxEventType
@@ -55,12 +55,9 @@ def chunks(values: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
 
 
 def as_account_id(value: object) -> int:
-    """``value`` as an id (an int > 0, or its decimal string as JSON keys carry it)."""
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"invalid id {value!r}: expected an integer > 0")
-    return value
+    """``value`` as an id (an int > 0, or its decimal string as JSON keys carry it), in
+    the range every part of the system shares (:func:`cache.check_account_id`)."""
+    return check_account_id(value)
 
 
 def inserted_id(result: sa.CursorResult[Any]) -> int:
@@ -213,7 +210,7 @@ class SqlStore:
         batch: list[dict[str, Any]] = []
         for key, at in updates.items():
             if not isinstance(at, datetime):
-                raise ValueError(f"invalid last-used time {at!r} for account {key!r}")
+                raise ValueError(f"invalid last-used time {brief(at)} for account {brief(key)}")
             batch.append({"b_id": as_account_id(key), "b_at": at})
         # One lock order for every batch: two overlapping batches cannot deadlock.
         batch.sort(key=lambda item: item["b_id"])

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from cache import CacheError, Clock, as_utc, utc_now
+from cache import CacheError, Clock, CorruptKey, as_utc, brief, check_account_id, utc_now
 from tasks.runtime import get_cache, settings
 
 logger = logging.getLogger(__name__)
@@ -108,12 +108,17 @@ class LastUsedBatcher:
 
     def touch(self, account_id: int, at: datetime | None = None) -> None:
         """Note that ``account_id`` was used at ``at`` (default: now)."""
-        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
-            raise ValueError(f"account id must be a positive int, got {account_id!r}")
+        if not isinstance(account_id, int):
+            raise ValueError(f"account id must be an int, got {brief(account_id)}")
+        # The bounds every part of the system shares: an id the database would refuse
+        # never enters a batch, where it would fail every flush after this one.
+        check_account_id(account_id)
         if at is None:
             at = self._clock()
         elif not isinstance(at, datetime):
-            raise ValueError(f"last use of account {account_id} must be a datetime, got {at!r}")
+            raise ValueError(
+                f"last use of account {account_id} must be a datetime, got {brief(at)}"
+            )
         else:
             at = as_utc(at)
         with self._lock:
@@ -152,6 +157,10 @@ class LastUsedBatcher:
                 # Asked each time, not kept: the process's cache may be replaced.
                 cache = self._cache or self._cache_factory()
                 cache.update_last_used(batch, record_pending=True)
+            except CorruptKey as exc:
+                self._keep(batch)
+                repair_wrong_types(cache, exc)
+                return 0
             except Exception as exc:
                 # Kept whatever went wrong: the batch is the only copy of these touches.
                 self._keep(batch)
@@ -188,6 +197,19 @@ class LastUsedBatcher:
         with self._lock:
             self._thread = None
             self._stop = threading.Event()
+
+
+def repair_wrong_types(cache: object, exc: CorruptKey) -> None:
+    """Delete the keys of the wrong type under a failed last-use write, and name them:
+    the next write recreates them instead of failing the same way forever."""
+    find = getattr(cache, "wrong_type_keys", None)
+    repaired: object = "unknown (not a Redis cache)"
+    if callable(find):
+        try:
+            repaired = find(repair=True) or "none any more"
+        except CacheError as error:
+            repaired = f"unknown ({error})"
+    logger.error("last-use write refused: %s; deleted keys of the wrong type: %s", exc, repaired)
 
 
 def _call(ref: weakref.ReferenceType[LastUsedBatcher], method: str) -> None:

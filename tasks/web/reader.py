@@ -18,9 +18,16 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 
-from cache import Account, CacheError, CacheUnavailable, RedisSchedulerCache, SchedulerBucket
+from cache import (
+    Account,
+    CacheError,
+    CacheUnavailable,
+    CorruptKey,
+    RedisSchedulerCache,
+    SchedulerBucket,
+)
 from tasks import runtime, stats
-from tasks.buckets import bucket_for
+from tasks.buckets import bucket_for, check_platform
 from tasks.settings import Settings
 from tasks.web.requests import request_rebuild
 
@@ -76,8 +83,13 @@ def _fallback_permit(s: Settings) -> bool:
 def list_schedulable(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
 ) -> list[Account]:
-    """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order."""
+    """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order.
+
+    A platform that is not configured raises :class:`tasks.buckets.UnknownPlatform`
+    (a ``ValueError``): no bucket is read, built or registered for it.
+    """
     s = runtime.settings()
+    check_platform(platform, s)
     bucket = bucket_for(group_id, platform, has_force, s)
     now = now or datetime.now(UTC)
     cache = runtime.get_cache()
@@ -88,15 +100,39 @@ def list_schedulable(
             raise
         logger.warning("bucket %s: cache unavailable, reading the source: %s", bucket, exc)
         accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
+    except CorruptKey as exc:
+        accounts = _on_corrupt_key(cache, bucket, s, exc)
     if accounts is None:
         accounts = _on_miss(cache, bucket, s)
     return [account for account in accounts if account.is_schedulable(now)]
+
+
+def _on_corrupt_key(
+    cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings, exc: CorruptKey
+) -> list[Account]:
+    """A key of the wrong type under the read: read the source (rate limited) and ask
+    for the rebuild whose write repairs the key. The web app gets accounts, not a
+    Redis error it can do nothing about."""
+    named: object = "unknown"
+    with suppress(CacheError):
+        named = cache.wrong_type_keys(bucket) or "none any more"
+        cache.record_stats({stats.CACHE_READ_ERRORS: 1})
+    logger.error(
+        "bucket %s: snapshot unreadable (%s); keys of the wrong type: %s", bucket, exc, named
+    )
+    _request(bucket)
+    if not _fallback_permit(s):
+        return []
+    return runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
 
 
 def _on_miss(cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings) -> list[Account]:
     info = cache.bucket_info(bucket)
     if info.active_version is not None and info.account_count == 0:
         return []  # an active snapshot with no account: empty, not missing
+    with suppress(CacheError):
+        # A missing or undecodable payload: the rebuild requested below writes it.
+        cache.record_stats({stats.SNAPSHOT_MISSES: 1})
     if not _fallback_permit(s):
         logger.info(
             "bucket %s: miss, %s; rebuild requested",

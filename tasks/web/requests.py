@@ -12,6 +12,7 @@ from contextlib import suppress
 
 from cache import CacheError, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime, stats
+from tasks.buckets import check_platform
 from tasks.celery import app
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,13 @@ REBUILD_TASK = "tasks.rebuild_bucket"
 
 
 def request_rebuild(bucket: SchedulerBucket | str) -> bool:
-    """Ask for a rebuild of ``bucket``; True when this call enqueued the task."""
+    """Ask for a rebuild of ``bucket``; True when this call enqueued the task.
+
+    A bucket of a platform that is not configured raises
+    :class:`tasks.buckets.UnknownPlatform` and leaves nothing behind.
+    """
     parsed = bucket if isinstance(bucket, SchedulerBucket) else SchedulerBucket.parse(bucket)
+    check_platform(parsed.platform, runtime.settings())
     cache = runtime.get_cache()
     if not cache.request_rebuild(parsed):
         return False

@@ -19,11 +19,22 @@ from typing import Any
 
 from celery import Task
 
-from cache import CacheError, RedisSchedulerCache, as_utc, utc_now
+from cache import (
+    CacheError,
+    CorruptKey,
+    RedisSchedulerCache,
+    as_utc,
+    brief,
+    check_account_id,
+    utc_now,
+)
+from tasks import stats
 from tasks.celery import app
 from tasks.runtime import get_cache, get_source, settings
+from tasks.settings import Settings
 from tasks.source.protocol import Source
-from tasks.worker.retry import RetryingTask
+from tasks.web.last_used import repair_wrong_types
+from tasks.worker.retry import RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +48,60 @@ class InvalidLastUsed(ValueError):
 
 
 def flush_pending(cache: RedisSchedulerCache, source: Source) -> dict[str, int]:
-    """Write the cache's pending last-use times to the database and acknowledge them."""
+    """Write the cache's pending last-use times to the database and acknowledge them.
+
+    An entry the database refuses is logged, dropped and counted; the others are
+    written. (Malformed entries never get this far: the cache drops them as it reads.)
+    """
     pending = cache.pending_last_used()
     if not pending:
         return {"pending": 0, "written": 0, "acked": 0}
-    written = source.update_last_used(pending)
+    try:
+        written = source.update_last_used(pending)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        logger.warning("last-used batch of %d refused (%s); writing one by one", len(pending), exc)
+        written = _write_one_by_one(cache, source, pending)
     # Ack exactly what was read: a touch that arrived meanwhile is newer and stays.
     acked = cache.ack_pending_last_used(pending)
     cache.record_stats(
-        {"last_used_db_flushes": 1, "last_used_db_rows": len(pending)},
-        {"last_used_db_flush_at": utc_now().isoformat()},
+        {stats.LAST_USED_DB_FLUSHES: 1, stats.LAST_USED_DB_ROWS: len(pending)},
+        {stats.LAST_USED_DB_FLUSH_AT: utc_now().isoformat()},
     )
     logger.info(
         "last-used flush: %d pending, %d rows moved, %d acked", len(pending), written, acked
     )
     return {"pending": len(pending), "written": int(written), "acked": acked}
+
+
+def _write_one_by_one(
+    cache: RedisSchedulerCache, source: Source, pending: Mapping[int, datetime]
+) -> int:
+    written = dropped = 0
+    for account_id, at in pending.items():
+        try:
+            written += source.update_last_used({account_id: at})
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            dropped += 1
+            # Acknowledged with the rest: kept, it would fail every flush after this one.
+            logger.error("dropping last use of account %s: the database refuses it: %s",
+                         account_id, brief(str(exc)))  # fmt: skip
+    cache.record_stats({stats.LAST_USED_DROPPED: dropped})
+    return written
+
+
+def flush_lock_ttl(config: Settings) -> float:
+    """How long the flush's lock lives: until the next tick, within the lock TTL.
+
+    A flush is one batch write, so a flush still running at the next tick is stuck or
+    dead; and a second flush only writes the same rows again (times only move
+    forward). A killed flush therefore holds the job back one tick at most, not the
+    whole lock TTL.
+    """
+    return max(1.0, min(float(config.lock_ttl_seconds), config.last_used_db_flush_seconds))
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -63,12 +113,16 @@ def flush_pending(cache: RedisSchedulerCache, source: Source) -> dict[str, int]:
 def flush_last_used(self: Task) -> dict[str, Any]:
     """Beat: pending last-use times from Redis to the database, one batch, at least once."""
     cache = get_cache()
-    token = cache.try_lock(FLUSH_LOCK, settings().lock_ttl_seconds, token=self.request.id)
+    token = cache.try_lock(FLUSH_LOCK, flush_lock_ttl(settings()), token=self.request.id)
     if token is None:
         logger.info("last-used flush skipped: another flush holds the lock")
         return {"status": "busy"}
     try:
-        return {"status": "done", **flush_pending(cache, get_source())}
+        try:
+            return {"status": "done", **flush_pending(cache, get_source())}
+        except CorruptKey as exc:
+            repair_wrong_types(cache, exc)
+            return {"status": "done", **flush_pending(cache, get_source())}
     finally:
         _unlock(cache, FLUSH_LOCK, token)
 
@@ -84,7 +138,9 @@ def _unlock(cache: RedisSchedulerCache, name: str, token: str) -> None:
 def parse_updates(updates: object) -> dict[int, datetime]:
     """``{account_id: ISO time or unix seconds}`` as datetimes; raise naming the bad value."""
     if not isinstance(updates, Mapping):
-        raise InvalidLastUsed(f"updates must be a mapping of account id to time, got {updates!r}")
+        raise InvalidLastUsed(
+            f"updates must be a mapping of account id to time, got {brief(updates)}"
+        )
     parsed: dict[int, datetime] = {}
     for raw_id, raw_time in updates.items():
         account_id = _account_id(raw_id)
@@ -95,37 +151,32 @@ def parse_updates(updates: object) -> dict[int, datetime]:
 
 
 def _account_id(raw: object) -> int:
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
-        value = int(raw)
-    elif isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    else:
-        raise InvalidLastUsed(f"invalid account id {raw!r}: expected a positive integer")
-    if value <= 0:
-        raise InvalidLastUsed(f"invalid account id {raw!r}: expected a positive integer")
-    return value
+    try:
+        return check_account_id(raw)
+    except ValueError as exc:
+        raise InvalidLastUsed(str(exc)) from None
 
 
 def _time(account_id: int, raw: object) -> datetime:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         if not math.isfinite(raw) or raw < 0:
-            raise InvalidLastUsed(f"invalid last use {raw!r} for account {account_id}")
+            raise InvalidLastUsed(f"invalid last use {brief(raw)} for account {account_id}")
         try:
             return datetime.fromtimestamp(raw, UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidLastUsed(
-                f"invalid last use {raw!r} for account {account_id}: out of range"
+                f"invalid last use {brief(raw)} for account {account_id}: out of range"
             ) from None
     if isinstance(raw, str):
         try:
             return as_utc(datetime.fromisoformat(raw))
         except ValueError:
             raise InvalidLastUsed(
-                f"invalid last use {raw!r} for account {account_id}: expected ISO 8601 "
+                f"invalid last use {brief(raw)} for account {account_id}: expected ISO 8601 "
                 "or unix seconds"
             ) from None
     raise InvalidLastUsed(
-        f"invalid last use {raw!r} for account {account_id}: expected ISO 8601 or unix seconds"
+        f"invalid last use {brief(raw)} for account {account_id}: expected ISO 8601 or unix seconds"
     )
 
 
@@ -145,7 +196,11 @@ def update_last_used(updates: dict[str, str | float]) -> dict[str, int]:
     if not parsed:
         return {"accounts": 0, "cache_moved": 0, "db_moved": 0}
     cache = get_cache()
-    moved = cache.update_last_used(parsed, record_pending=True)
+    try:
+        moved = cache.update_last_used(parsed, record_pending=True)
+    except CorruptKey as exc:
+        repair_wrong_types(cache, exc)
+        moved = cache.update_last_used(parsed, record_pending=True)
     written = get_source().update_last_used(parsed)
     cache.ack_pending_last_used(parsed)
     return {"accounts": len(parsed), "cache_moved": moved, "db_moved": int(written)}

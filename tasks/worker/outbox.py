@@ -30,6 +30,7 @@ from cache import (
     Account,
     CacheError,
     Clock,
+    CorruptKey,
     CorruptPayload,
     RedisSchedulerCache,
     SchedulerBucket,
@@ -108,6 +109,40 @@ class OutboxPoller:
         self._warm: set[SchedulerBucket] | None = None
         # Whether the last batch was full, so more events may be waiting right behind it.
         self.more = False
+
+    # -- lost state ------------------------------------------------------------------
+    def recover_lost_state(self, corrupt: CorruptKey | None = None) -> bool:
+        """Re-establish the outbox position if Redis lost its state (no epoch), or holds
+        garbage for it (``corrupt``); True when this call did, and sent every bucket
+        a rebuild.
+
+        A full read supersedes the replay: the watermark goes to the source's highest
+        outbox id, read before the rebuilds are sent, so they see every event up to it.
+        Ids just below it that are not visible yet (transactions in flight) are gaps,
+        looked up on the next polls as usual. When several workers notice at once, the
+        epoch's compare-and-set lets exactly one re-establish.
+        """
+        seen = self.cache.epoch()
+        if seen is not None and corrupt is None:
+            return False
+        top = self.source.max_outbox_id() if isinstance(self.source, KnowsOutboxEnd) else 0
+        low = max(0, top - self.config.outbox_batch_size)
+        visible = {e.id for e in self.source.outbox_after(low, self.config.outbox_batch_size)}
+        gaps = [i for i in range(low + 1, top) if i not in visible]
+        if not self.cache.reestablish(seen, top, gaps):
+            return False
+        logger.warning(
+            "cache state %s: outbox position set to the source's id %d (%d ids in flight "
+            "kept as gaps); every bucket is being rebuilt from the source",
+            "lost (no epoch in Redis)" if corrupt is None else f"unreadable ({corrupt})",
+            top,
+            len(gaps),
+        )
+        self.refresh_all()
+        self.cache.record_stats(
+            {stats.STATE_REESTABLISHED: 1}, {stats.LAST_REESTABLISHED_AT: f"{time.time():.6f}"}
+        )
+        return True
 
     # -- one batch -------------------------------------------------------------------
     def poll_batch(self) -> PollReport:
@@ -320,7 +355,8 @@ def poll_outbox(self: Task) -> dict[str, Any]:
     at a time (the others return ``busy`` at once). A failure advances nothing."""
     config = settings()
     cache = get_cache()
-    token = cache.try_lock(POLL_LOCK, config.lock_ttl_seconds, token=self.request.id)
+    ttl = poll_lock_ttl(config)
+    token = cache.try_lock(POLL_LOCK, ttl, token=self.request.id)
     if token is None:
         logger.debug("outbox poll skipped: another poll holds the lock")
         return {"status": "busy"}
@@ -333,10 +369,17 @@ def poll_outbox(self: Task) -> dict[str, Any]:
             # Forced: the refresh's own lock would skip it within its interval.
             refresh_all=lambda: refresh_buckets.apply_async(kwargs={"force": True}),
         )
-        report = poller.poll(
-            _budget(config),
-            renew=lambda: _renew(cache, token, config.lock_ttl_seconds),
-        )
+        renew = lambda: _renew(cache, token, ttl)  # noqa: E731
+        try:
+            poller.recover_lost_state()
+            report = poller.poll(_budget(config), renew=renew)
+        except CorruptKey as exc:
+            if exc.key not in (cache.keys.outbox_watermark, cache.keys.outbox_gaps):
+                raise
+            # Nobody would fix it by hand in time: garbage is as good as lost.
+            logger.error("%s; re-establishing the outbox position from the source", exc)
+            poller.recover_lost_state(corrupt=exc)
+            report = poller.poll(_budget(config), renew=renew)
     finally:
         _unlock(cache, token)
     return {"status": "done", **vars(report)}
@@ -345,6 +388,16 @@ def poll_outbox(self: Task) -> dict[str, Any]:
 def _budget(config: Settings) -> float:
     # Stop early enough to release the lock well within its TTL and the time limit.
     return max(1.0, min(config.lock_ttl_seconds, config.rebuild_time_limit_seconds) / 3)
+
+
+def poll_lock_ttl(config: Settings) -> float:
+    """The poll lock's lifetime: the poll's budget, renewed after every batch.
+
+    Not the whole lock TTL: a killed poller would stop the outbox for that long. A
+    batch that outlives it lets a second poller apply the same events again, which is
+    safe (applying is idempotent); the first one stops at its next renewal.
+    """
+    return max(2.0, _budget(config))
 
 
 def _renew(cache: RedisSchedulerCache, token: str, ttl: float) -> None:

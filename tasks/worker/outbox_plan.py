@@ -16,16 +16,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from cache import Account, SchedulerBucket
+from cache import MAX_ID, Account, SchedulerBucket, brief, check_account_id
 from tasks.buckets import Rules, platform_buckets
 from tasks.source.protocol import OutboxEvent, OutboxEventType
 
 logger = logging.getLogger(__name__)
 
-# Ids end up in SQL parameters (BIGINT) and Redis keys: bound them like the database does.
-_MAX_ID = 2**63 - 1
-AccountId = Annotated[int, Strict(), Field(gt=0, le=_MAX_ID)]
-GroupId = Annotated[int, Strict(), Field(ge=0, le=_MAX_ID)]
+# The bounds every part of the system shares (cache.MAX_ID: what BIGINT holds).
+AccountId = Annotated[int, Strict(), Field(gt=0, le=MAX_ID)]
+GroupId = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
 UnixSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -111,10 +110,12 @@ def plan_batch(events: Iterable[OutboxEvent]) -> BatchPlan:
 
 def add_event(plan: BatchPlan, event: OutboxEvent) -> None:
     """Add what ``event`` asks for to ``plan``; raise :class:`MalformedEvent`."""
+    if event.error is not None:
+        raise MalformedEvent(event.error)
     try:
         kind = OutboxEventType(event.event_type)
     except ValueError:
-        raise MalformedEvent(f"unknown event type {event.event_type!r}") from None
+        raise MalformedEvent(f"unknown event type {brief(event.event_type)}") from None
     try:
         _ADDERS[kind](plan, event)
     except ValidationError as exc:
@@ -122,7 +123,7 @@ def add_event(plan: BatchPlan, event: OutboxEvent) -> None:
             f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise MalformedEvent(f"{kind} payload {event.payload!r}: {problems}") from None
+        raise MalformedEvent(f"{kind} payload {brief(event.payload)}: {brief(problems)}") from None
 
 
 def _account(plan: BatchPlan, event: OutboxEvent) -> None:
@@ -130,8 +131,10 @@ def _account(plan: BatchPlan, event: OutboxEvent) -> None:
     account_id = event.account_id if event.account_id is not None else payload.account_id
     if account_id is None:
         raise MalformedEvent("no account_id in the row or the payload")
-    if isinstance(account_id, bool) or not 0 < account_id <= _MAX_ID:
-        raise MalformedEvent(f"invalid account id {account_id!r}")
+    try:
+        check_account_id(account_id)
+    except ValueError as exc:
+        raise MalformedEvent(str(exc)) from None
     plan.add_account(account_id, payload.group_ids)
 
 
@@ -146,8 +149,8 @@ def _group(plan: BatchPlan, event: OutboxEvent) -> None:
     group_id = event.group_id if event.group_id is not None else payload.group_id
     if group_id is None:
         raise MalformedEvent("no group_id in the row or the payload")
-    if isinstance(group_id, bool) or not 0 <= group_id <= _MAX_ID:
-        raise MalformedEvent(f"invalid group id {group_id!r}")
+    if isinstance(group_id, bool) or not 0 <= group_id <= MAX_ID:
+        raise MalformedEvent(f"invalid group id {brief(group_id)}")
     plan.groups.add(group_id)
 
 
@@ -159,13 +162,15 @@ def _last_used(plan: BatchPlan, event: OutboxEvent) -> None:
     payload = _LastUsedPayload.model_validate(event.payload)
     times: dict[int, datetime] = {}
     for raw_id, seconds in payload.last_used.items():
-        if not (raw_id.isascii() and raw_id.isdigit()) or not 0 < int(raw_id) <= _MAX_ID:
-            raise MalformedEvent(f"invalid account id {raw_id!r} in last_used")
         try:
-            times[int(raw_id)] = datetime.fromtimestamp(seconds, UTC)
+            account_id = check_account_id(raw_id)
+        except ValueError as exc:
+            raise MalformedEvent(f"{exc} in last_used") from None
+        try:
+            times[account_id] = datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             raise MalformedEvent(
-                f"last use {seconds!r} of account {raw_id} is out of range"
+                f"last use {brief(seconds)} of account {account_id} is out of range"
             ) from None
     plan.add_last_used(times)
 

@@ -7,9 +7,10 @@ One burst of requests for a bucket, and the rebuilds it costs::
                                 version -> read the source -> write -> finish -> unlock
     request during that run     enqueues exactly one more task: its change may have
                                 landed after the read, so it is never lost
-    that task                   waits for the lock (short retries) and until
-                                rebuild_min_interval_seconds after the last write,
-                                gathering every request meanwhile, then rebuilds
+    that task                   waits for the lock (short retries, as long as the lock
+                                is held: a dead holder's lock expires within its TTL)
+                                and until rebuild_min_interval_seconds after the last
+                                write, gathering every request meanwhile, then rebuilds
 
 Every figure it keeps is named in :mod:`tasks.stats`.
 """
@@ -24,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Retry
 
-from cache import CacheError, RedisSchedulerCache, SchedulerBucket
+from cache import CacheError, CorruptKey, RedisSchedulerCache, SchedulerBucket, brief
 from tasks import buckets, runtime, stats
 from tasks.celery import app
 from tasks.web.requests import request_rebuild, send_rebuild
@@ -46,10 +48,11 @@ REFRESH_LOCK_SHARE = 0.9
 STALE_AFTER_INTERVALS = 2
 
 
-def _bucket_arg(args: Any, kwargs: Any) -> object:
-    if args:
-        return args[0]
-    return (kwargs or {}).get("bucket")
+def _bucket_arg(args: Any, kwargs: Any) -> str:
+    """The task's bucket argument for a log line: as it is when it can be a bucket,
+    else briefly (an argument of megabytes must not become a line of megabytes)."""
+    raw = args[0] if args else (kwargs or {}).get("bucket")
+    return raw if isinstance(raw, str) and len(raw) <= 100 else brief(raw)
 
 
 class _RebuildTask(RetryingTask):
@@ -68,7 +71,7 @@ class _RebuildTask(RetryingTask):
                 exc,
             )
         else:
-            logger.error("rebuild task %s for bucket %r failed: %s", task_id, raw, exc)
+            logger.error("rebuild task %s for bucket %s failed: %s", task_id, raw, exc)
         with suppress(CacheError, ValueError):
             cache = runtime.get_cache()
             cache.record_stats({stats.REBUILDS_FAILED: 1})
@@ -80,7 +83,29 @@ class _RebuildTask(RetryingTask):
 def rebuild_bucket(self: Task, bucket: str) -> str:
     """Rebuild one bucket's snapshot from the source, if a request is not covered yet."""
     parsed = SchedulerBucket.parse(bucket)
+    # A platform nobody configured fails at once (a ValueError: no retry) and
+    # registers nothing.
+    buckets.check_platform(parsed.platform, runtime.settings())
     cache = runtime.get_cache()
+    try:
+        return _rebuild(self, cache, parsed)
+    except CorruptKey as exc:
+        # A key of the wrong type fails every write until it is gone: delete it (its
+        # content is nothing this package wrote) and write again, once.
+        repaired = cache.wrong_type_keys(parsed, repair=True)
+        if not repaired:
+            raise
+        logger.error(
+            "bucket %s: %s; deleted the keys of the wrong type %s, rebuilding again",
+            parsed,
+            exc,
+            ", ".join(f"{key} (a {held})" for key, held in repaired.items()),
+        )
+        cache.record_stats({stats.KEYS_REPAIRED: len(repaired)})
+        return _rebuild(self, cache, parsed)
+
+
+def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) -> str:
     # The task id as token: a redelivered task whose first run was killed takes its
     # own lock back at once instead of waiting for the TTL.
     ttl = runtime.settings().lock_ttl_seconds
@@ -90,19 +115,30 @@ def rebuild_bucket(self: Task, bucket: str) -> str:
         delay = min(BUSY_RETRY_FIRST_SECONDS * 2**self.request.retries, BUSY_RETRY_MAX_SECONDS)
         # Never counted as done: the lock holder may have read the source before the
         # change that caused this request. The lock's TTL bounds the wait.
-        raise self.retry(countdown=delay * random.uniform(0.5, 1.0), max_retries=None)
+        raise _wait(self, delay * random.uniform(0.5, 1.0))
     try:
         wait = _too_soon(cache, parsed)
         if wait > 0:
             # Not begun: the queued flag stays set, so requests meanwhile join this run.
             cache.record_stats({stats.REBUILDS_DEFERRED: 1})
-            raise self.retry(countdown=wait, max_retries=None)
+            raise _wait(self, wait)
         return _rebuild_locked(cache, parsed)
     finally:
         try:
             cache.unlock_bucket(parsed, token)
         except CacheError as exc:
             logger.warning("bucket %s: unlock failed, the lock expires by itself: %s", parsed, exc)
+
+
+def _wait(task: Task, countdown: float) -> Retry:
+    """A retry for a wait that is not a failure, so no retry limit applies.
+
+    ``max_retries=None`` would not do: to Celery it means "the task's default limit",
+    and a rebuild waiting for a killed worker's lock (alive for the lock TTL) would give
+    up after that many short waits, leaving the bucket stale until the killed task's
+    message came back (the visibility timeout, minutes).
+    """
+    return task.retry(countdown=countdown, max_retries=task.request.retries + 1)
 
 
 def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
@@ -158,7 +194,7 @@ def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
     ignores it), and its rebuilds are coalesced requests.
     """
     if not isinstance(force, bool):
-        raise TypeError(f"force must be a bool, got {force!r}")
+        raise TypeError(f"force must be a bool, got {brief(force)}")
     s, cache, source = runtime.settings(), runtime.get_cache(), runtime.get_source()
     ttl = s.refresh_interval_seconds * REFRESH_LOCK_SHARE
     if not force and cache.try_lock(REFRESH_LOCK, ttl, token=self.request.id) is None:
@@ -175,7 +211,9 @@ def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
         if bucket not in defaults and not _exists(bucket, active_groups, s.platforms):
             cache.retire_bucket(bucket)
             figures["retired"] += 1
-            logger.info("retired bucket %s: its group is gone or inactive", bucket)
+            logger.info(
+                "retired bucket %s: its group is gone or inactive, or its platform unknown", bucket
+            )
         elif request_rebuild(bucket):
             figures["sent"] += 1
         elif _requeue_if_lost(cache, bucket, stale_before):
@@ -190,9 +228,9 @@ def refresh_buckets(self: Task, force: bool = False) -> dict[str, int]:
 
 
 def _exists(bucket: SchedulerBucket, active_groups: set[int], platforms: list[str]) -> bool:
-    if bucket.group_id == 0:
-        return bucket.platform in platforms
-    return bucket.group_id in active_groups
+    if bucket.platform not in platforms:
+        return False
+    return bucket.group_id == 0 or bucket.group_id in active_groups
 
 
 def _requeue_if_lost(

@@ -44,6 +44,8 @@ def test_async_reads_match_the_sync_ones(cache: RedisSchedulerCache, redis_url: 
         assert got is not None and got[6].last_used_at == T0
         assert await reader.get_snapshot(SchedulerBucket.parse("1:openai:single")) is None
         assert await reader.epoch() == cache.epoch()
+        cache.reestablish(None, 0)
+        assert await reader.epoch() == cache.epoch() is not None
 
     run(redis_url, test)
 

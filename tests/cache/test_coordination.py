@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 import redis
 
-from cache import CacheUnavailable, RedisSchedulerCache, SchedulerBucket
+from cache import CacheUnavailable, CorruptPayload, RedisSchedulerCache, SchedulerBucket
 from cache.codec import to_ms
 from cache.scripts import SCRIPT_NAMES, load_source
 from tests.cache.factories import T0, account, accounts
@@ -177,6 +177,10 @@ def test_every_script_works_after_script_flush(
     cache.finish_rebuild(BUCKET, generation)
     assert cache.delete_account(2)
     assert cache.retire_bucket(BUCKET)
+    assert cache.reestablish(None, 3)
+    cache.client.hset(cache.keys.accounts, "1", b"garbage")
+    assert cache.forget_corrupt_payload(CorruptPayload("garbage", 1, b"garbage"))
+    assert cache.wrong_type_keys(BUCKET, repair=True) == {}
 
 
 def test_every_script_has_a_header_and_takes_keys_from_keys() -> None:

@@ -125,15 +125,31 @@ def test_memory_is_bounded_by_bucket_count(
     assert near.state.names() == ["2:anthropic:single", "3:anthropic:single"]
 
 
-def test_epoch_is_set_once_and_changes_when_state_is_lost(
+def test_the_epoch_is_set_once_and_gone_when_state_is_lost(
     cache: RedisSchedulerCache, redis_client: redis.Redis
 ) -> None:
-    assert cache.peek_epoch() is None
+    assert cache.epoch() is None
+    assert cache.reestablish(None, 0)
     epoch = cache.epoch()
-    assert cache.epoch() == epoch == cache.peek_epoch()
+    assert epoch is not None and not cache.reestablish(None, 0)
     redis_client.flushdb()
-    assert cache.peek_epoch() is None
-    assert cache.epoch() != epoch
+    assert cache.epoch() is None
+
+
+def test_a_near_cache_drops_what_it_holds_when_the_epoch_goes_and_comes(
+    near_cache: NearFactory, cache: RedisSchedulerCache, redis_client: redis.Redis
+) -> None:
+    near = near_cache(background=False)
+    cache.reestablish(None, 0)
+    cache.set_snapshot(BUCKET, accounts(2), cache.reserve_version(BUCKET))
+    assert names(near) is not None
+    redis_client.delete(cache.keys.epoch)
+    near.check()
+    assert near.state.names() == []
+    assert names(near) is not None  # still served while no epoch is set
+    cache.reestablish(None, 0)
+    near.check()
+    assert near.state.names() == []
 
 
 # -- races -----------------------------------------------------------------------------
@@ -205,6 +221,7 @@ def test_a_redis_restart_empties_the_near_caches_trust(
 ) -> None:
     client = redis.Redis.from_url(private_redis.url, socket_timeout=2)
     cache = RedisSchedulerCache(client)
+    cache.reestablish(None, 0)  # as the outbox poller does on a fresh Redis
     cache.set_snapshot(BUCKET, accounts(2), cache.reserve_version(BUCKET))
     near = near_cache(client, check_seconds=0.1, trust_seconds=0.3)
     assert names(near) == ["acct-1", "acct-2"]

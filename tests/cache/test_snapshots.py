@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 import redis
 
-from cache import Account, RedisSchedulerCache, SchedulerBucket, VersionNotReserved
+from cache import Account, CorruptPayload, RedisSchedulerCache, SchedulerBucket, VersionNotReserved
 from tests.cache.factories import T0, account, accounts
 
 BUCKET = SchedulerBucket.parse("12:anthropic:mixed")
@@ -269,3 +269,37 @@ def test_deleted_account_is_not_written_back_by_a_rebuild_that_read_it(
     assert cache.update_last_used({2: T0}) == 0
     assert cache.set_account(account(2, revision=5))  # undeleted in the source
     assert cache.get_snapshot(BUCKET) is not None
+
+
+def test_a_corrupt_payload_is_repaired_by_the_next_rebuild_of_any_bucket_holding_it(
+    cache: RedisSchedulerCache,
+) -> None:
+    other = SchedulerBucket.parse("12:anthropic:single")
+    first, second = accounts(2)
+    assert cache.set_snapshot(BUCKET, [first, second])
+    assert cache.set_snapshot(other, [first])
+    active = cache.bucket_info(BUCKET).active_version
+    assert active is not None
+    cache.client.hset(cache.keys.payloads(BUCKET, active), str(first.id), b'{"id": garbage')
+    cache.client.hset(cache.keys.accounts, str(first.id), b'{"id": garbage')
+
+    assert cache.get_snapshot(BUCKET) is None  # the readers' copy: a miss, logged
+    with pytest.raises(CorruptPayload):
+        cache.get_account(first.id)  # the store's copy: found, and marked for replacing
+    assert cache.set_snapshot(other, [first])  # a rebuild of another bucket, same account
+    assert cache.get_account(first.id) == first
+    assert cache.set_snapshot(BUCKET, [first, second])  # the bucket's own next rebuild
+    repaired = cache.get_snapshot(BUCKET)
+    assert repaired is not None and [a.id for a in repaired] == [first.id, second.id]
+
+
+def test_a_corrupt_payload_found_by_get_account_is_replaced_by_set_account(
+    cache: RedisSchedulerCache,
+) -> None:
+    first = account(1)
+    cache.set_account(first)
+    cache.client.hset(cache.keys.accounts, "1", b"[]")
+    with pytest.raises(CorruptPayload):
+        cache.get_account(1)
+    cache.set_account(first)
+    assert cache.get_account(1) == first

@@ -171,3 +171,57 @@ def test_the_token_bucket_refills_at_its_rate() -> None:
 def test_request_rebuild_rejects_a_malformed_bucket(configured: Settings) -> None:
     with pytest.raises(ValueError, match="'1:openai'"):
         request_rebuild("1:openai")
+
+
+def test_an_unknown_platform_is_refused_and_registers_nothing(
+    configured: Settings, task_cache: RedisSchedulerCache
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown platform 'nonsense': configured are anthropic"):
+        list_schedulable(0, "nonsense")
+    with pytest.raises(ValueError, match=r"unknown platform 'nosuchplat'"):
+        request_rebuild("0:nosuchplat:single")
+    assert task_cache.client.keys("*") == []
+
+
+def test_a_read_that_finds_a_corrupt_payload_asks_for_the_rebuild_and_counts_it(
+    configured: Settings, source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    group = seed_group(source, accounts=2)
+    bucket = SchedulerBucket(group.id, "openai", "single")
+    first = list_schedulable(group.id, "openai")  # a miss: read through, written
+    use(configured, fallback_enabled=False)
+    task_cache.abandon_rebuild_request(bucket)
+    active = task_cache.bucket_info(bucket).active_version
+    assert active is not None
+    payloads = task_cache.keys.payloads(bucket, active)
+    task_cache.client.hset(payloads, str(first[0].id), b"not json")
+    misses = int(task_cache.stats()["snapshot_misses"])  # the first read's
+
+    assert list_schedulable(group.id, "openai") == []
+    assert rebuild_queued(task_cache, bucket)
+    assert int(task_cache.stats()["snapshot_misses"]) == misses + 1
+    # What the requested rebuild writes replaces the garbage.
+    version = task_cache.reserve_version(bucket)
+    task_cache.set_snapshot(bucket, source.accounts_for_bucket(bucket, datetime.now(UTC)), version)
+    assert [a.id for a in list_schedulable(group.id, "openai")] == [a.id for a in first]
+
+
+@pytest.mark.parametrize("which", ["meta", "last_used"])
+def test_a_key_of_the_wrong_type_degrades_the_read_and_names_the_key(
+    configured: Settings,
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
+    which: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    group = seed_group(source, accounts=2)
+    bucket = SchedulerBucket(group.id, "openai", "single")
+    first = list_schedulable(group.id, "openai")
+    key = task_cache.keys.meta(bucket) if which == "meta" else task_cache.keys.last_used
+    task_cache.client.delete(key)
+    task_cache.client.set(key, "not a hash")
+
+    assert [a.id for a in list_schedulable(group.id, "openai")] == [a.id for a in first]
+    assert key in caplog.text
+    assert task_cache.stats()["cache_read_errors"] == "1"
+    assert rebuild_queued(task_cache, bucket)

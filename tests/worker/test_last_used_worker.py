@@ -3,16 +3,24 @@ worker killed mid-flush, and the update_last_used task."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from cache import RedisSchedulerCache
 from tasks.celery import app
 from tasks.source import SqlSource, SqlWriter
 from tasks.web.last_used import LastUsedBatcher
-from tasks.worker.last_used import FLUSH_LOCK, flush_last_used, update_last_used
+from tasks.worker.last_used import (
+    FLUSH_LOCK,
+    flush_last_used,
+    flush_pending,
+    parse_updates,
+    update_last_used,
+)
 from tests.processes import WorkerProcess, wait_for
 from tests.worker.conftest import EventLog
 from tests.worker.helpers import SLOW_SOURCE, WRITING
@@ -113,6 +121,77 @@ def test_a_worker_killed_mid_flush_loses_nothing(
 
     wait_for(flushed, interval=0.5, what="the times in the database after the restart")
     wait_for(lambda: not task_cache.pending_last_used(), what="pending acknowledged")
+
+
+def test_a_killed_flush_holds_the_next_one_back_one_interval_not_the_lock_ttl(
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+    source: SqlSource,
+    task_cache: RedisSchedulerCache,
+) -> None:
+    env = {**worker_env, "SCHED_LAST_USED_DB_FLUSH_SECONDS": "1"}  # lock TTL: 30 s
+    doomed = start_worker({**env, "SCHED_SOURCE_FACTORY": SLOW_SOURCE})
+    other = start_worker(env, queues="rebuild")
+    ids = make_accounts(source, task_cache, 2)
+    times = {account_id: T0 + timedelta(seconds=account_id) for account_id in ids}
+    touch(task_cache, times)
+
+    flush_last_used.delay()
+    wait_for(lambda: task_cache.client.exists(WRITING), what="a flush in its write")
+    doomed.kill()
+    killed_at = time.monotonic()
+    app.control.add_consumer("last_used", destination=[other.name], reply=True, timeout=5)
+
+    def flushed() -> bool:
+        flush_last_used.delay()  # as beat would, every interval
+        return all(db_last_used(source, i) == at for i, at in times.items())
+
+    wait_for(flushed, timeout=15, interval=0.5, what="the next flush")
+    assert time.monotonic() - killed_at < 8
+
+
+def test_an_id_out_of_range_is_refused_everywhere_and_never_blocks_a_flush(
+    source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    good = make_accounts(source, task_cache, 1)[0]
+    huge = 2**70
+    with pytest.raises(ValueError, match="1180591620717411303424"):
+        LastUsedBatcher(task_cache, interval_seconds=3600).touch(huge, T0)
+    with pytest.raises(ValueError, match="1180591620717411303424"):
+        task_cache.update_last_used({huge: T0}, record_pending=True)
+    with pytest.raises(ValueError, match="1180591620717411303424"):
+        parse_updates({str(huge): T0.timestamp()})
+    with pytest.raises(ValueError, match="1180591620717411303424"):
+        source.update_last_used({huge: T0})
+
+    # Entries an older version let in: dropped as they are read, the rest flushed.
+    ms = str(int(T0.timestamp() * 1000))
+    task_cache.client.hset(
+        task_cache.keys.last_used_pending,
+        mapping={str(huge): ms, "abc": ms, "-3": ms, str(good + 1000): "soon"},
+    )
+    touch(task_cache, {good: T0})
+    assert flush_pending(task_cache, source)["pending"] == 1
+    assert db_last_used(source, good) == T0
+    assert task_cache.client.hlen(task_cache.keys.last_used_pending) == 0
+
+
+def test_a_last_use_the_database_refuses_is_dropped_and_the_rest_written(
+    source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    refused, fine = make_accounts(source, task_cache, 2)
+    with source.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TRIGGER refuse BEFORE UPDATE OF last_used_at ON accounts "
+                f"WHEN NEW.id = {refused} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    touch(task_cache, {refused: T0, fine: T0})
+    flush_pending(task_cache, source)
+    assert db_last_used(source, fine) == T0
+    assert task_cache.pending_last_used() == {}
+    assert task_cache.stats()["last_used_dropped"] == "1"
 
 
 def test_update_last_used_applies_to_cache_and_database_monotonic_on_both(

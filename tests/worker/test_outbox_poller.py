@@ -365,6 +365,34 @@ def test_a_malformed_event_is_skipped_and_counted_without_blocking_the_rest(
     assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
 
 
+def test_a_row_whose_payload_is_not_json_is_one_malformed_event(
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = db.create_account(name="b", platform="openai", type="apikey")
+    with source.engine.begin() as conn:  # as another application might write it
+        bad = conn.execute(
+            sa.text(
+                "INSERT INTO scheduler_outbox (event_type, payload) "
+                "VALUES ('account_changed', '{not json')"
+            )
+        ).lastrowid
+    after = db.create_account(name="a", platform="openai", type="apikey")
+
+    poller = make_poller(source)
+    report = poller.poll_batch()
+
+    assert (report.applied, report.malformed) == (2, 1)
+    assert poller_cache.get_account(before.id) is not None
+    assert poller_cache.get_account(after.id) is not None
+    assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
+    assert f"skipping outbox event {bad}: payload is not JSON" in caplog.text
+    assert poller.poll_batch().malformed == 0  # passed for good
+
+
 def test_an_event_whose_handling_fails_is_skipped_alone(
     source: SqlSource,
     make_poller: Callable[..., OutboxPoller],

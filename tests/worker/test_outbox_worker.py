@@ -30,6 +30,14 @@ from tests.worker.helpers import SLOW_SOURCE, SlowSource
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def established(task_cache: RedisSchedulerCache) -> None:
+    """A running system: its state was established before the test writes events, so
+    polls apply them one by one (a first poll of a Redis without state would read the
+    whole source instead, see test_lost_state.py)."""
+    task_cache.reestablish(None, 0)
+
+
 def drive(
     condition: Callable[[], Any], what: str, timeout: float = 45.0, every: float = 0.5
 ) -> Any:
