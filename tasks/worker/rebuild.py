@@ -87,22 +87,33 @@ def rebuild_bucket(self: Task, bucket: str) -> str:
     # registers nothing.
     buckets.check_platform(parsed.platform, runtime.settings())
     cache = runtime.get_cache()
+    # Every key its readers need is checked first: a key of the wrong type fails every
+    # read of the bucket, and a rebuild may not write to it (the last-use store, say).
+    # Two short scripts, one per slot; nothing next to reading the source.
+    _repair(cache, parsed, "found before rebuilding")
     try:
         return _rebuild(self, cache, parsed)
     except CorruptKey as exc:
-        # A key of the wrong type fails every write until it is gone: delete it (its
-        # content is nothing this package wrote) and write again, once.
-        repaired = cache.wrong_type_keys(parsed, repair=True)
-        if not repaired:
+        # One appeared meanwhile: delete it (its content is nothing this package
+        # wrote) and write again, once.
+        if not _repair(cache, parsed, str(exc)):
             raise
+        return _rebuild(self, cache, parsed)
+
+
+def _repair(cache: RedisSchedulerCache, bucket: SchedulerBucket, why: str) -> bool:
+    """Delete the keys of ``bucket`` and the shared stores that hold the wrong type,
+    naming each; True when there were any."""
+    repaired = cache.wrong_type_keys(bucket, repair=True)
+    if repaired:
         logger.error(
-            "bucket %s: %s; deleted the keys of the wrong type %s, rebuilding again",
-            parsed,
-            exc,
+            "bucket %s: %s; deleted the keys of the wrong type %s",
+            bucket,
+            why,
             ", ".join(f"{key} (a {held})" for key, held in repaired.items()),
         )
         cache.record_stats({stats.KEYS_REPAIRED: len(repaired)})
-        return _rebuild(self, cache, parsed)
+    return bool(repaired)
 
 
 def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) -> str:
