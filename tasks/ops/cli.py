@@ -20,11 +20,41 @@ from rich.console import Console
 from cache import SchedulerBucket
 from tasks import runtime
 from tasks.connections import mask_url
-from tasks.ops.errors import NoSnapshot, SchedGroup
+from tasks.ops.errors import NoDatabase, NoSnapshot, NoSystem, SchedGroup
 
 logger = logging.getLogger(__name__)
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _system(*, required: bool) -> None:
+    """Point this process at the system ``sched run`` runs, when no ``SCHED_*`` URL is
+    set and one runs (see :mod:`tasks.ops.system`); say so on stderr.
+
+    ``required``: with neither, fail with a line that says how to get a system, rather
+    than read a default Redis that is someone else's or nobody's.
+    """
+    from tasks.ops import system
+
+    settings = runtime.settings()
+    if system.urls_given(settings):
+        return
+    found = system.find(settings)
+    if found is not None:
+        runtime.reset(found.settings())
+        click.echo(f"sched: reading {found.describe()}", err=True)
+        return
+    if required:
+        start = (
+            f"start one with `make run` in {system.CHECKOUT}"
+            if (system.CHECKOUT / "Makefile").is_file()
+            else "start one with `sched run`"
+        )
+        raise NoSystem(
+            f"no SCHED_REDIS_URL set and no running system found "
+            f"(no live system.json in {system.where_to_look(settings)}): {start}, "
+            "or set SCHED_REDIS_URL and SCHED_DATABASE_URL to your servers"
+        )
 
 
 def _cache() -> Any:
@@ -41,8 +71,17 @@ def _cache() -> Any:
 
 
 def _source() -> Any:
+    """The source database, which must exist: reading never creates a SQLite file."""
+    from tasks.ops.system import sqlite_file
     from tasks.runtime import get_source
 
+    settings = runtime.settings()
+    path = None if settings.source_factory else sqlite_file(settings.database_url)
+    if path is not None and not path.is_file():
+        raise NoDatabase(
+            f"no database at {path} (SCHED_DATABASE_URL {mask_url(settings.database_url)}): "
+            "`make run` creates and fills one, `sched db init` creates an empty one"
+        )
     source = get_source()
     ping = getattr(source, "ping", None)
     if callable(ping):
@@ -57,10 +96,13 @@ def _bucket(raw: str) -> SchedulerBucket:
 @click.group(cls=SchedGroup, context_settings=_CONTEXT)
 @click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug.")
 def cli(verbose: int) -> None:
-    """Operate the scheduling cache: status, snapshots, rebuilds, the database, the demo.
+    """Operate the scheduling cache: status, snapshots, rebuilds, metrics, the database,
+    the demo.
 
     Configuration comes from SCHED_* environment variables (see the README); the
     commands read Redis at SCHED_REDIS_URL and the database at SCHED_DATABASE_URL.
+    With neither set, they read the system `sched run` (`make run`) is running, found
+    by its .run/system.json here, in a parent directory or in the checkout.
     Exit status: 0 done, 1 unreachable server or failure, 2 malformed input,
     3 no active snapshot.
     """
@@ -76,13 +118,14 @@ def cli(verbose: int) -> None:
 def status(as_json: bool) -> None:
     """Buckets (active version, accounts, age, last rebuild), outbox lag, last-used flushes.
 
-    Reads Redis only: the outbox lag is the one the poller last recorded.
+    Reads Redis and the database: the same figures as the live view of `sched run`
+    and `sched metrics`.
     """
     from tasks.ops.live import render_report
-    from tasks.ops.status import collect_status
+    from tasks.ops.status import system_status
 
-    settings = runtime.settings()
-    report = collect_status(_cache(), redis_url=settings.redis_url)
+    _system(required=True)
+    report = system_status(_cache(), _source(), runtime.settings())
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
@@ -105,6 +148,7 @@ def snapshot(bucket: str, as_json: bool) -> None:
     from tasks.ops.commands import print_snapshot
 
     parsed = _bucket(bucket)
+    _system(required=True)
     cache = _cache()
     accounts = cache.get_snapshot(parsed)
     if accounts is None:
@@ -137,6 +181,7 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
         raise click.UsageError("give either BUCKET or --all, not both or neither")
     from tasks.web.requests import request_rebuild
 
+    _system(required=True)
     cache = _cache()
     if all_buckets:
         from tasks.runtime import default_buckets
@@ -180,11 +225,13 @@ def db() -> None:
 @db.command("init")
 def db_init() -> None:
     """Create the tables, indexes and triggers; safe to run again."""
+    from tasks.ops.system import absolute_database_url
     from tasks.source.schema import init_schema
 
+    _system(required=False)
     settings = runtime.settings()
     init_schema(settings.database_url).dispose()
-    click.echo(f"schema ready in {mask_url(settings.database_url)}")
+    click.echo(f"schema ready in {mask_url(absolute_database_url(settings.database_url))}")
 
 
 @cli.group(context_settings=_CONTEXT)
@@ -217,9 +264,11 @@ def demo_seed(scale: float, rng_seed: int, force: bool) -> None:
     A database that already has accounts is left alone unless --force is given.
     """
     from tasks.ops.commands import count_accounts, seed_database
+    from tasks.ops.system import absolute_database_url
 
+    _system(required=False)
     settings = runtime.settings()
-    where = mask_url(settings.database_url)
+    where = mask_url(absolute_database_url(settings.database_url))
     existing = count_accounts(settings.database_url)
     if existing and not force:
         click.echo(f"{where} already has {existing} accounts: not seeding (--force adds more)")
@@ -260,27 +309,28 @@ def outbox() -> None:
 )
 def outbox_tail(limit: int, follow: bool, interval: float) -> None:
     """The newest outbox events, marked applied, pending or gap (not applied yet,
-    skipped over while its transaction was open)."""
-    from tasks.ops.commands import event_line
+    skipped over while its transaction was open).
 
+    With --follow, an event shown pending or gap is shown again, on a new line, when
+    its state changes: a line per event per state it reaches.
+    """
+    from tasks.ops.commands import OutboxFollower
+
+    _system(required=True)
     cache = _cache()
     source = _source()
     newest = source.max_outbox_id()
-    events = source.outbox_after(max(0, newest - limit), limit)
-    watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
-    for event in events:
-        click.echo(event_line(event, watermark, gaps))
+    follower = OutboxFollower(cache, after=max(0, newest - limit))
+    for line in follower.lines(source.outbox_after(follower.last, limit)):
+        click.echo(line)
     if not follow:
         return
-    last = max([newest, *(e.id for e in events)])
+    follower.last = max(follower.last, newest)
     with _stop_on_ctrl_c():
         while True:
             time.sleep(interval)
-            fresh = source.outbox_after(last, 500)
-            watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
-            for event in fresh:
-                click.echo(event_line(event, watermark, gaps))
-                last = max(last, event.id)
+            for line in follower.lines(source.outbox_after(follower.last, 500)):
+                click.echo(line)
 
 
 @contextmanager
@@ -314,7 +364,57 @@ def flower(port: int | None, address: str) -> None:
     SCHED_FLOWER_PASSWORD (the password never appears on a command line)."""
     from tasks.ops.commands import run_flower
 
+    _system(required=False)
     run_flower(runtime.settings(), port=port, address=address)
+
+
+@cli.command(
+    epilog="\b\nExamples:\n  sched metrics | grep sched_outbox\n  sched metrics --serve --port 9808"
+)
+@click.option("--serve", is_flag=True, help="Serve them at /metrics until stopped.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="With --serve: port to listen on [default: SCHED_METRICS_PORT].",
+)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDRESS",
+    help="With --serve: address to listen on; beyond 127.0.0.1 needs SCHED_METRICS_USER "
+    "and SCHED_METRICS_PASSWORD (basic auth).",
+)
+def metrics(serve: bool, port: int | None, address: str) -> None:
+    """Prometheus metrics: buckets, outbox lag and gaps, last-used backlog, the tasks'
+    counters and the broker's queue lengths, in the text exposition format.
+
+    The figures are those of `sched status`, read at every scrape. Basic auth when
+    SCHED_METRICS_USER and SCHED_METRICS_PASSWORD are set.
+    """
+    from tasks.ops import metrics as exported
+    from tasks.ops.errors import scrub
+
+    _system(required=True)
+    settings = runtime.settings()
+    registry = exported.registry_for(exported.SystemCollector(_cache(), _source(), settings))
+    if not serve:
+        click.echo(exported.exposition(registry), nl=False)
+        return
+    exported.check_exposure(settings, address)
+    port = port or settings.metrics_port
+    try:
+        server = exported.MetricsServer(
+            (address, port), registry, exported.credentials(settings), scrub=scrub
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {address}:{port}: {exc.strerror}") from exc
+    auth = "basic auth" if exported.credentials(settings) else "no auth"
+    click.echo(f"metrics at {server.url} ({auth}); Ctrl-C stops", err=True)
+    with _stop_on_ctrl_c(), server:
+        server.serve_forever()
 
 
 @cli.command()
@@ -332,6 +432,13 @@ def flower(port: int | None, address: str) -> None:
     help="Flower's port [default: SCHED_FLOWER_PORT if free, else any free port].",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Port of the metrics [default: SCHED_METRICS_PORT if free, else any free port].",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
     default=2,
@@ -339,20 +446,33 @@ def flower(port: int | None, address: str) -> None:
     metavar="N",
     help="Worker processes.",
 )
-def run(demo: bool | None, flower_port: int | None, concurrency: int) -> None:
-    """Run the system here: a worker with beat, Flower, and a live view (Ctrl-C stops it).
+def run(
+    demo: bool | None, flower_port: int | None, metrics_port: int | None, concurrency: int
+) -> None:
+    """Run the system here: a worker with beat, Flower, the metrics, and a live view
+    (Ctrl-C or SIGTERM stops it).
 
-    Without SCHED_DATABASE_URL it uses the SQLite file sched.sqlite3 and fills it with
-    the demo data set, then changes and uses accounts the way admins and a gateway
-    would, so the view shows snapshots being rebuilt. Logs go to .run/.
+    Without SCHED_DATABASE_URL it uses the SQLite file sched.sqlite3 in this directory
+    and fills it with the demo data set, then changes and uses accounts the way admins
+    and a gateway would, so the view shows snapshots being rebuilt. Logs go to .run/,
+    with system.json, by which `sched status` and the other commands in a second
+    terminal find this system.
     """
     from tasks.ops.runner import RunOptions, run_system
+    from tasks.ops.system import run_dir
 
     settings = runtime.settings()
     _cache()  # a malformed or unreachable Redis is reported before anything starts
     if demo is None:
         demo = "database_url" not in settings.model_fields_set
-    run_system(settings, RunOptions(demo=demo, flower_port=flower_port, concurrency=concurrency))
+    options = RunOptions(
+        demo=demo,
+        flower_port=flower_port,
+        metrics_port=metrics_port,
+        concurrency=concurrency,
+        run_dir=run_dir(settings),
+    )
+    run_system(settings, options)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
