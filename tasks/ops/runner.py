@@ -300,13 +300,15 @@ def run_system(settings: Settings, options: RunOptions) -> None:
                 metrics_url=metrics.url,
             ),
         )
+        # soft_wrap: one line each, also in a log file (Rich assumes 80 columns there).
         console.print(
             f"Flower: {services.flower_url}  (user {settings.flower_user!r}, "
-            f"password {settings.flower_password!r}; starts once the worker answers)"
+            f"password {settings.flower_password!r}; starts once the worker answers)",
+            soft_wrap=True,
         )
         auth = "basic auth" if _metrics_credentials(settings) else "no auth, this machine only"
-        console.print(f"Metrics: {metrics.url}  ({auth})")
-        console.print(f"Other commands find this system by {found_by}")
+        console.print(f"Metrics: {metrics.url}  ({auth})", soft_wrap=True)
+        console.print(f"Other commands find this system by {found_by}", soft_wrap=True)
         _kick_rebuilds(default_buckets(source))
         if options.demo:
             driver = _start_driver(source, account_ids(settings.database_url))
