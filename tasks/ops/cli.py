@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -20,73 +19,13 @@ from rich.console import Console
 from cache import SchedulerBucket
 from tasks import runtime
 from tasks.connections import mask_url
-from tasks.ops.errors import NoDatabase, NoSnapshot, NoSystem, SchedGroup
+from tasks.ops import services
+from tasks.ops.errors import NoSnapshot, SchedGroup
+from tasks.ops.reach import stop_on_ctrl_c, use_cache, use_running_system, use_source
 
 logger = logging.getLogger(__name__)
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _system(*, required: bool) -> None:
-    """Point this process at the system ``sched run`` runs, when no ``SCHED_*`` URL is
-    set and one runs (see :mod:`tasks.ops.system`); say so on stderr.
-
-    ``required``: with neither, fail with a line that says how to get a system, rather
-    than read a default Redis that is someone else's or nobody's.
-    """
-    from tasks.ops import system
-
-    settings = runtime.settings()
-    if system.urls_given(settings):
-        return
-    found = system.find(settings)
-    if found is not None:
-        runtime.reset(found.settings())
-        click.echo(f"sched: reading {found.describe()}", err=True)
-        return
-    if required:
-        start = (
-            f"start one with `make run` in {system.CHECKOUT}"
-            if (system.CHECKOUT / "Makefile").is_file()
-            else "start one with `sched run`"
-        )
-        raise NoSystem(
-            f"no SCHED_REDIS_URL set and no running system found "
-            f"(no live system.json in {system.where_to_look(settings)}): {start}, "
-            "or set SCHED_REDIS_URL and SCHED_DATABASE_URL to your servers"
-        )
-
-
-def _cache() -> Any:
-    from tasks.ops.commands import BadSetting
-    from tasks.runtime import get_cache
-
-    try:
-        cache = get_cache()
-    except ValueError as exc:  # redis-py's verdict on a malformed URL
-        url = mask_url(runtime.settings().redis_url)
-        raise BadSetting(f"invalid SCHED_REDIS_URL {url!r}: {exc}") from exc
-    cache.ping()
-    return cache
-
-
-def _source() -> Any:
-    """The source database, which must exist: reading never creates a SQLite file."""
-    from tasks.ops.system import sqlite_file
-    from tasks.runtime import get_source
-
-    settings = runtime.settings()
-    path = None if settings.source_factory else sqlite_file(settings.database_url)
-    if path is not None and not path.is_file():
-        raise NoDatabase(
-            f"no database at {path} (SCHED_DATABASE_URL {mask_url(settings.database_url)}): "
-            "`make run` creates and fills one, `sched db init` creates an empty one"
-        )
-    source = get_source()
-    ping = getattr(source, "ping", None)
-    if callable(ping):
-        ping()
-    return source
 
 
 def _bucket(raw: str) -> SchedulerBucket:
@@ -124,8 +63,8 @@ def status(as_json: bool) -> None:
     from tasks.ops.live import render_report
     from tasks.ops.status import system_status
 
-    _system(required=True)
-    report = system_status(_cache(), _source(), runtime.settings())
+    use_running_system(required=True)
+    report = system_status(use_cache(), use_source(), runtime.settings())
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
@@ -148,8 +87,8 @@ def snapshot(bucket: str, as_json: bool) -> None:
     from tasks.ops.commands import print_snapshot
 
     parsed = _bucket(bucket)
-    _system(required=True)
-    cache = _cache()
+    use_running_system(required=True)
+    cache = use_cache()
     accounts = cache.get_snapshot(parsed)
     if accounts is None:
         raise NoSnapshot(
@@ -181,13 +120,13 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
         raise click.UsageError("give either BUCKET or --all, not both or neither")
     from tasks.web.requests import request_rebuild
 
-    _system(required=True)
-    cache = _cache()
+    use_running_system(required=True)
+    cache = use_cache()
     if all_buckets:
         from tasks.runtime import default_buckets
 
         targets = sorted(
-            {*cache.list_buckets(), *default_buckets(_source())},
+            {*cache.list_buckets(), *default_buckets(use_source())},
             key=lambda b: (b.group_id, b.platform, b.mode.value),
         )
     else:
@@ -228,7 +167,7 @@ def db_init() -> None:
     from tasks.ops.system import absolute_database_url
     from tasks.source.schema import init_schema
 
-    _system(required=False)
+    use_running_system(required=False)
     settings = runtime.settings()
     init_schema(settings.database_url).dispose()
     click.echo(f"schema ready in {mask_url(absolute_database_url(settings.database_url))}")
@@ -266,7 +205,7 @@ def demo_seed(scale: float, rng_seed: int, force: bool) -> None:
     from tasks.ops.commands import count_accounts, seed_database
     from tasks.ops.system import absolute_database_url
 
-    _system(required=False)
+    use_running_system(required=False)
     settings = runtime.settings()
     where = mask_url(absolute_database_url(settings.database_url))
     existing = count_accounts(settings.database_url)
@@ -316,9 +255,9 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
     """
     from tasks.ops.commands import OutboxFollower
 
-    _system(required=True)
-    cache = _cache()
-    source = _source()
+    use_running_system(required=True)
+    cache = use_cache()
+    source = use_source()
     newest = source.max_outbox_id()
     follower = OutboxFollower(cache, after=max(0, newest - limit))
     for line in follower.lines(source.outbox_after(follower.last, limit)):
@@ -326,153 +265,15 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
     if not follow:
         return
     follower.last = max(follower.last, newest)
-    with _stop_on_ctrl_c():
+    with stop_on_ctrl_c():
         while True:
             time.sleep(interval)
             for line in follower.lines(source.outbox_after(follower.last, 500)):
                 click.echo(line)
 
 
-@contextmanager
-def _stop_on_ctrl_c() -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:
-        click.echo("", err=True)
-
-
-# -- services -------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Port to listen on [default: SCHED_FLOWER_PORT].",
-)
-@click.option(
-    "--address",
-    default="127.0.0.1",
-    show_default=True,
-    metavar="ADDRESS",
-    help="Address to listen on (0.0.0.0 in a container).",
-)
-def flower(port: int | None, address: str) -> None:
-    """Run Flower, the Celery monitor, with basic auth from SCHED_FLOWER_USER and
-    SCHED_FLOWER_PASSWORD (the password never appears on a command line)."""
-    from tasks.ops.commands import run_flower
-
-    _system(required=False)
-    run_flower(runtime.settings(), port=port, address=address)
-
-
-@cli.command(
-    epilog="\b\nExamples:\n  sched metrics | grep sched_outbox\n  sched metrics --serve --port 9808"
-)
-@click.option("--serve", is_flag=True, help="Serve them at /metrics until stopped.")
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="With --serve: port to listen on [default: SCHED_METRICS_PORT].",
-)
-@click.option(
-    "--address",
-    default="127.0.0.1",
-    show_default=True,
-    metavar="ADDRESS",
-    help="With --serve: address to listen on; beyond 127.0.0.1 needs SCHED_METRICS_USER "
-    "and SCHED_METRICS_PASSWORD (basic auth).",
-)
-def metrics(serve: bool, port: int | None, address: str) -> None:
-    """Prometheus metrics: buckets, outbox lag and gaps, last-used backlog, the tasks'
-    counters and the broker's queue lengths, in the text exposition format.
-
-    The figures are those of `sched status`, read at every scrape. Basic auth when
-    SCHED_METRICS_USER and SCHED_METRICS_PASSWORD are set.
-    """
-    from tasks.ops import metrics as exported
-    from tasks.ops.errors import scrub
-
-    _system(required=True)
-    settings = runtime.settings()
-    registry = exported.registry_for(exported.SystemCollector(_cache(), _source(), settings))
-    if not serve:
-        click.echo(exported.exposition(registry), nl=False)
-        return
-    exported.check_exposure(settings, address)
-    port = port or settings.metrics_port
-    try:
-        server = exported.MetricsServer(
-            (address, port), registry, exported.credentials(settings), scrub=scrub
-        )
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {address}:{port}: {exc.strerror}") from exc
-    auth = "basic auth" if exported.credentials(settings) else "no auth"
-    click.echo(f"metrics at {server.url} ({auth}); Ctrl-C stops", err=True)
-    with _stop_on_ctrl_c(), server:
-        server.serve_forever()
-
-
-@cli.command()
-@click.option(
-    "--demo/--no-demo",
-    default=None,
-    help="Seed the demo data set and run the demo driver "
-    "[default: only when SCHED_DATABASE_URL is unset].",
-)
-@click.option(
-    "--flower-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Flower's port [default: SCHED_FLOWER_PORT if free, else any free port].",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Port of the metrics [default: SCHED_METRICS_PORT if free, else any free port].",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    metavar="N",
-    help="Worker processes.",
-)
-def run(
-    demo: bool | None, flower_port: int | None, metrics_port: int | None, concurrency: int
-) -> None:
-    """Run the system here: a worker with beat, Flower, the metrics, and a live view
-    (Ctrl-C or SIGTERM stops it).
-
-    Without SCHED_DATABASE_URL it uses the SQLite file sched.sqlite3 in this directory
-    and fills it with the demo data set, then changes and uses accounts the way admins
-    and a gateway would, so the view shows snapshots being rebuilt. Logs go to .run/,
-    with system.json, by which `sched status` and the other commands in a second
-    terminal find this system.
-    """
-    from tasks.ops.runner import RunOptions, run_system
-    from tasks.ops.system import run_dir
-
-    settings = runtime.settings()
-    _cache()  # a malformed or unreachable Redis is reported before anything starts
-    if demo is None:
-        demo = "database_url" not in settings.model_fields_set
-    options = RunOptions(
-        demo=demo,
-        flower_port=flower_port,
-        metrics_port=metrics_port,
-        concurrency=concurrency,
-        run_dir=run_dir(settings),
-    )
-    run_system(settings, options)
+for _command in (services.flower, services.metrics, services.run):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
