@@ -7,7 +7,8 @@ with a worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
 - ``GET /pick?group=0&platform=openai[&force=true]``: the least recently used
   schedulable account of the best priority, from the bucket's snapshot in Redis (no
   database read); the touch is recorded with ``record_last_used`` (batched, no Celery
-  message per request).
+  message per request). 400 for a platform not in ``SCHED_PLATFORMS``, 503 when the
+  bucket has no schedulable account.
 - ``POST /admin/accounts/{id}``: change an account's status, admin switch, priority or
   rate limit in the database, then enqueue the rebuild of its buckets.
 """
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cache import Account, InvalidBucket, SchedulerBucket
 from tasks import list_schedulable, record_last_used, request_rebuild, runtime
-from tasks.buckets import bucket_for, platform_buckets
+from tasks.buckets import bucket_for, check_platform, platform_buckets
 from tasks.source import SqlWriter
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ def pick(
     force: bool = False,
 ) -> Picked:
     try:
+        # An unknown platform is the caller's mistake, not an outage: 400, naming the
+        # configured ones (UnknownPlatform is an InvalidBucket).
+        check_platform(platform, runtime.settings())
         accounts = list_schedulable(group, platform, has_force=force)
     except InvalidBucket as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None

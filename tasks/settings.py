@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: str = "change-me"
     flower_port: int = 5555
+    # Our own Prometheus exposition (`sched metrics --serve`). Basic auth when both are
+    # set; without them it only listens on a loopback address.
+    metrics_user: str | None = None
+    metrics_password: str | None = None
+    metrics_port: int = Field(default=9808, ge=1, le=65535)
+    # Where `sched run` keeps its logs and system.json, the file by which the other
+    # commands find the running system; unset: .run in the directory it starts in (and
+    # the commands look in the current directory, its parents and the checkout).
+    run_dir: str | None = None
 
     _split_lists = field_validator(
         "cached_credentials", "platforms", "mixed_platforms", mode="before"
@@ -120,6 +129,9 @@ class Settings(BaseSettings):
         "tls_key_file",
         "redis_sentinel_master",
         "redis_sentinel_password",
+        "metrics_user",
+        "metrics_password",
+        "run_dir",
         mode="before",
     )
     @classmethod
@@ -163,6 +175,15 @@ class Settings(BaseSettings):
         if self.broker_url and is_sentinel_url(self.broker_url) and not self.redis_sentinel_master:
             raise ValueError(
                 "a sentinel:// broker_url needs redis_sentinel_master (SCHED_REDIS_SENTINEL_MASTER)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_user_goes_with_a_password(self) -> Self:
+        if bool(self.metrics_user) != bool(self.metrics_password):
+            raise ValueError(
+                "metrics_user and metrics_password go together: set both for basic auth "
+                "on the metrics endpoint, or neither"
             )
         return self
 

@@ -15,12 +15,14 @@ For tests that run the system's processes:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from _pytest.terminal import TerminalReporter
 
 from cache import RedisSchedulerCache
 from tasks import runtime
@@ -148,3 +150,15 @@ def start_worker(
 @pytest.fixture
 def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     return start_worker()
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    """One line per reason for skipped tests (a missing server skips dozens), in place
+    of a line per test: pyproject's ``-r`` leaves skips out of the short summary."""
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"skipped {count} test(s): {reason}", yellow=True)

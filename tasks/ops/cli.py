@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -20,34 +19,13 @@ from rich.console import Console
 from cache import SchedulerBucket
 from tasks import runtime
 from tasks.connections import mask_url
+from tasks.ops import services
 from tasks.ops.errors import NoSnapshot, SchedGroup
+from tasks.ops.reach import stop_on_ctrl_c, use_cache, use_running_system, use_source
 
 logger = logging.getLogger(__name__)
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _cache() -> Any:
-    from tasks.ops.commands import BadSetting
-    from tasks.runtime import get_cache
-
-    try:
-        cache = get_cache()
-    except ValueError as exc:  # redis-py's verdict on a malformed URL
-        url = mask_url(runtime.settings().redis_url)
-        raise BadSetting(f"invalid SCHED_REDIS_URL {url!r}: {exc}") from exc
-    cache.ping()
-    return cache
-
-
-def _source() -> Any:
-    from tasks.runtime import get_source
-
-    source = get_source()
-    ping = getattr(source, "ping", None)
-    if callable(ping):
-        ping()
-    return source
 
 
 def _bucket(raw: str) -> SchedulerBucket:
@@ -57,10 +35,13 @@ def _bucket(raw: str) -> SchedulerBucket:
 @click.group(cls=SchedGroup, context_settings=_CONTEXT)
 @click.option("-v", "--verbose", count=True, help="Log more: -v for info, -vv for debug.")
 def cli(verbose: int) -> None:
-    """Operate the scheduling cache: status, snapshots, rebuilds, the database, the demo.
+    """Operate the scheduling cache: status, snapshots, rebuilds, metrics, the database,
+    the demo.
 
     Configuration comes from SCHED_* environment variables (see the README); the
     commands read Redis at SCHED_REDIS_URL and the database at SCHED_DATABASE_URL.
+    With neither set, they read the system `sched run` (`make run`) is running, found
+    by its .run/system.json here, in a parent directory or in the checkout.
     Exit status: 0 done, 1 unreachable server or failure, 2 malformed input,
     3 no active snapshot.
     """
@@ -76,13 +57,14 @@ def cli(verbose: int) -> None:
 def status(as_json: bool) -> None:
     """Buckets (active version, accounts, age, last rebuild), outbox lag, last-used flushes.
 
-    Reads Redis only: the outbox lag is the one the poller last recorded.
+    Reads Redis and the database: the same figures as the live view of `sched run`
+    and `sched metrics`.
     """
     from tasks.ops.live import render_report
-    from tasks.ops.status import collect_status
+    from tasks.ops.status import system_status
 
-    settings = runtime.settings()
-    report = collect_status(_cache(), redis_url=settings.redis_url)
+    use_running_system(required=True)
+    report = system_status(use_cache(), use_source(), runtime.settings())
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
@@ -105,7 +87,8 @@ def snapshot(bucket: str, as_json: bool) -> None:
     from tasks.ops.commands import print_snapshot
 
     parsed = _bucket(bucket)
-    cache = _cache()
+    use_running_system(required=True)
+    cache = use_cache()
     accounts = cache.get_snapshot(parsed)
     if accounts is None:
         raise NoSnapshot(
@@ -137,12 +120,13 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
         raise click.UsageError("give either BUCKET or --all, not both or neither")
     from tasks.web.requests import request_rebuild
 
-    cache = _cache()
+    use_running_system(required=True)
+    cache = use_cache()
     if all_buckets:
         from tasks.runtime import default_buckets
 
         targets = sorted(
-            {*cache.list_buckets(), *default_buckets(_source())},
+            {*cache.list_buckets(), *default_buckets(use_source())},
             key=lambda b: (b.group_id, b.platform, b.mode.value),
         )
     else:
@@ -180,11 +164,13 @@ def db() -> None:
 @db.command("init")
 def db_init() -> None:
     """Create the tables, indexes and triggers; safe to run again."""
+    from tasks.ops.system import absolute_database_url
     from tasks.source.schema import init_schema
 
+    use_running_system(required=False)
     settings = runtime.settings()
     init_schema(settings.database_url).dispose()
-    click.echo(f"schema ready in {mask_url(settings.database_url)}")
+    click.echo(f"schema ready in {mask_url(absolute_database_url(settings.database_url))}")
 
 
 @cli.group(context_settings=_CONTEXT)
@@ -217,9 +203,11 @@ def demo_seed(scale: float, rng_seed: int, force: bool) -> None:
     A database that already has accounts is left alone unless --force is given.
     """
     from tasks.ops.commands import count_accounts, seed_database
+    from tasks.ops.system import absolute_database_url
 
+    use_running_system(required=False)
     settings = runtime.settings()
-    where = mask_url(settings.database_url)
+    where = mask_url(absolute_database_url(settings.database_url))
     existing = count_accounts(settings.database_url)
     if existing and not force:
         click.echo(f"{where} already has {existing} accounts: not seeding (--force adds more)")
@@ -260,99 +248,32 @@ def outbox() -> None:
 )
 def outbox_tail(limit: int, follow: bool, interval: float) -> None:
     """The newest outbox events, marked applied, pending or gap (not applied yet,
-    skipped over while its transaction was open)."""
-    from tasks.ops.commands import event_line
+    skipped over while its transaction was open).
 
-    cache = _cache()
-    source = _source()
+    With --follow, an event shown pending or gap is shown again, on a new line, when
+    its state changes: a line per event per state it reaches.
+    """
+    from tasks.ops.commands import OutboxFollower
+
+    use_running_system(required=True)
+    cache = use_cache()
+    source = use_source()
     newest = source.max_outbox_id()
-    events = source.outbox_after(max(0, newest - limit), limit)
-    watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
-    for event in events:
-        click.echo(event_line(event, watermark, gaps))
+    follower = OutboxFollower(cache, after=max(0, newest - limit))
+    for line in follower.lines(source.outbox_after(follower.last, limit)):
+        click.echo(line)
     if not follow:
         return
-    last = max([newest, *(e.id for e in events)])
-    with _stop_on_ctrl_c():
+    follower.last = max(follower.last, newest)
+    with stop_on_ctrl_c():
         while True:
             time.sleep(interval)
-            fresh = source.outbox_after(last, 500)
-            watermark, gaps = cache.get_outbox_watermark(), cache.outbox_gaps()
-            for event in fresh:
-                click.echo(event_line(event, watermark, gaps))
-                last = max(last, event.id)
+            for line in follower.lines(source.outbox_after(follower.last, 500)):
+                click.echo(line)
 
 
-@contextmanager
-def _stop_on_ctrl_c() -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:
-        click.echo("", err=True)
-
-
-# -- services -------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Port to listen on [default: SCHED_FLOWER_PORT].",
-)
-@click.option(
-    "--address",
-    default="127.0.0.1",
-    show_default=True,
-    metavar="ADDRESS",
-    help="Address to listen on (0.0.0.0 in a container).",
-)
-def flower(port: int | None, address: str) -> None:
-    """Run Flower, the Celery monitor, with basic auth from SCHED_FLOWER_USER and
-    SCHED_FLOWER_PASSWORD (the password never appears on a command line)."""
-    from tasks.ops.commands import run_flower
-
-    run_flower(runtime.settings(), port=port, address=address)
-
-
-@cli.command()
-@click.option(
-    "--demo/--no-demo",
-    default=None,
-    help="Seed the demo data set and run the demo driver "
-    "[default: only when SCHED_DATABASE_URL is unset].",
-)
-@click.option(
-    "--flower-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    metavar="PORT",
-    help="Flower's port [default: SCHED_FLOWER_PORT if free, else any free port].",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    metavar="N",
-    help="Worker processes.",
-)
-def run(demo: bool | None, flower_port: int | None, concurrency: int) -> None:
-    """Run the system here: a worker with beat, Flower, and a live view (Ctrl-C stops it).
-
-    Without SCHED_DATABASE_URL it uses the SQLite file sched.sqlite3 and fills it with
-    the demo data set, then changes and uses accounts the way admins and a gateway
-    would, so the view shows snapshots being rebuilt. Logs go to .run/.
-    """
-    from tasks.ops.runner import RunOptions, run_system
-
-    settings = runtime.settings()
-    _cache()  # a malformed or unreachable Redis is reported before anything starts
-    if demo is None:
-        demo = "database_url" not in settings.model_fields_set
-    run_system(settings, RunOptions(demo=demo, flower_port=flower_port, concurrency=concurrency))
+for _command in (services.flower, services.metrics, services.run):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

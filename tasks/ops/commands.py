@@ -106,6 +106,41 @@ def event_line(event: OutboxEvent, watermark: int, gaps: Mapping[int, datetime])
     )
 
 
+class OutboxFollower:
+    """The lines of ``sched outbox tail``: each event once when first seen, and again
+    whenever the state it was shown in changes (pending to applied, gap to applied)."""
+
+    # Events awaited at most: beyond, the oldest are no longer followed.
+    MAX_UNSETTLED = 10_000
+
+    def __init__(self, cache: Any, *, after: int) -> None:
+        self.cache = cache
+        self.last = after
+        self.unsettled: dict[int, tuple[OutboxEvent, str]] = {}
+
+    def lines(self, fresh: Sequence[OutboxEvent]) -> list[str]:
+        watermark, gaps = self.cache.get_outbox_watermark(), self.cache.outbox_gaps()
+        out: list[str] = []
+        for event, shown in list(self.unsettled.values()):
+            state = event_state(event.id, watermark, gaps)
+            if state != shown:
+                out.append(event_line(event, watermark, gaps))
+                self._remember(event, state)
+        for event in fresh:
+            out.append(event_line(event, watermark, gaps))
+            self._remember(event, event_state(event.id, watermark, gaps))
+            self.last = max(self.last, event.id)
+        while len(self.unsettled) > self.MAX_UNSETTLED:
+            del self.unsettled[min(self.unsettled)]
+        return out
+
+    def _remember(self, event: OutboxEvent, state: str) -> None:
+        if state == "applied":
+            self.unsettled.pop(event.id, None)
+        else:
+            self.unsettled[event.id] = (event, state)
+
+
 # -- snapshots ------------------------------------------------------------------------
 
 
@@ -199,6 +234,7 @@ def run_flower(settings: Settings, *, port: int | None, address: str) -> None:
         raise BadSetting("SCHED_FLOWER_USER and SCHED_FLOWER_PASSWORD must not be empty")
     from tasks.celery import app
 
+    _metrics_behind_auth()
     app.start(
         [
             "flower",
@@ -207,3 +243,23 @@ def run_flower(settings: Settings, *, port: int | None, address: str) -> None:
             f"--basic_auth={settings.flower_user}:{settings.flower_password}",
         ]
     )
+
+
+def _metrics_behind_auth() -> None:
+    """Flower serves ``/metrics`` to anyone, whatever its auth; ours asks for the same
+    credentials as every other page (Prometheus scrapes with ``basic_auth``)."""
+    import tornado.web
+    from flower import urls
+    from flower.views.monitor import Metrics
+
+    class AuthenticatedMetrics(Metrics):  # type: ignore[misc]
+        @tornado.web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    urls.handlers[:] = [
+        (entry[0], AuthenticatedMetrics, *entry[2:])
+        if isinstance(entry, tuple) and entry[1] is Metrics
+        else entry
+        for entry in urls.handlers
+    ]

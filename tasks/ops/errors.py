@@ -28,6 +28,18 @@ class NoSnapshot(click.ClickException):
     exit_code = EXIT_NO_SNAPSHOT
 
 
+class NoSystem(click.ClickException):
+    """No server named and no running system found."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class NoDatabase(click.ClickException):
+    """The SQLite file to read does not exist (and is not created by reading it)."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
 def one_line(text: str, limit: int = 400) -> str:
     """``text`` on one line, cut to ``limit`` characters: fit for a terminal's last line."""
     line = " ".join(text.split())
@@ -121,6 +133,11 @@ class SchedGroup(click.Group):
             click.echo(f"sched: error: {one_line(_scrub(message, urls))}", err=True)
             sys.exit(code)
         sys.exit(status if isinstance(status, int) else 0)
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every configured URL masked."""
+    return _scrub(text, _known_urls())
 
 
 def _known_urls() -> list[str]:

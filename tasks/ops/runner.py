@@ -1,4 +1,10 @@
-"""``sched run``: a worker with beat, Flower and a live view, stopped together on Ctrl-C."""
+"""``sched run``: a worker with beat, Flower, the metrics and a live view, stopped
+together on Ctrl-C or SIGTERM.
+
+While it runs, ``<run dir>/system.json`` tells the other commands where it is
+(:mod:`tasks.ops.system`). Flower starts once the worker answers a ping: a Flower
+started beside the worker asks for workers before there is one, and shows none.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import urllib.error
 import urllib.request
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -36,6 +43,7 @@ STOP_TIMEOUT_SECONDS = 25.0
 class RunOptions:
     demo: bool
     flower_port: int | None = None
+    metrics_port: int | None = None
     concurrency: int = 2
     run_dir: Path = Path(".run")
     refresh_seconds: float = 1.0
@@ -120,17 +128,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def choose_flower_port(settings: Settings, requested: int | None) -> int:
-    """The requested or configured port; the default one only if free, else any free one."""
+def choose_port(settings: Settings, requested: int | None, service: str = "flower") -> int:
+    """The requested or configured port of ``service`` (flower, metrics); the default
+    one only if free, else any free one."""
     from tasks.ops.commands import BadSetting
 
-    configured = "flower_port" in settings.model_fields_set
-    explicit = requested or (settings.flower_port if configured else None)
+    field = f"{service}_port"
+    default = int(getattr(settings, field))
+    explicit = requested or (default if field in settings.model_fields_set else None)
     if explicit is not None:
         if not port_is_free(explicit):
-            raise BadSetting(f"Flower port {explicit} is in use: pick another with --flower-port")
+            name = service.capitalize() if service == "flower" else service.title()
+            raise BadSetting(
+                f"{name} port {explicit} is in use: pick another with --{service}-port"
+            )
         return explicit
-    return settings.flower_port if port_is_free(settings.flower_port) else free_port()
+    return default if port_is_free(default) else free_port()
+
+
+def choose_flower_port(settings: Settings, requested: int | None) -> int:
+    return choose_port(settings, requested, "flower")
 
 
 def http_ok(url: str, timeout: float = 0.3) -> bool:
@@ -149,9 +166,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 class _Services:
     settings: Settings
     options: RunOptions
+    database_url: str
     flower_port: int
     worker: Child
     flower: Child
+    metrics_url: str
     flower_ready: bool = False
     worker_ready: bool = False
 
@@ -160,6 +179,8 @@ class _Services:
         return f"http://127.0.0.1:{self.flower_port}"
 
     def _state(self, child: Child, ready: bool) -> Text:
+        if child.process is None:
+            return Text("waiting for the worker to answer a ping", style="yellow")
         status = child.exit_status()
         if status is not None:
             return Text(f"exited with status {status}: see {child.log_path}", style="bold red")
@@ -167,11 +188,21 @@ class _Services:
             return Text(f"ready (pid {child.pid})", style="green")
         return Text(f"starting (pid {child.pid})", style="yellow")
 
+    def start_flower_once_the_worker_answers(self) -> None:
+        """Start Flower the first time the worker answers a ping (see the module doc)."""
+        if self.flower.process is not None or self.worker.exit_status() is not None:
+            return
+        if not _log_says_ready(self.worker.log_path):  # cheap, before a broadcast
+            return
+        if worker_answers(_node_name()):
+            self.worker_ready = True
+            self.flower.start()
+            logger.info("worker answers: Flower started (pid %s)", self.flower.pid)
+
     def header(self) -> list[RenderableType]:
-        if not self.flower_ready:
+        self.start_flower_once_the_worker_answers()
+        if not self.flower_ready and self.flower.process is not None:
             self.flower_ready = http_ok(f"{self.flower_url}/healthcheck")
-        if not self.worker_ready:
-            self.worker_ready = _log_says_ready(self.worker.log_path)
         s = self.settings
         return [
             Text.assemble(("sched run", "bold"), "  Ctrl-C stops everything it started"),
@@ -186,9 +217,10 @@ class _Services:
                 self._state(self.worker, self.worker_ready),
                 f"  beat embedded, {self.options.concurrency} processes, queues {','.join(QUEUES)}",
             ),
+            Text.assemble(("metrics    ", "bold"), (self.metrics_url, "cyan underline")),
             Text.assemble(
                 ("servers    ", "bold"),
-                f"redis {mask_url(s.redis_url)}  database {mask_url(s.database_url)}"
+                f"redis {mask_url(s.redis_url)}  database {mask_url(self.database_url)}"
                 f"  logs {self.options.run_dir}/",
             ),
         ]
@@ -202,8 +234,23 @@ def _log_says_ready(path: Path) -> bool:
         return False
 
 
+def _node_name() -> str:
+    return f"sched-run-{os.getpid()}@{socket.gethostname()}"
+
+
+def worker_answers(node: str, timeout: float = 0.5) -> bool:
+    from tasks.celery import app
+
+    try:
+        return bool(app.control.ping(destination=[node], timeout=timeout))
+    except Exception as exc:  # the broker not answering yet either: next frame
+        logger.info("ping of %s failed: %s", node, exc)
+        return False
+
+
 def run_system(settings: Settings, options: RunOptions) -> None:
-    """Start everything, show the live view until Ctrl-C, then stop everything."""
+    """Start everything, show the live view until Ctrl-C or SIGTERM, then stop everything."""
+    from tasks.ops import system
     from tasks.ops.commands import account_ids, count_accounts, seed_database
     from tasks.runtime import default_buckets, get_cache
     from tasks.source import SqlSource
@@ -212,32 +259,56 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     console = Console(emoji=False, highlight=False, markup=False)
     cache = get_cache()
     cache.ping()  # fail before starting anything when Redis is not there
-    port = choose_flower_port(settings, options.flower_port)
+    port = choose_port(settings, options.flower_port, "flower")
+    metrics_port = choose_port(settings, options.metrics_port, "metrics")
+    database_url = system.absolute_database_url(settings.database_url)
     init_schema(settings.database_url).dispose()
     if options.demo and count_accounts(settings.database_url) == 0:
-        console.print(f"seeding the demo data set into {mask_url(settings.database_url)} ...")
+        console.print(f"seeding the demo data set into {mask_url(database_url)} ...")
         summary = seed_database(settings)
         console.print(f"  {summary.groups} groups, {summary.accounts} accounts")
     source = SqlSource.from_settings(settings)
     options.run_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(options.run_dir / "sched-run.log")
+    metrics = _metrics_server(settings, cache, source, metrics_port)
     services = _Services(
         settings=settings,
         options=options,
+        database_url=database_url,
         flower_port=port,
         worker=Child("worker", _worker_argv(options), options.run_dir / "worker.log"),
         flower=Child("flower", _flower_argv(port), options.run_dir / "flower.log"),
+        metrics_url=metrics.url,
     )
     stop_signals = (signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in stop_signals}
     driver: Any = None
+    found_by: Path | None = None
     try:
         services.worker.start()
-        services.flower.start()
+        metrics.serve_in_thread()
+        found_by = system.write(
+            options.run_dir,
+            system.RunningSystem(
+                pid=os.getpid(),
+                directory=str(Path.cwd()),
+                started_at=datetime.now(UTC),
+                redis_url=settings.redis_url,
+                broker_url=settings.broker_url,
+                database_url=database_url,
+                flower_url=services.flower_url,
+                metrics_url=metrics.url,
+            ),
+        )
+        # soft_wrap: one line each, also in a log file (Rich assumes 80 columns there).
         console.print(
             f"Flower: {services.flower_url}  (user {settings.flower_user!r}, "
-            f"password {settings.flower_password!r})"
+            f"password {settings.flower_password!r}; starts once the worker answers)",
+            soft_wrap=True,
         )
+        auth = "basic auth" if _metrics_credentials(settings) else "no auth, this machine only"
+        console.print(f"Metrics: {metrics.url}  ({auth})", soft_wrap=True)
+        console.print(f"Other commands find this system by {found_by}", soft_wrap=True)
         _kick_rebuilds(default_buckets(source))
         if options.demo:
             driver = _start_driver(source, account_ids(settings.database_url))
@@ -246,15 +317,37 @@ def run_system(settings: Settings, options: RunOptions) -> None:
         pass
     finally:
         console.print("\nstopping ...")
+        if found_by is not None:
+            system.remove(found_by, os.getpid())
         if driver is not None:
             driver.stop()
             console.print(f"  demo driver stopped ({driver.changes} changes, {driver.picks} picks)")
+        metrics.shutdown()
+        metrics.server_close()
+        console.print("  metrics stopped")
         for child in (services.flower, services.worker):
             console.print(f"  {child.stop()}")
         source.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         console.print("stopped everything `sched run` started.")
+
+
+def _metrics_credentials(settings: Settings) -> tuple[str, str] | None:
+    from tasks.ops.metrics import credentials
+
+    return credentials(settings)
+
+
+def _metrics_server(settings: Settings, cache: Any, source: Any, port: int) -> Any:
+    """The metrics of ``sched metrics --serve``, served by this process on 127.0.0.1."""
+    from tasks.ops import metrics
+    from tasks.ops.errors import scrub
+
+    registry = metrics.registry_for(metrics.SystemCollector(cache, source, settings))
+    return metrics.MetricsServer(
+        ("127.0.0.1", port), registry, metrics.credentials(settings), scrub=scrub
+    )
 
 
 def _log_to_file(path: Path) -> None:
@@ -283,7 +376,7 @@ def _worker_argv(options: RunOptions) -> list[str]:
         "-c",
         str(options.concurrency),
         "-n",
-        f"sched-run-{os.getpid()}@%h",
+        _node_name(),
         "-s",
         str(options.run_dir / "celerybeat-schedule"),
         "--loglevel=INFO",
@@ -326,8 +419,7 @@ def _live(
     console: Console, services: _Services, cache: Any, source: Any, driver: Any, options: RunOptions
 ) -> None:
     from tasks.ops.live import render_report, run_live
-    from tasks.ops.status import collect_status
-    from tasks.runtime import default_buckets
+    from tasks.ops.status import system_status
 
     def frame(height: int) -> RenderableType:
         header = services.header()
@@ -342,12 +434,7 @@ def _live(
             )
             footer += [Text(f"  {line}", style="dim") for line in list(driver.log)[-4:]]
         try:
-            report = collect_status(
-                cache,
-                redis_url=services.settings.redis_url,
-                source=source,
-                also_buckets=default_buckets(source),
-            )
+            report = system_status(cache, source, services.settings)
         except Exception as exc:  # the view outlives a Redis or database blip
             reason = one_line(f"{type(exc).__name__}: {exc}", 300)
             return Group(*header, Text(f"status unavailable: {reason}", style="red"))

@@ -1,20 +1,30 @@
-"""The facts an operator looks at: one report for ``sched status`` and the live view."""
+"""The facts an operator looks at: one report for ``sched status``, the live view and the
+metrics, read from Redis and the source database alike."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import stats
+from tasks.buckets import warm_buckets
 from tasks.connections import mask_url
+from tasks.settings import Settings
 
 
 class OutboxSource(Protocol):
     def max_outbox_id(self) -> int: ...
+
+
+class StatusSource(OutboxSource, Protocol):
+    """What the report reads from the source: the newest outbox id and the groups (for
+    the buckets kept warm). :class:`~tasks.source.SqlSource` is one."""
+
+    def active_groups(self) -> Any: ...
 
 
 class BucketStatus(BaseModel):
@@ -58,6 +68,7 @@ class StatusReport(BaseModel):
 
     generated_at: datetime
     redis_url: str
+    database_url: str | None = None
     buckets: list[BucketStatus]
     outbox: OutboxStatus
     last_used: LastUsedStatus
@@ -75,10 +86,32 @@ def _int(stats: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+def system_status(
+    cache: RedisSchedulerCache,
+    source: StatusSource,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+) -> StatusReport:
+    """The report of ``sched status``, the live view and ``sched metrics``: the cache's
+    figures, the newest outbox id from the database, and every bucket kept warm."""
+    return collect_status(
+        cache,
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        source=source,
+        also_buckets=warm_buckets(
+            ((group.id, group.platform) for group in source.active_groups()), settings
+        ),
+        now=now,
+    )
+
+
 def collect_status(
     cache: RedisSchedulerCache,
     *,
     redis_url: str,
+    database_url: str | None = None,
     source: OutboxSource | None = None,
     also_buckets: Iterable[SchedulerBucket] = (),
     now: datetime | None = None,
@@ -117,6 +150,7 @@ def collect_status(
     return StatusReport(
         generated_at=now,
         redis_url=mask_url(redis_url),
+        database_url=mask_url(database_url) if database_url else None,
         buckets=rows,
         outbox=outbox,
         last_used=last_used,

@@ -2,19 +2,28 @@
 
 - ``ops_env``: the environment of a subprocess of this test (its Redis, its SQLite).
 - ``run_cli``: ``sched ARGS...`` as a subprocess: exit status, stdout, stderr.
+- ``rabbitmq_url``: a RabbitMQ vhost of the test's own (skipped without
+  SCHED_TEST_AMQP_URL), so no other run's worker or queue is in the figures.
 
 The workers, the source and ``configured`` are the suite's (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+
+from tests.support import TestServers
+
+NO_AMQP = "needs SCHED_TEST_AMQP_URL (e.g. amqp://guest:guest@127.0.0.1:5672//)"
 
 
 @pytest.fixture
@@ -45,3 +54,26 @@ def run_cli(ops_env: dict[str, str], tmp_path: Path) -> Callable[..., CliResult]
         return CliResult(done.returncode, done.stdout.decode(), done.stderr.decode())
 
     return run
+
+
+@pytest.fixture
+def rabbitmq_url(test_servers: TestServers) -> Iterator[str]:
+    """A vhost of this test's own on the test RabbitMQ (made with rabbitmqctl, which a
+    local server has); skipped when there is no server, or no way to make one."""
+    if not test_servers.amqp_url:
+        pytest.skip(NO_AMQP)
+    url = urlsplit(test_servers.amqp_url)
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None or url.hostname not in ("127.0.0.1", "localhost"):
+        pytest.skip("needs rabbitmqctl and a local SCHED_TEST_AMQP_URL for a vhost of its own")
+    vhost = f"sched-test-{uuid.uuid4().hex[:12]}"
+
+    def ctl_run(*args: str) -> None:
+        subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+
+    ctl_run("add_vhost", vhost)
+    try:
+        ctl_run("set_permissions", "-p", vhost, url.username or "guest", ".*", ".*", ".*")
+        yield f"{url.scheme}://{url.netloc}/{vhost}"
+    finally:
+        ctl_run("delete_vhost", vhost)

@@ -60,6 +60,7 @@ def test_every_command_has_clear_help() -> None:
         ("outbox", "tail"),
         ("run",),
         ("flower",),
+        ("metrics",),
     }
     assert expected <= set(paths)
     runner = CliRunner()
@@ -222,28 +223,38 @@ def built(configured: Settings) -> RedisSchedulerCache:
     return cache
 
 
-def test_status_json_shape(run_cli: RunCli, built: RedisSchedulerCache) -> None:
+def test_status_json_shape(
+    run_cli: RunCli, built: RedisSchedulerCache, db: SqlWriter, sqlite_url: str
+) -> None:
+    for n in range(7):
+        db.create_account(name=f"a{n}", platform="gemini", type="apikey")
     result = run_cli("status", "--json")
     assert result.code == 0, result
     report = json.loads(result.out)
     assert set(report) >= {"generated_at", "redis_url", "buckets", "outbox", "last_used", "stats"}
-    (bucket,) = report["buckets"]
-    assert bucket["bucket"] == "0:openai:single"
+    assert report["database_url"] == sqlite_url
+    rows = {row["bucket"]: row for row in report["buckets"]}
+    # The buckets kept warm are listed before their first snapshot, as in the live view.
+    assert rows["0:gemini:mixed"]["active_version"] is None
+    bucket = rows["0:openai:single"]
     assert bucket["active_version"] == 1
     assert bucket["account_count"] == 3
     assert bucket["schedulable_now"] == 1
     assert bucket["rebuild_ms"] == pytest.approx(1.5)
     assert 0 <= bucket["age_seconds"] < 60
+    # The newest outbox id is the database's, as in the live view: not a stale figure.
     assert report["outbox"]["watermark"] == 5
+    assert report["outbox"]["newest_id"] == 7
+    assert report["outbox"]["lag"] == 2
     assert report["outbox"]["gaps"] == 0
     assert set(report["last_used"]) >= {"pending_db_writes", "db_flushes"}
 
 
-def test_status_tables(run_cli: RunCli, built: RedisSchedulerCache) -> None:
+def test_status_tables(run_cli: RunCli, built: RedisSchedulerCache, source: SqlSource) -> None:
     result = run_cli("status")
     assert result.code == 0, result
     assert "0:openai:single" in result.out and "v1" in result.out
-    assert "watermark 5" in result.out
+    assert "watermark 5  newest 0" in result.out
 
 
 def test_snapshot_lists_accounts_in_order_with_flags(
@@ -351,9 +362,11 @@ def test_outbox_tail_marks_applied_pending_and_gaps(
     assert len(run_cli("outbox", "tail", "-n", "2").out.splitlines()) == 2
 
 
-def test_outbox_tail_follow_prints_new_events_until_ctrl_c(
+def test_outbox_tail_follow_prints_new_events_and_their_changes_until_ctrl_c(
     ops_env: dict[str, str], source: SqlSource, tmp_path: Path, db: SqlWriter
 ) -> None:
+    from tasks.runtime import get_cache
+
     db.create_account(name="first", platform="openai", type="apikey")
     process = subprocess.Popen(
         [sys.executable, "-m", "tasks", "outbox", "tail", "--follow", "--interval", "0.2"],
@@ -369,7 +382,12 @@ def test_outbox_tail_follow_prints_new_events_until_ctrl_c(
         started = time.monotonic()
         line = process.stdout.readline()
         assert line.split()[0] == b"2" and b"group_changed" in line
+        assert line.split()[3] == b"pending"
         assert time.monotonic() - started < 30
+        # Applied meanwhile (as a poller would): each shown again, in its new state.
+        get_cache().advance_outbox(2)
+        changed = sorted(process.stdout.readline().split()[:4:3] for _ in range(2))
+        assert changed == [[b"1", b"applied"], [b"2", b"applied"]]
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 0, err

@@ -6,7 +6,9 @@ CLI knows, or ``celery -A tasks`` with options Celery accepts and queues the app
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from tests.processes import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-PYTHON_SERVICES = ("db-init", "worker", "beat", "flower")
+PYTHON_SERVICES = ("db-init", "worker", "beat", "flower", "metrics")
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +163,53 @@ def test_dockerfile_installs_the_project_with_its_service_extras() -> None:
     assert "COPY celeryconfig.py" in text
     assert re.search(r'pip install "\.\[[^\]]*postgres[^\]]*flower[^\]]*\]"', text)
     assert re.search(r"^USER (?!root)", text, re.MULTILINE)
+
+
+def test_metrics_are_served_with_basic_auth_from_the_environment(compose: dict[str, Any]) -> None:
+    metrics = _services(compose)["metrics"]
+    command = [str(part) for part in metrics["command"]]
+    assert command[:3] == ["sched", "metrics", "--serve"]
+    # Listening beyond the container's loopback: `sched metrics` refuses without auth.
+    assert command[command.index("--address") + 1] == "0.0.0.0"
+    env = _env(metrics)
+    assert env["SCHED_METRICS_USER"]
+    assert re.fullmatch(r"\$\{SCHED_METRICS_PASSWORD:\?[^}]+\}", env["SCHED_METRICS_PASSWORD"])
+    assert all(str(port).startswith("127.0.0.1:") for port in metrics["ports"])
+
+
+def test_the_dashboard_charts_only_series_we_export() -> None:
+    from tasks.ops.metrics import status_metrics
+    from tasks.ops.status import LastUsedStatus, OutboxStatus, StatusReport
+
+    report = StatusReport(
+        generated_at=datetime.now(UTC),
+        redis_url="redis://x",
+        buckets=[],
+        outbox=OutboxStatus(
+            watermark=0,
+            newest_id=0,
+            lag=0,
+            gaps=0,
+            oldest_gap_seconds=None,
+            events_applied=None,
+            last_poll_at=None,
+        ),
+        last_used=LastUsedStatus(
+            pending_db_writes=0, db_flushes=None, db_rows_written=None, last_db_flush_at=None
+        ),
+        rebuilds=None,
+        stats={},
+    )
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in status_metrics(report)
+    } | {"sched_queue_length", "sched_broker_up"}
+    dashboard = json.loads((REPO / "dashboards" / "sched.json").read_text())
+    charted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bsched_[a-z_]+", target["expr"])
+    }
+    assert charted, "no series in the dashboard?"
+    assert charted <= exported, charted - exported

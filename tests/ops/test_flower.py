@@ -92,7 +92,7 @@ def test_flower_shows_tasks_and_workers_behind_basic_auth(
     assert queues == {"rebuild", "outbox", "last_used"}
 
     # Without credentials, or with wrong ones: refused.
-    for path in ("/api/tasks", "/api/workers", "/"):
+    for path in ("/api/tasks", "/api/workers", "/", "/metrics"):
         assert _get(base, path, None).status_code == 401, path
         assert _get(base, path, (USER, "wrong")).status_code == 401, path
 

@@ -125,3 +125,7 @@ def test_picks_spread_by_last_use_and_a_disabled_account_stops_at_once(
         assert client.post(f"/admin/accounts/{target}", json={"status": "gone"}).status_code == 422
         assert client.get("/pick", params={"group": -1, "platform": "openai"}).status_code == 422
         assert client.get("/pick", params={"group": 0, "platform": "Bad:Name"}).status_code == 400
+        unknown = client.get("/pick", params={"group": 0, "platform": "nosuch"})
+        assert unknown.status_code == 400, unknown.text
+        assert "unknown platform 'nosuch'" in unknown.json()["detail"]
+        assert "anthropic, openai, gemini, antigravity" in unknown.json()["detail"]
