@@ -76,6 +76,8 @@ def summary_lines(report: StatusReport) -> list[Text]:
         f"  gaps {out.gaps}",
         f" (oldest {_age(out.oldest_gap_seconds)})" if out.gaps else "",
         f"  events applied {_num(out.events_applied)}",
+        f"  rows {_num(out.rows)}" if out.rows is not None else "",
+        f" (oldest {_age(out.oldest_row_age_seconds)})" if out.rows else "",
     )
     used = report.last_used
     last_used = Text.assemble(

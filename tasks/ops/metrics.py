@@ -160,6 +160,15 @@ def status_metrics(report: StatusReport) -> Iterator[Metric]:
         "age of the oldest awaited outbox gap, 0 without gaps",
         value=out.oldest_gap_seconds or 0,
     )
+    if out.rows is not None:
+        yield GaugeMetricFamily(
+            "sched_outbox_rows", "rows kept in the outbox table", value=out.rows
+        )
+        yield GaugeMetricFamily(
+            "sched_outbox_oldest_row_age_seconds",
+            "age of the oldest outbox row (retention deletes applied rows past it), 0 when empty",
+            value=out.oldest_row_age_seconds or 0,
+        )
     yield GaugeMetricFamily(
         "sched_last_used_pending",
         "last-use times in Redis not yet written to the database",

@@ -5,19 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks import stats
-from tasks.buckets import warm_buckets
+from tasks.buckets import in_order, warm_buckets
 from tasks.connections import mask_url
 from tasks.settings import Settings
+from tasks.source.protocol import OutboxStats
 
 
 class OutboxSource(Protocol):
     def max_outbox_id(self) -> int: ...
+
+
+@runtime_checkable
+class KnowsOutboxTable(Protocol):
+    """A source that can say how large its outbox table is (the SQL source)."""
+
+    def outbox_stats(self) -> OutboxStats: ...
 
 
 class StatusSource(OutboxSource, Protocol):
@@ -50,6 +58,9 @@ class OutboxStatus(BaseModel):
     oldest_gap_seconds: float | None
     events_applied: int | None
     last_poll_at: str | None
+    # The table itself: rows kept (applied ones go after SCHED_OUTBOX_RETENTION_SECONDS).
+    rows: int | None = None
+    oldest_row_age_seconds: float | None = None
 
 
 class LastUsedStatus(BaseModel):
@@ -122,16 +133,14 @@ def collect_status(
     so an operator sees what is still missing.
     """
     now = now or datetime.now(UTC)
-    buckets = sorted(
-        {*cache.list_buckets(), *also_buckets},
-        key=lambda b: (b.group_id, b.platform, b.mode.value),
-    )
-    rows = [_bucket_status(cache, bucket, now) for bucket in buckets]
+    rows = [_bucket_status(cache, b, now) for b in in_order([*cache.list_buckets(), *also_buckets])]
     figures = cache.stats()
     watermark = cache.get_outbox_watermark()
     gaps = cache.outbox_gaps()
     newest = source.max_outbox_id() if source is not None else None
     lag = max(0, newest - watermark) if newest is not None else _int(figures, stats.OUTBOX_LAG)
+    table = source.outbox_stats() if isinstance(source, KnowsOutboxTable) else None
+    oldest_row = table.oldest_at if table is not None else None
     outbox = OutboxStatus(
         watermark=watermark,
         newest_id=newest,
@@ -140,6 +149,8 @@ def collect_status(
         oldest_gap_seconds=(now - min(gaps.values())).total_seconds() if gaps else None,
         events_applied=_int(figures, stats.OUTBOX_EVENTS_APPLIED),
         last_poll_at=figures.get(stats.OUTBOX_LAST_POLL_AT),
+        rows=table.rows if table is not None else None,
+        oldest_row_age_seconds=(now - oldest_row).total_seconds() if oldest_row else None,
     )
     last_used = LastUsedStatus(
         pending_db_writes=len(cache.pending_last_used()),

@@ -247,6 +247,9 @@ def test_status_json_shape(
     assert report["outbox"]["newest_id"] == 7
     assert report["outbox"]["lag"] == 2
     assert report["outbox"]["gaps"] == 0
+    # The table itself: every row is kept until the retention passes.
+    assert report["outbox"]["rows"] == 7
+    assert 0 <= report["outbox"]["oldest_row_age_seconds"] < 60
     assert set(report["last_used"]) >= {"pending_db_writes", "db_flushes"}
 
 

@@ -72,6 +72,8 @@ def test_metrics_are_the_status_figures_in_prometheus_text(
     assert value(found, "sched_rebuild_duration_seconds", bucket="0:openai:single") == 0.0125
     assert value(found, "sched_outbox_lag_events") == 1  # 4 events in the database, 3 applied
     assert value(found, "sched_outbox_gaps") == 1
+    assert value(found, "sched_outbox_rows") == 4
+    assert 0 <= value(found, "sched_outbox_oldest_row_age_seconds") < 60
     assert value(found, "sched_last_used_pending") == 1
     assert value(found, "sched_rebuilds_total") == 7
     assert value(found, "sched_outbox_events_applied_total") == 2
