@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -159,3 +160,26 @@ def seed_group(source: SqlSource, accounts: int = 3, platform: str = "openai") -
 def snapshot_ids(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> list[int] | None:
     accounts = cache.get_snapshot(bucket)
     return None if accounts is None else [a.id for a in accounts]
+
+
+@contextmanager
+def rabbitmq_vhost(amqp_url: str) -> Iterator[str | None]:
+    """A vhost of the caller's own on a local RabbitMQ (made with ``rabbitmqctl``), so a
+    worker of another run on the same server never takes this test's messages; None
+    when there is no way to make one (no rabbitmqctl, or a remote server)."""
+    url = urlsplit(amqp_url)
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None or url.hostname not in ("127.0.0.1", "localhost"):
+        yield None
+        return
+    vhost = f"sched-test-{uuid.uuid4().hex[:12]}"
+
+    def run(*args: str) -> None:
+        subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+
+    run("add_vhost", vhost)
+    try:
+        run("set_permissions", "-p", vhost, url.username or "guest", ".*", ".*", ".*")
+        yield f"{url.scheme}://{url.netloc}/{vhost}"
+    finally:
+        run("delete_vhost", vhost)

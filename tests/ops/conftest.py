@@ -10,18 +10,15 @@ The workers, the source and ``configured`` are the suite's (``tests/conftest.py`
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import TestServers
+from tests.support import TestServers, rabbitmq_vhost
 
 NO_AMQP = "needs SCHED_TEST_AMQP_URL (e.g. amqp://guest:guest@127.0.0.1:5672//)"
 
@@ -58,22 +55,11 @@ def run_cli(ops_env: dict[str, str], tmp_path: Path) -> Callable[..., CliResult]
 
 @pytest.fixture
 def rabbitmq_url(test_servers: TestServers) -> Iterator[str]:
-    """A vhost of this test's own on the test RabbitMQ (made with rabbitmqctl, which a
-    local server has); skipped when there is no server, or no way to make one."""
+    """A vhost of this test's own on the test RabbitMQ; skipped when there is no server,
+    or no way to make one (queue lengths must be this test's alone)."""
     if not test_servers.amqp_url:
         pytest.skip(NO_AMQP)
-    url = urlsplit(test_servers.amqp_url)
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None or url.hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip("needs rabbitmqctl and a local SCHED_TEST_AMQP_URL for a vhost of its own")
-    vhost = f"sched-test-{uuid.uuid4().hex[:12]}"
-
-    def ctl_run(*args: str) -> None:
-        subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
-
-    ctl_run("add_vhost", vhost)
-    try:
-        ctl_run("set_permissions", "-p", vhost, url.username or "guest", ".*", ".*", ".*")
-        yield f"{url.scheme}://{url.netloc}/{vhost}"
-    finally:
-        ctl_run("delete_vhost", vhost)
+    with rabbitmq_vhost(test_servers.amqp_url) as url:
+        if url is None:
+            pytest.skip("needs rabbitmqctl and a local SCHED_TEST_AMQP_URL for a vhost of its own")
+        yield url

@@ -93,6 +93,22 @@ def matches_source(
     return True
 
 
+def differences(
+    cache: RedisSchedulerCache, source: SqlSource, buckets: list[SchedulerBucket]
+) -> str:
+    """What a failed convergence left: each bucket that differs, with its state."""
+    now = datetime.now(UTC)
+    lines = []
+    for bucket in buckets:
+        cached = [a.id for a in cache.get_snapshot(bucket) or ()]
+        wanted = [a.id for a in source.accounts_for_bucket(bucket, now)]
+        if cached != wanted:
+            state = cache.client.hgetall(cache.keys.rebuild_state(bucket))
+            lines.append(f"{bucket}: cached {cached}, source {wanted}, rebuild state {state}")
+    lines.append(f"epoch {cache.epoch()}, watermark {cache.get_outbox_watermark()}")
+    return "\n".join(lines)
+
+
 def test_a_churn_through_a_killed_worker_and_lost_redis_ends_equal_to_the_source(
     worker_env: dict[str, str],
     start_worker: Callable[..., WorkerProcess],
@@ -110,7 +126,7 @@ def test_a_churn_through_a_killed_worker_and_lost_redis_ends_equal_to_the_source
         bucket = SchedulerBucket(group.id, platform, "single")
         ids += [a.id for a in source.accounts_for_bucket(bucket, datetime.now(UTC))]
     doomed = start_worker(env)
-    start_worker(env)
+    survivor = start_worker(env)
     beat = Service(
         [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-s", str(tmp_path / "beat")],
         env,
@@ -132,12 +148,16 @@ def test_a_churn_through_a_killed_worker_and_lost_redis_ends_equal_to_the_source
             time.sleep(3)
             stop.set()
             writer.join(timeout=10)
-            wait_for(
-                lambda: matches_source(cache, source, buckets),
-                timeout=30,
-                interval=0.2,
-                what="every bucket equal to the source",
-            )
+            try:
+                wait_for(
+                    lambda: matches_source(cache, source, buckets),
+                    timeout=30,
+                    interval=0.2,
+                    what="every bucket equal to the source",
+                )
+            except pytest.fail.Exception:
+                print(differences(cache, source, buckets), survivor.log_tail(6000), sep="\n")
+                raise
         longest = max(watch.longest.values())
         print(f"longest a bucket went unserved: {longest:.1f} s")
         assert longest < MAX_UNSERVED_SECONDS, watch.longest
