@@ -98,6 +98,12 @@ def platforms_read(bucket: SchedulerBucket, rules: Rules) -> list[str]:
     return [bucket.platform]
 
 
+def donor_opts_in(extra: object) -> bool:
+    """Whether a donor account joins mixed buckets: its ``extra.mixed_scheduling`` is
+    strictly the JSON value true, as the original's ``extra["mixed_scheduling"].(bool)``."""
+    return isinstance(extra, dict) and extra.get("mixed_scheduling") is True
+
+
 def platform_buckets(group_id: int, platform: str, rules: Rules) -> list[SchedulerBucket]:
     """The buckets an account of ``platform`` in ``group_id`` can be in: its platform's,
     plus the mixed buckets it is a donor to."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Self
 import sqlalchemy as sa
 
 from cache import Account, SchedulerBucket, SchedulerMode, brief
+from tasks.buckets import donor_opts_in, platforms_read
 from tasks.source.protocol import Group, OutboxEvent, OutboxStats, Source
 from tasks.source.schema import account_groups, accounts, scheduler_outbox, stored_utc
 from tasks.source.schema import groups as groups_table
@@ -140,12 +141,7 @@ class SqlSource(SqlStore):
         The ordered ids come first with each row's identity; only rows whose state was
         not decoded before are read whole, so a rebuild after one change decodes one row.
         """
-        donor_rule = (
-            bucket.mode is SchedulerMode.MIXED
-            and bucket.platform in self.mixed_platforms
-            and bucket.platform != self.donor_platform
-        )
-        platforms = [bucket.platform, self.donor_platform] if donor_rule else [bucket.platform]
+        platforms = platforms_read(bucket, self.rules)
         grouped = bucket.group_id != 0
         params = {"group_id": bucket.group_id, "platforms": platforms}
         with self.read(f"accounts_for_bucket {bucket}") as conn:
@@ -174,7 +170,7 @@ class SqlSource(SqlStore):
             account = found.get(row[0])  # absent: an invalid row, logged when read
             if account is None or not account.is_candidate(now):
                 continue
-            if account.platform != bucket.platform and not _opts_in(account.extra):
+            if account.platform != bucket.platform and not donor_opts_in(account.extra):
                 continue
             result.append(account)
         return result
@@ -299,11 +295,6 @@ class SqlSource(SqlStore):
         for account_id, member_of in conn.execute(query):
             found[account_id].append(member_of)
         return found
-
-
-def _opts_in(extra: object) -> bool:
-    # Strictly the JSON value true, as the original's `extra["mixed_scheduling"].(bool)`.
-    return isinstance(extra, dict) and extra.get("mixed_scheduling") is True
 
 
 if TYPE_CHECKING:

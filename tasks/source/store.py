@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine, Row
 
 from cache import Account, brief, check_account_id
+from tasks.buckets import BucketRules
 from tasks.source.engine import as_engine, db_errors, mask_url, writing
 from tasks.source.errors import SourceError
 from tasks.source.protocol import OutboxEventType
@@ -97,8 +98,11 @@ class SqlStore:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.engine = as_engine(engine_or_url)
-        self.mixed_platforms = frozenset(mixed_platforms)
-        self.donor_platform = donor_platform
+        # Which mixed buckets take donor accounts (tasks.buckets): the settings'
+        # platforms are not needed to read a bucket.
+        self.rules = BucketRules(
+            mixed_platforms=frozenset(mixed_platforms), mixed_donor_platform=donor_platform
+        )
         self.clock = clock
         self.postgres = self.engine.dialect.name == "postgresql"
         # Committed states only, never one seen inside a write that may roll back.
