@@ -27,6 +27,7 @@ from typing import Protocol
 from cache import CacheError, Clock, CorruptKey, as_utc, brief, check_account_id, utc_now
 from tasks import runtime
 from tasks.runtime import get_cache, settings
+from tasks.web import aio
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,8 @@ def record_last_used(account_id: int, at: datetime | None = None) -> None:
     """
     at = utc_now() if at is None else at
     default_batcher.touch(account_id, at)
+    updates = {account_id: as_utc(at)}
     near = runtime.get_near_cache()
     if near is not None:
-        near.note_last_used({account_id: as_utc(at)})
+        near.note_last_used(updates)
+    aio.note_last_used(updates)
