@@ -1,7 +1,9 @@
-"""``python -m benchmarks [cache] [tasks] [outbox] [cluster]``: benchmark suites (all by default).
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway]``: benchmark suites (all
+by default).
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
-suites start their own Redis and workers, the cluster suite its own 3-master Cluster.
+suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
+gateway suite its own Redis and uvicorn processes, loaded by wrk.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ SUITES = {
     "tasks": "benchmarks.tasks_bench",
     "outbox": "benchmarks.tasks_outbox_bench",
     "cluster": "benchmarks.cluster_bench",
+    "gateway": "benchmarks.gateway_bench",
 }
 
 

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from cache.base import redis_errors, text
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
+from cache.connect import connect_async
 from cache.errors import CacheError
 from cache.keys import (
     NEAR_BUCKETS_MAX,
@@ -55,13 +56,26 @@ class AsyncSchedulerReader:
 
     @classmethod
     def from_url(
-        cls, url: str, *, socket_timeout: float = 5.0, **kwargs: Any
+        cls,
+        url: str,
+        *,
+        socket_timeout: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
+        cluster: bool = False,
+        sentinel_master: str | None = None,
+        sentinel_password: str | None = None,
+        **kwargs: Any,
     ) -> AsyncSchedulerReader:
-        client = redis.asyncio.Redis.from_url(
+        """A reader over a new client for ``url``, in any topology
+        :meth:`cache.client.RedisSchedulerCache.from_url` takes, with the same options
+        (:func:`cache.connect.connect_async`); ``kwargs`` go to the reader."""
+        client = connect_async(
             url,
+            cluster=cluster,
+            sentinel_master=sentinel_master,
+            sentinel_password=sentinel_password,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 2.0),
-            health_check_interval=30,
+            client_options=client_options,
         )
         return cls(client, **kwargs)
 
@@ -138,6 +152,7 @@ class AsyncNearCache:
             trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def list_schedulable(
         self, bucket: SchedulerBucket, now: datetime
@@ -242,13 +257,14 @@ class AsyncNearCache:
     def _ensure_started(self) -> None:
         if not self.background or (self._task is not None and not self._task.done()):
             return
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         pubsub: Any = None
         next_check = 0.0
         try:
-            while True:
+            while not self._stopping:
                 try:
                     if pubsub is None:
                         pubsub = self.reader.client.pubsub()
@@ -290,6 +306,10 @@ class AsyncNearCache:
     async def aclose(self) -> None:
         """Stop the background task."""
         if self._task is not None:
+            # The flag as well as the cancel: on Python 3.11 a cancel that lands as the
+            # subscription's read times out is taken for the timeout and lost, and the
+            # loop would go on waiting for messages; the flag ends it at its next turn.
+            self._stopping = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -17,6 +17,9 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
@@ -54,6 +57,28 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]
     return nodes, options
 
 
+def _options(socket_timeout: float, client_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 2.0),
+    }
+    options.update(client_options or {})
+    return options
+
+
+def _sentinels(
+    url: str, sentinel_master: str | None, sentinel_password: str | None, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], dict[str, Any], dict[str, Any], str]:
+    """The sentinels' addresses, their own options, the master's, and its name."""
+    if not sentinel_master:
+        raise ValueError("a sentinel:// URL needs the master's name (SCHED_REDIS_SENTINEL_MASTER)")
+    nodes, master_options = parse_sentinel_url(url)
+    sentinel_options = dict(options)
+    if sentinel_password:
+        sentinel_options["password"] = sentinel_password
+    return nodes, sentinel_options, master_options, sentinel_master
+
+
 def connect(
     url: str,
     *,
@@ -70,28 +95,42 @@ def connect(
     the sentinels for the master again after a connection error, so it follows a
     failover by itself; a Cluster client follows ``MOVED`` and slot changes.
     """
-    options: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": min(socket_timeout, 2.0),
-    }
-    options.update(client_options or {})
+    options = _options(socket_timeout, client_options)
     if is_sentinel_url(url):
-        if not sentinel_master:
-            raise ValueError(
-                "a sentinel:// URL needs the master's name (SCHED_REDIS_SENTINEL_MASTER)"
-            )
-        nodes, master_options = parse_sentinel_url(url)
-        sentinel_options = dict(options)
-        if sentinel_password:
-            sentinel_options["password"] = sentinel_password
+        nodes, sentinel_options, master_options, name = _sentinels(
+            url, sentinel_master, sentinel_password, options
+        )
         sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
-        master = sentinel.master_for(sentinel_master, **master_options)  # type: ignore[no-untyped-call]
+        master = sentinel.master_for(name, **master_options)  # type: ignore[no-untyped-call]
         return cast(redis.Redis, master)
     if cluster:
         # RedisCluster speaks the same commands as one server (keys of a call must share
         # a slot, which the key layout guarantees); typed as one for the cache's sake.
         return cast(redis.Redis, RedisCluster.from_url(url, **options))
     return redis.Redis.from_url(url, health_check_interval=30, **options)
+
+
+def connect_async(
+    url: str,
+    *,
+    cluster: bool = False,
+    sentinel_master: str | None = None,
+    sentinel_password: str | None = None,
+    socket_timeout: float = 5.0,
+    client_options: Mapping[str, Any] | None = None,
+) -> redis.asyncio.Redis:
+    """As :func:`connect`, a ``redis.asyncio`` client, from the same arguments: the
+    same topologies, timeouts and TLS options."""
+    options = _options(socket_timeout, client_options)
+    if is_sentinel_url(url):
+        nodes, sentinel_options, master_options, name = _sentinels(
+            url, sentinel_master, sentinel_password, options
+        )
+        sentinel = AsyncSentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+        return cast(redis.asyncio.Redis, sentinel.master_for(name, **master_options))
+    if cluster:
+        return cast(redis.asyncio.Redis, AsyncRedisCluster.from_url(url, **options))
+    return redis.asyncio.Redis.from_url(url, health_check_interval=30, **options)
 
 
 def _masked(part: str) -> str:

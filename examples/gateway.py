@@ -5,8 +5,9 @@
 with a worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
 
 - ``GET /pick?group=0&platform=openai[&force=true]``: the least recently used
-  schedulable account of the best priority, from the bucket's snapshot in Redis (no
-  database read); the touch is recorded with ``record_last_used`` (batched, no Celery
+  schedulable account of the best priority, from the bucket's snapshot (held in the
+  process's near cache while Redis confirms it; no database read), awaited without
+  blocking the event loop; the touch is recorded with ``record_last_used`` (batched, no Celery
   message per request). 400 for a platform not in ``SCHED_PLATFORMS``, 503 when the
   bucket has no schedulable account.
 - ``POST /admin/accounts/{id}``: change an account's status, admin switch, priority or
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -25,9 +27,10 @@ from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from cache import Account, InvalidBucket, SchedulerBucket
-from tasks import list_schedulable, record_last_used, request_rebuild, runtime
+from tasks import list_schedulable_async, record_last_used, request_rebuild, runtime
 from tasks.buckets import bucket_for, check_platform, platform_buckets
 from tasks.source import SqlWriter
+from tasks.web import aio
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,13 @@ class AdminChange(BaseModel):
     clear_rate_limit: bool = False
 
 
-app = FastAPI(title="sched gateway example")
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    await aio.aclose()
+
+
+app = FastAPI(title="sched gateway example", lifespan=lifespan)
 picker = LeastRecentlyUsed()
 
 
@@ -108,7 +117,7 @@ def healthz() -> dict[str, str]:
 
 
 @app.get("/pick", response_model=Picked)
-def pick(
+async def pick(
     group: int = Query(ge=0, description="group id, 0 for accounts in no group"),
     platform: str = Query(min_length=1, max_length=64),
     force: bool = False,
@@ -117,7 +126,7 @@ def pick(
         # An unknown platform is the caller's mistake, not an outage: 400, naming the
         # configured ones (UnknownPlatform is an InvalidBucket).
         check_platform(platform, runtime.settings())
-        accounts = list_schedulable(group, platform, has_force=force)
+        accounts = await list_schedulable_async(group, platform, has_force=force)
     except InvalidBucket as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     chosen = picker.pick(accounts)

@@ -1,7 +1,8 @@
 """Celery tasks that keep the scheduling cache fresh, and the API web apps call.
 
 ``celery -A tasks worker`` and ``celery -A tasks beat`` find :data:`app` here; web apps
-use ``from tasks import list_schedulable, record_last_used, request_rebuild``.
+use ``from tasks import list_schedulable, record_last_used, request_rebuild`` (asyncio
+apps ``list_schedulable_async``).
 
 The names load on first use, so that importing a part that needs no Celery (the source
 package, the bucket rules, the settings) does not build the Celery app.
@@ -13,13 +14,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tasks.celery import app
-    from tasks.web import list_schedulable, record_last_used, request_rebuild
+    from tasks.web import (
+        list_schedulable,
+        list_schedulable_async,
+        record_last_used,
+        request_rebuild,
+    )
 
-__all__ = ["app", "list_schedulable", "record_last_used", "request_rebuild"]
+__all__ = [
+    "app",
+    "list_schedulable",
+    "list_schedulable_async",
+    "record_last_used",
+    "request_rebuild",
+]
 
 _HOMES = {
     "app": "tasks.celery",
     "list_schedulable": "tasks.web",
+    "list_schedulable_async": "tasks.web",
     "record_last_used": "tasks.web",
     "request_rebuild": "tasks.web",
 }

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from celery.signals import worker_process_init
 
-from cache import RedisSchedulerCache, SchedulerBucket
+from cache import NearCache, RedisSchedulerCache, SchedulerBucket
 from tasks import buckets
 from tasks.celery import app
 from tasks.connections import (
@@ -34,6 +34,7 @@ _lock = threading.Lock()
 _settings: Settings | None = None
 _cache: RedisSchedulerCache | None = None
 _source: Source | None = None
+_near: NearCache | None = None
 
 
 def settings() -> Settings:
@@ -60,6 +61,22 @@ def get_cache() -> RedisSchedulerCache:
                 )
                 logger.debug("cache at %s", mask_url(s.redis_url))
     return _cache
+
+
+def get_near_cache() -> NearCache | None:
+    """The process's near cache over :func:`get_cache`, built on first use; None when
+    ``SCHED_NEAR_CACHE`` is false. It starts its background thread on its first read
+    and again in a forked child, which starts with nothing held."""
+    global _near
+    if _near is None:
+        s = settings()
+        if not s.near_cache:
+            return None
+        cache = get_cache()
+        with _lock:
+            if _near is None:
+                _near = NearCache(cache, max_buckets=s.near_cache_buckets)
+    return _near
 
 
 def get_source() -> Source:
@@ -93,7 +110,8 @@ def load_factory(path: str) -> Callable[[Settings], Any]:
 
 
 def reset(new_settings: Settings | None = None) -> None:
-    """Drop the cache, the source and the broker connections of this process.
+    """Drop the cache (and its near cache), the source and the broker connections of
+    this process.
 
     With ``new_settings`` they are rebuilt from those from now on; without, from the
     environment, read again.
@@ -130,10 +148,13 @@ def _repoint_broker(
 
 
 def _forget_connections() -> None:
-    global _cache, _source
+    global _cache, _source, _near
     with _lock:
+        near, _near = _near, None
         cache, _cache = _cache, None
         source, _source = _source, None
+    if near is not None:
+        near.close()
     if cache is not None:
         cache.client.close()
     close = getattr(source, "close", None)
@@ -144,9 +165,10 @@ def _forget_connections() -> None:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _fresh_in_worker_child(**_: Any) -> None:
     """A pool child must not use connections it inherited from its parent."""
-    global _cache, _source
+    global _cache, _source, _near
     _cache = None
     _source = None
+    _near = None
 
 
 def default_buckets(source: Source | None = None) -> list[SchedulerBucket]:

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS
 from cache.connect import is_sentinel_url
+from cache.keys import NEAR_BUCKETS_MAX
 
 
 def _split(value: object) -> object:
@@ -61,6 +62,13 @@ class Settings(BaseSettings):
     key_prefix: str = "sched"
     snapshot_grace_seconds: int = Field(default=60, ge=1)
     cached_credentials: CsvList = Field(default_factory=lambda: sorted(DEFAULT_CACHED_CREDENTIALS))
+
+    # Web processes keep the buckets they read in memory, decoded, while Redis confirms
+    # them (pushes on every change, a check every half second); false reads Redis on
+    # every list_schedulable. The bound: buckets held per process, least recently read
+    # dropped first.
+    near_cache: bool = True
+    near_cache_buckets: int = Field(default=NEAR_BUCKETS_MAX, ge=1)
 
     # -- rebuilds --------------------------------------------------------------------
     lock_ttl_seconds: int = Field(default=30, ge=2)

@@ -25,7 +25,9 @@ from datetime import datetime
 from typing import Protocol
 
 from cache import CacheError, Clock, CorruptKey, as_utc, brief, check_account_id, utc_now
+from tasks import runtime
 from tasks.runtime import get_cache, settings
+from tasks.web import aio
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +226,15 @@ default_batcher = LastUsedBatcher()
 def record_last_used(account_id: int, at: datetime | None = None) -> None:
     """Note a use of ``account_id`` for least-recently-used picking; costs no message.
 
-    Reaches the cache within ``SCHED_LAST_USED_CACHE_FLUSH_SECONDS`` and the database
-    within ``SCHED_LAST_USED_DB_FLUSH_SECONDS`` after that.
+    Seen by this process's own reads at once (its near cache), by other processes' within
+    about a second: it reaches the cache within ``SCHED_LAST_USED_CACHE_FLUSH_SECONDS``
+    and their near caches' next check after that (``SCHED_LAST_USED_DB_FLUSH_SECONDS``
+    later, the database).
     """
+    at = utc_now() if at is None else at
     default_batcher.touch(account_id, at)
+    updates = {account_id: as_utc(at)}
+    near = runtime.get_near_cache()
+    if near is not None:
+        near.note_last_used(updates)
+    aio.note_last_used(updates)

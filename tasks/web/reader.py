@@ -85,29 +85,53 @@ def list_schedulable(
 ) -> list[Account]:
     """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order.
 
-    A platform that is not configured raises :class:`tasks.buckets.UnknownPlatform`
-    (a ``ValueError``): no bucket is read, built or registered for it.
+    Served from the process's near cache while Redis confirms it (``SCHED_NEAR_CACHE``),
+    else read from Redis. A platform that is not configured raises
+    :class:`tasks.buckets.UnknownPlatform` (a ``ValueError``): no bucket is read, built
+    or registered for it.
     """
+    s, bucket, now = resolve(group_id, platform, has_force, now)
+    cache = runtime.get_cache()
+    near = runtime.get_near_cache()
+    try:
+        if near is not None:
+            # Already filtered at ``now``; [] is an active snapshot with no account.
+            found = near.list_schedulable(bucket, now)
+            if found is not None:
+                return found
+        else:
+            snapshot = cache.get_snapshot(bucket)
+            if snapshot is not None:
+                return schedulable(snapshot, now)
+    except CacheUnavailable as exc:
+        return schedulable(on_unavailable(bucket, s, exc), now)
+    except CorruptKey as exc:
+        return schedulable(on_corrupt_key(cache, bucket, s, exc), now)
+    return schedulable(on_miss(cache, bucket, s), now)
+
+
+def resolve(
+    group_id: int, platform: str, has_force: bool, now: datetime | None
+) -> tuple[Settings, SchedulerBucket, datetime]:
+    """The settings in force, the bucket a request reads, and the time it reads at."""
     s = runtime.settings()
     check_platform(platform, s)
-    bucket = bucket_for(group_id, platform, has_force, s)
-    now = now or datetime.now(UTC)
-    cache = runtime.get_cache()
-    try:
-        accounts = cache.get_snapshot(bucket)
-    except CacheUnavailable as exc:
-        if not _fallback_permit(s):
-            raise
-        logger.warning("bucket %s: cache unavailable, reading the source: %s", bucket, exc)
-        accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
-    except CorruptKey as exc:
-        accounts = _on_corrupt_key(cache, bucket, s, exc)
-    if accounts is None:
-        accounts = _on_miss(cache, bucket, s)
+    return s, bucket_for(group_id, platform, has_force, s), now or datetime.now(UTC)
+
+
+def schedulable(accounts: list[Account], now: datetime) -> list[Account]:
     return [account for account in accounts if account.is_schedulable(now)]
 
 
-def _on_corrupt_key(
+def on_unavailable(bucket: SchedulerBucket, s: Settings, exc: CacheUnavailable) -> list[Account]:
+    """Redis cannot be reached: read the source (rate limited), else raise ``exc``."""
+    if not _fallback_permit(s):
+        raise exc
+    logger.warning("bucket %s: cache unavailable, reading the source: %s", bucket, exc)
+    return runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
+
+
+def on_corrupt_key(
     cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings, exc: CorruptKey
 ) -> list[Account]:
     """A key of the wrong type under the read: read the source (rate limited) and ask
@@ -126,7 +150,7 @@ def _on_corrupt_key(
     return runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
 
 
-def _on_miss(cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings) -> list[Account]:
+def on_miss(cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings) -> list[Account]:
     info = cache.bucket_info(bucket)
     if info.active_version is not None and info.account_count == 0:
         return []  # an active snapshot with no account: empty, not missing

@@ -1,0 +1,247 @@
+"""The example gateway under HTTP load: picks per second and p99 latency measured by
+``wrk``, with the near cache against the same app reading Redis on every request
+(``SCHED_NEAR_CACHE=false``), each served by several uvicorn worker processes over one
+1000-account bucket.
+
+Everything listens on 127.0.0.1 and everything started is stopped; wrk is installed from
+Debian's packages when it is missing and this is root, else the suite says why it skips.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis
+
+from benchmarks.cache_bench import BUCKET, realistic_accounts
+from benchmarks.harness import REPO, BenchServers, bench_servers, wait_until
+from benchmarks.near_bench import server_cpu
+from cache import RedisSchedulerCache
+from tasks import list_schedulable
+from tasks.source.schema import init_schema
+from tests.support import free_port
+
+WEB_PROCESSES = 2
+CONNECTIONS = 32
+SECONDS = 10
+PATH = f"/pick?group={BUCKET.group_id}&platform={BUCKET.platform}"
+
+
+@dataclass(frozen=True)
+class Load:
+    picks_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    redis_cpu_us_per_pick: float
+
+
+def find_wrk() -> tuple[str | None, str]:
+    """wrk's path, installed from Debian's packages if missing and root; else None and
+    the reason."""
+    found = shutil.which("wrk")
+    if found:
+        return found, ""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, "wrk is not installed (apt-get install wrk, as root)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "wrk"]
+    # Without package lists the install fails: fetch them once and try again.
+    for command in (install, ["apt-get", "update"], install):
+        subprocess.run(command, env=env, capture_output=True, check=False, timeout=300)
+        if shutil.which("wrk"):
+            break
+    found = shutil.which("wrk")
+    return found, "" if found else "apt-get install wrk failed"
+
+
+@contextmanager
+def gateway(servers: BenchServers, near_cache: bool) -> Iterator[str]:
+    """The example gateway under uvicorn with WEB_PROCESSES workers; its base URL."""
+    port = free_port()
+    env = {**servers.env, "SCHED_NEAR_CACHE": str(near_cache).lower()}
+    log = servers.workdir / f"gateway-{port}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway:app",
+                "--app-dir",
+                str(REPO / "examples"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(WEB_PROCESSES),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"the gateway exited at start:\n{log.read_text()[-2000:]}")
+            try:
+                return httpx.get(f"{base}{PATH}", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, "the gateway to serve picks", every=0.1)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def parse_ms(value: str) -> float:
+    """A wrk duration (``812.00us``, ``44.07ms``, ``1.20s``, ``1.02m``) in milliseconds."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if found is None:
+        raise ValueError(f"not a wrk duration: {value!r}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[found.group(2)]
+    return float(found.group(1)) * scale
+
+
+def load(wrk: str, base: str, client: redis.Redis) -> Load:
+    """wrk against ``base`` for SECONDS, after a warm-up that reaches every process."""
+    subprocess.run(
+        [wrk, "-t2", f"-c{CONNECTIONS}", "-d2s", f"{base}{PATH}"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    cpu = server_cpu(client)
+    done = subprocess.run(
+        [wrk, "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", f"{base}{PATH}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SECONDS + 60,
+    )
+    used = server_cpu(client) - cpu
+    out = done.stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Load(
+        picks_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=parse_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        p99_ms=parse_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        requests=requests,
+        errors=int(errors.group(1)) if errors else 0,
+        redis_cpu_us_per_pick=used / max(requests, 1) * 1e6,
+    )
+
+
+def activate_in_turn(url: str, rounds: int, go: Any, out: Any) -> None:
+    """Another process: at each word, write a version renaming account 1, and say when
+    its activation began (the write's last step; what comes before is the writer's)."""
+    cache = RedisSchedulerCache.from_url(url)
+    activate = cache._activate
+    began: list[float] = []
+
+    def timed(*args: Any) -> Any:
+        began.append(time.time())
+        return activate(*args)
+
+    cache._activate = timed  # type: ignore[method-assign,assignment]
+    accounts = realistic_accounts(1000)
+    for n in range(rounds):
+        go.get(timeout=30)
+        renamed = [accounts[0].model_copy(update={"name": f"round-{n}"}), *accounts[1:]]
+        cache.set_snapshot(BUCKET, renamed, cache.reserve_version(BUCKET))
+        out.put(began[-1])
+
+
+def activation_seen(url: str, rounds: int = 100) -> list[float]:
+    """Milliseconds from another process's activation of a new version to the first
+    ``list_schedulable`` of this one (a request every half millisecond) that serves it."""
+    group, platform = BUCKET.group_id, BUCKET.platform
+    list_schedulable(group, platform)
+    time.sleep(0.3)  # subscribed
+    context = multiprocessing.get_context("spawn")
+    go, out = context.Queue(), context.Queue()
+    writer = context.Process(target=activate_in_turn, args=(url, rounds, go, out))
+    writer.start()
+    seen = []
+    try:
+        for n in range(rounds):
+            go.put(n)
+            began = out.get(timeout=30)
+            while list_schedulable(group, platform)[0].name != f"round-{n}":
+                time.sleep(0.0005)
+            seen.append((time.time() - began) * 1000)
+    finally:
+        writer.join(timeout=30)
+        if writer.is_alive():
+            writer.kill()
+    return sorted(seen)
+
+
+def main() -> None:
+    wrk, reason = find_wrk()
+    if wrk is None:
+        print(f"skipped: {reason}")
+        return
+    with bench_servers("gateway") as servers:
+        init_schema(servers.database_url).dispose()
+        client = redis.Redis.from_url(servers.redis_url)
+        cache = RedisSchedulerCache(client)
+        cache.set_snapshot(BUCKET, realistic_accounts(1000), cache.reserve_version(BUCKET))
+        results: dict[bool, Load] = {}
+        for near_cache in (False, True):
+            with gateway(servers, near_cache) as base:
+                results[near_cache] = load(wrk, base, client)
+        seen = activation_seen(servers.redis_url)
+        client.close()
+    near, plain = results[True], results[False]
+    print(
+        f"GET {PATH} on a 1000-account bucket: uvicorn --workers {WEB_PROCESSES}, "
+        f"wrk -t2 -c{CONNECTIONS} -d{SECONDS}s, all on this machine"
+    )
+    for name, figures in (("near cache", near), ("Redis every request", plain)):
+        print(
+            f"  {name:<22} {figures.picks_per_second:9.0f} picks/s   "
+            f"p50 {figures.p50_ms:7.2f} ms   p99 {figures.p99_ms:7.2f} ms   "
+            f"Redis CPU {figures.redis_cpu_us_per_pick:7.1f} µs/pick   "
+            f"({figures.requests} requests, {figures.errors} not 2xx)"
+        )
+    print(
+        f"  near / every request: {near.picks_per_second / plain.picks_per_second:.1f}x picks/s, "
+        f"p99 {plain.p99_ms / near.p99_ms:.1f}x lower, Redis CPU per pick "
+        f"{plain.redis_cpu_us_per_pick / max(near.redis_cpu_us_per_pick, 0.001):.0f}x lower"
+    )
+    p99 = seen[min(len(seen) - 1, int(len(seen) * 0.99))]
+    print(
+        f"another process's new version served by list_schedulable: median "
+        f"{statistics.median(seen):.1f} ms, p99 {p99:.1f} ms ({len(seen)} versions; "
+        f"target p99 <= 50 ms: {'met' if p99 <= 50 else 'MISSED'})"
+    )
