@@ -131,6 +131,15 @@ def parse_ms(value: str) -> float:
     return float(found.group(1)) * scale
 
 
+def percentile_ms(out: str, percent: int) -> float:
+    """A percentile of wrk's "Latency Distribution" (each on a line of its own: the
+    "+/- Stdev" column above it also ends in a percent sign)."""
+    found = re.search(rf"^\s*{percent}%\s+(\S+)\s*$", out, re.M)
+    if found is None:
+        raise ValueError(f"no {percent}% latency in wrk's output: {out[-500:]!r}")
+    return parse_ms(found.group(1))
+
+
 def load(wrk: str, base: str, client: redis.Redis) -> Load:
     """wrk against ``base`` for SECONDS, after a warm-up that reaches every process."""
     subprocess.run(
@@ -153,8 +162,8 @@ def load(wrk: str, base: str, client: redis.Redis) -> Load:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return Load(
         picks_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        p50_ms=parse_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        p99_ms=parse_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=percentile_ms(out, 50),
+        p99_ms=percentile_ms(out, 99),
         requests=requests,
         errors=int(errors.group(1)) if errors else 0,
         redis_cpu_us_per_pick=used / max(requests, 1) * 1e6,

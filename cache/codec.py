@@ -24,7 +24,10 @@ DEFAULT_CACHED_CREDENTIALS = frozenset({"base_url", "model_mapping", "region", "
 
 def to_ms(value: datetime) -> int:
     """Integer milliseconds since the epoch (naive datetimes are UTC)."""
-    return int(as_utc(value).timestamp() * 1000)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    # An aware datetime's timestamp does not depend on its zone: no conversion needed.
+    return int(value.timestamp() * 1000)
 
 
 def from_ms(value: bytes | str | int) -> datetime:
