@@ -29,7 +29,7 @@ from cache.keys import (
     KeySpace,
 )
 from cache.models import Account, SchedulerBucket
-from cache.near import RETRY_SECONDS, SERVE_ATTEMPTS, parse_push, touch_since
+from cache.near import RETRY_SECONDS, SERVE_ATTEMPTS, parse_push, read_touches
 from cache.nearstate import NO_EPOCH, NearState
 from cache.reads import Expired, ReadPlan, SnapshotRead
 from cache.scripts import Scripts
@@ -248,11 +248,15 @@ class AsyncNearCache:
                 if self.state.touch_seq is None:
                     self.state.touch_seq = seq
                 return
-            if touched:
-                ids = [member for member, _ in touched]
+            touches = read_touches(since, seq, touched, TOUCH_CHUNK)
+            if touches.lost:
+                self.state.drop_all(self.state.epoch)
+                return
+            if touches.ids:
+                ids = touches.ids
                 uses = await client.hmget(keys.last_used, ids)
                 self.state.used({int(i): int(u) for i, u in zip(ids, uses, strict=True) if u})
-            self.state.touch_seq = touch_since(seq, touched, TOUCH_CHUNK)
+            self.state.touch_seq = touches.next_since
 
     def _ensure_started(self) -> None:
         if not self.background or (self._task is not None and not self._task.done()):

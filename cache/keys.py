@@ -33,8 +33,12 @@ REBUILD_STATE_TTL_SECONDS = 86_400
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
 WRITE_CHUNK = 500
 READ_CHUNK = 1_000
-# Last-use changes read per call by a near cache catching up.
-TOUCH_CHUNK = 5_000
+# Batches of last-use changes read per call by a near cache catching up.
+TOUCH_CHUNK = 1_000
+# Batches the last-use log keeps. Web processes send a batch every half second each, so
+# this is minutes of history for a fleet of dozens; a near cache that fell further
+# behind (stopped that long) drops what it holds and reads it again.
+TOUCH_LOG_BATCHES = 20_000
 # Decoded accounts kept per cache object: a payload that has not changed since the last
 # read is not decoded again. Bounded so that a huge pool cannot grow the process forever.
 DECODED_ACCOUNTS_MAX = 200_000
@@ -143,8 +147,10 @@ class KeySpace:
 
     @property
     def last_used_log(self) -> str:
-        """Sorted set: account id scored by the touch sequence number of its last move;
-        one member per account, so it is as large as the last-used hash, no larger."""
+        """Sorted set: one member per call that moved last uses, ``<seq>:<id>,<id>...``,
+        scored by its touch sequence number; the last :data:`TOUCH_LOG_BATCHES` kept.
+        One member a call, not one an account: adding it costs Redis the same whatever
+        the batch's size."""
         return self._shared("last_used", "log")
 
     @property

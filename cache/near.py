@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -54,12 +55,26 @@ def parse_push(data: bytes | str) -> tuple[str, int] | None:
     return parts[0], int(parts[2])
 
 
-def touch_since(seq: int, found: list[tuple[bytes, float]], limit: int) -> int:
-    """Where the next look at the touch log starts: past what was read, except that a
-    truncated read starts again at its last score (a score may hold more ids)."""
-    if len(found) >= limit:
-        return int(found[-1][1]) - 1
-    return seq
+@dataclass(frozen=True, slots=True)
+class Touches:
+    """What one look at the last-use log found."""
+
+    ids: list[bytes]  # accounts whose last use moved, to fetch
+    next_since: int  # where the next look starts
+    lost: bool  # batches were trimmed before this process read them
+
+
+def read_touches(since: int, seq: int, found: list[tuple[bytes, float]], limit: int) -> Touches:
+    """The accounts named by the log's batches after ``since`` (``<seq>:<id>,<id>...``),
+    read at counter ``seq``. A first batch past ``since + 1``, or none at all while the
+    counter moved, means the log was trimmed past this process: it cannot know what
+    moved, and must read what it holds again."""
+    first = int(found[0][1]) if found else seq + 1
+    lost = first > since + 1 and seq > since
+    ids = {i for member, _ in found for i in member.partition(b":")[2].split(b",") if i}
+    # A truncated read goes on after its last batch; a whole one after the counter.
+    next_since = int(found[-1][1]) if len(found) >= limit else max(seq, since)
+    return Touches(sorted(ids), next_since, lost)
 
 
 class NearCache:
@@ -193,11 +208,15 @@ class NearCache:
                 if self.state.touch_seq is None:
                     self.state.touch_seq = seq
                 return
-            if touched:
-                ids = [member for member, _ in touched]
+            touches = read_touches(since, seq, touched, TOUCH_CHUNK)
+            if touches.lost:
+                self.state.drop_all(self.state.epoch)
+                return
+            if touches.ids:
+                ids = touches.ids
                 uses = cast(list[bytes | None], self.cache.client.hmget(keys.last_used, ids))
                 self.state.used({int(i): int(u) for i, u in zip(ids, uses, strict=True) if u})
-            self.state.touch_seq = touch_since(seq, touched, TOUCH_CHUNK)
+            self.state.touch_seq = touches.next_since
 
     # -- the background thread -------------------------------------------------------
     def _ensure_started(self) -> None:

@@ -17,7 +17,13 @@ from typing import Any, cast
 from cache.base import CacheBase, redis_errors, text
 from cache.codec import to_ms
 from cache.errors import CacheError, VersionNotReserved
-from cache.keys import DECODED_ACCOUNTS_MAX, READ_CHUNK, STAGE_TTL_SECONDS, WRITE_CHUNK
+from cache.keys import (
+    DECODED_ACCOUNTS_MAX,
+    READ_CHUNK,
+    STAGE_TTL_SECONDS,
+    TOUCH_LOG_BATCHES,
+    WRITE_CHUNK,
+)
 from cache.models import Account, SchedulerBucket, check_account_id
 
 logger = logging.getLogger(__name__)
@@ -363,7 +369,6 @@ class WriteMixin(CacheBase):
                     self.keys.revisions,
                     self.keys.digests,
                     self.keys.last_used,
-                    self.keys.last_used_log,
                 ],
                 args=[account_id, "" if revision is None else revision],
             )
@@ -400,6 +405,7 @@ class WriteMixin(CacheBase):
                 "1" if record_pending else "0",
                 ",".join(i for i, _ in part),
                 ",".join(u for _, u in part),
+                TOUCH_LOG_BATCHES,
             ]
             calls.append((keys, args))
         with redis_errors("update_last_used"):

@@ -5,7 +5,6 @@
 --           only a later revision (an undelete in the source) passes
 -- KEYS[3] - account digest hash
 -- KEYS[4] - last-used hash
--- KEYS[5] - last-used log
 -- ARGV[1] - account id
 -- ARGV[2] - revision of the deletion, or '' for "whatever revision is cached"
 -- returns {1, tombstone or false, previous payload or false} when a payload was
@@ -25,6 +24,5 @@ if deleted then
 end
 local previous = redis.call('HGET', KEYS[1], id)
 redis.call('HDEL', KEYS[4], id)
-redis.call('ZREM', KEYS[5], id)
 redis.call('HDEL', KEYS[3], id)
 return {redis.call('HDEL', KEYS[1], id), tombstone, previous}

@@ -3,7 +3,7 @@
 -- KEYS[2] - account revision hash (id -> revision)
 -- KEYS[3] - account digest hash (id -> digest of the payload)
 -- KEYS[4] - last-used hash (id -> integer ms)
--- KEYS[5] - last-used log (id scored by the touch sequence number of its last move)
+-- KEYS[5] - last-used log: one member per call, '<seq>:<id>,<id>...', scored by seq
 -- KEYS[6] - touch sequence counter
 -- ARGV[1] - account id
 -- ARGV[2] - revision (-1 for none)
@@ -22,7 +22,8 @@ if used ~= '' then
   local seen = redis.call('HGET', KEYS[4], id)
   if not seen or tonumber(used) > tonumber(seen) then
     redis.call('HSET', KEYS[4], id, used)
-    redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), id)
+    local seq = redis.call('INCR', KEYS[6])
+    redis.call('ZADD', KEYS[5], seq, seq .. ':' .. id)
   end
 end
 local stored = redis.call('HGET', KEYS[2], id)

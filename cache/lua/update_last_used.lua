@@ -3,12 +3,13 @@
 -- KEYS[1] - last-used hash (id -> integer ms)
 -- KEYS[2] - account digest hash: an id absent from it is an unknown (or deleted) account
 -- KEYS[3] - pending hash of uses not yet written to the source database
--- KEYS[4] - last-used log (id scored by the touch sequence number of its last move)
+-- KEYS[4] - last-used log: one member per call, '<seq>:<id>,<id>...', scored by seq
 -- KEYS[5] - touch sequence counter
 -- ARGV[1] - '1' to also record the uses in KEYS[3], '0' not to
 -- ARGV[2] - account ids, joined by ','
 -- ARGV[3] - their last uses in ms, joined by ','
 --   Joined because each script argument costs the server far more than its bytes.
+-- ARGV[4] - batches the log keeps
 -- returns the number of accounts whose cached time moved forward
 local record_pending = ARGV[1] == '1'
 
@@ -29,16 +30,13 @@ local pending = {}
 if record_pending then
   pending = redis.call('HMGET', KEYS[3], unpack(ids))
 end
-local use_pairs, log_pairs, pending_pairs = {}, {}, {}
-local seq = nil
+local use_pairs, moved, pending_pairs = {}, {}, {}
 for k = 1, #ids do
   local used = uses[k]
   if known[k] and (not seen[k] or tonumber(used) > tonumber(seen[k])) then
-    seq = seq or redis.call('INCR', KEYS[5])
     use_pairs[#use_pairs + 1] = ids[k]
     use_pairs[#use_pairs + 1] = used
-    log_pairs[#log_pairs + 1] = seq
-    log_pairs[#log_pairs + 1] = ids[k]
+    moved[#moved + 1] = ids[k]
   end
   if record_pending and (not pending[k] or tonumber(used) > tonumber(pending[k])) then
     pending_pairs[#pending_pairs + 1] = ids[k]
@@ -47,7 +45,9 @@ for k = 1, #ids do
 end
 if #use_pairs > 0 then
   redis.call('HSET', KEYS[1], unpack(use_pairs))
-  redis.call('ZADD', KEYS[4], unpack(log_pairs))
+  local seq = redis.call('INCR', KEYS[5])
+  redis.call('ZADD', KEYS[4], seq, seq .. ':' .. table.concat(moved, ','))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
 end
 if #pending_pairs > 0 then
   redis.call('HSET', KEYS[3], unpack(pending_pairs))

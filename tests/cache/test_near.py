@@ -233,3 +233,30 @@ def test_a_redis_restart_empties_the_near_caches_trust(
     wait_until(lambda: names(near) == ["after"], 3)
     assert near.state.epoch not in (None, epoch)
     client.close()
+
+
+def test_one_log_entry_per_batch_names_every_account_that_moved(
+    cache: RedisSchedulerCache, redis_client: redis.Redis
+) -> None:
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
+    before = redis_client.zcard(cache.keys.last_used_log)
+    cache.update_last_used({1: T0, 2: T0, 3: T0 - timedelta(days=400), 99: T0})
+    log: list[bytes] = redis_client.zrange(cache.keys.last_used_log, 0, -1)  # type: ignore[assignment]
+    assert len(log) == before + 1  # one entry for the call, whatever its size
+    assert log[-1].partition(b":")[2] == b"1,2,3"  # 99 is no account: not logged
+
+
+def test_a_near_cache_behind_the_trimmed_touch_log_reads_again(
+    cache: RedisSchedulerCache, redis_client: redis.Redis, near_cache: NearFactory
+) -> None:
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
+    near = near_cache(background=False)
+    assert names(near) is not None
+    near.check()
+    later = T0 + timedelta(hours=1)
+    cache.update_last_used({1: later})
+    redis_client.delete(cache.keys.last_used_log)  # trimmed before this process looked
+    near.check()
+    assert near.state.names() == []  # it cannot know what moved: it reads again
+    got = near.get_snapshot(BUCKET)
+    assert got is not None and got[0].last_used_at == later
