@@ -105,9 +105,14 @@ class RedisClusterServers:
 
 
 class SentinelServers:
-    """A master, one replica, and three sentinels watching them as :data:`MASTER_NAME`."""
+    """A master, one replica, and three sentinels watching them as :data:`MASTER_NAME`.
 
-    def __init__(self) -> None:
+    ``writable_replica`` lets a test write to the replica alone (a FLUSHALL there is
+    not replicated): the way to make a replica that lacks the master's state.
+    """
+
+    def __init__(self, *, writable_replica: bool = False) -> None:
+        self.writable_replica = writable_replica
         self.master = RedisServer()
         self.replica = RedisServer()
         self.dir = Path(tempfile.mkdtemp(prefix="sched-sentinel-"))
@@ -122,6 +127,8 @@ class SentinelServers:
     def start(self) -> SentinelServers:
         self.master.start()
         self.replica.args = ["--replicaof", "127.0.0.1", str(self.master.port)]
+        if self.writable_replica:
+            self.replica.args += ["--replica-read-only", "no"]
         self.replica.start()
         replica = redis.Redis(port=self.replica.port, socket_timeout=1)
         wait_until(
