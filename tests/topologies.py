@@ -10,9 +10,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -29,6 +30,20 @@ def needs_redis_binaries() -> None:
     for binary in ("redis-server", "redis-cli"):
         if shutil.which(binary) is None:
             pytest.skip(f"needs {binary} on the PATH (apt-get install redis-server redis-tools)")
+
+
+Topology = TypeVar("Topology", "RedisClusterServers", "SentinelServers")
+
+
+@contextmanager
+def started(servers: Topology) -> Iterator[Topology]:
+    """``servers`` running for the ``with`` block (skipped without the binaries)."""
+    needs_redis_binaries()
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.close()
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from cache import CacheUnavailable, RedisSchedulerCache, SchedulerBucket
 from tests.cache.factories import accounts
-from tests.topologies import RedisClusterServers, needs_redis_binaries
+from tests.topologies import RedisClusterServers, started
 
 pytestmark = pytest.mark.slow
 
@@ -18,12 +18,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    needs_redis_binaries()
-    servers = RedisClusterServers().start()
-    try:
+    with started(RedisClusterServers()) as servers:
         yield servers
-    finally:
-        servers.close()
 
 
 @pytest.fixture

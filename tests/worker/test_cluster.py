@@ -15,19 +15,15 @@ from tasks.source import SqlSource, SqlWriter
 from tasks.web.requests import request_rebuild
 from tests.processes import WorkerProcess, settings_from_env, wait_for
 from tests.support import seed_group, snapshot_ids
-from tests.topologies import RedisClusterServers, needs_redis_binaries
+from tests.topologies import RedisClusterServers, started
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def cluster() -> Iterator[RedisClusterServers]:
-    needs_redis_binaries()
-    servers = RedisClusterServers().start()
-    try:
+    with started(RedisClusterServers()) as servers:
         yield servers
-    finally:
-        servers.close()
 
 
 @pytest.fixture

@@ -17,19 +17,15 @@ from tasks.source import SqlSource, SqlWriter
 from tasks.web.requests import request_rebuild
 from tests.processes import WorkerProcess, settings_from_env, wait_for
 from tests.support import seed_group, snapshot_ids
-from tests.topologies import MASTER_NAME, SentinelServers, needs_redis_binaries
+from tests.topologies import MASTER_NAME, SentinelServers, started
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def sentinels() -> Iterator[SentinelServers]:
-    needs_redis_binaries()
-    servers = SentinelServers().start()
-    try:
+    with started(SentinelServers()) as servers:
         yield servers
-    finally:
-        servers.close()
 
 
 @pytest.fixture
@@ -105,12 +101,8 @@ def test_a_master_killed_under_a_worker_and_a_reader_is_replaced_within_seconds(
 
 @pytest.fixture
 def sentinels_with_a_writable_replica() -> Iterator[SentinelServers]:
-    needs_redis_binaries()
-    servers = SentinelServers(writable_replica=True).start()
-    try:
+    with started(SentinelServers(writable_replica=True)) as servers:
         yield servers
-    finally:
-        servers.close()
 
 
 def every_bucket_served(source: SqlSource, buckets: list[SchedulerBucket]) -> bool:
