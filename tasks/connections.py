@@ -73,6 +73,19 @@ def redis_client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def cache_options(settings: Settings) -> dict[str, Any]:
+    """What the cache's ``from_url`` (sync and asyncio alike) takes from the settings
+    besides the URL: its topology, TLS files, key prefix and allowed credentials."""
+    return {
+        "client_options": redis_client_options(settings),
+        "cluster": settings.redis_cluster,
+        "sentinel_master": settings.redis_sentinel_master,
+        "sentinel_password": settings.redis_sentinel_password,
+        "prefix": settings.key_prefix,
+        "cached_credentials": settings.cached_credentials,
+    }
+
+
 def broker_ssl_options(settings: Settings) -> dict[str, Any] | None:
     """Celery's ``broker_use_ssl`` for the broker URL in force; None for a plain one.
 

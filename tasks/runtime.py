@@ -22,8 +22,8 @@ from tasks.celery import app
 from tasks.connections import (
     broker_ssl_options,
     broker_transport_options,
+    cache_options,
     mask_url,
-    redis_client_options,
 )
 from tasks.settings import Settings, get_settings
 from tasks.source.protocol import Source
@@ -51,13 +51,8 @@ def get_cache() -> RedisSchedulerCache:
                 s = settings()
                 _cache = RedisSchedulerCache.from_url(
                     s.redis_url,
-                    client_options=redis_client_options(s),
-                    cluster=s.redis_cluster,
-                    sentinel_master=s.redis_sentinel_master,
-                    sentinel_password=s.redis_sentinel_password,
-                    prefix=s.key_prefix,
                     snapshot_grace_seconds=s.snapshot_grace_seconds,
-                    cached_credentials=s.cached_credentials,
+                    **cache_options(s),
                 )
                 logger.debug("cache at %s", mask_url(s.redis_url))
     return _cache

@@ -29,7 +29,7 @@ from datetime import datetime
 
 from cache import Account, AsyncNearCache, AsyncSchedulerReader, CacheUnavailable, CorruptKey
 from tasks import runtime
-from tasks.connections import redis_client_options
+from tasks.connections import cache_options
 from tasks.settings import Settings
 from tasks.web.reader import on_corrupt_key, on_miss, on_unavailable, resolve, schedulable
 
@@ -67,15 +67,7 @@ async def reading() -> Reading:
     _reading = None
     if held is not None and held.loop is loop and held.pid == os.getpid():
         await held.aclose()
-    reader = AsyncSchedulerReader.from_url(
-        s.redis_url,
-        client_options=redis_client_options(s),
-        cluster=s.redis_cluster,
-        sentinel_master=s.redis_sentinel_master,
-        sentinel_password=s.redis_sentinel_password,
-        prefix=s.key_prefix,
-        cached_credentials=s.cached_credentials,
-    )
+    reader = AsyncSchedulerReader.from_url(s.redis_url, **cache_options(s))
     near = AsyncNearCache(reader, max_buckets=s.near_cache_buckets) if s.near_cache else None
     _reading = Reading(s, loop, os.getpid(), reader, near)
     return _reading
