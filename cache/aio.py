@@ -139,17 +139,12 @@ class AsyncNearCache:
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
-        if not 0 < check_seconds < trust_seconds:
-            raise ValueError(
-                f"check_seconds must be > 0 and below trust_seconds, got {check_seconds}"
-                f" and {trust_seconds}"
-            )
         self.reader = reader
         self.check_seconds = check_seconds
         self.monotonic = monotonic
         self.background = background
-        self.state = NearState(
-            trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
+        self.state = NearState.checked_every(
+            check_seconds, trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
         )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False

@@ -59,6 +59,24 @@ def _boundaries(account: Account) -> Iterable[datetime | None]:
 class NearState:
     """Entries by bucket name, the last uses laid over them, the epoch they belong to."""
 
+    @classmethod
+    def checked_every(
+        cls,
+        check_seconds: float,
+        *,
+        trust_seconds: float,
+        max_buckets: int,
+        monotonic: Callable[[], float],
+    ) -> NearState:
+        """The state of a near cache that checks every ``check_seconds``: more often
+        than its trust lasts, or every entry would lapse between two checks."""
+        if not 0 < check_seconds < trust_seconds:
+            raise ValueError(
+                f"check_seconds must be > 0 and below trust_seconds, got {check_seconds}"
+                f" and {trust_seconds}"
+            )
+        return cls(trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic)
+
     def __init__(
         self,
         *,
