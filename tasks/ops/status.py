@@ -88,7 +88,7 @@ class StatusReport(BaseModel):
 
 
 def _int(stats: Mapping[str, str], name: str) -> int | None:
-    """A counter the tasks record (tasks/rebuild.py, outbox.py, lastused.py name them);
+    """A counter the tasks record (named in tasks/stats.py);
     None until the first time it is recorded."""
     raw = stats.get(name)
     try:
