@@ -100,8 +100,8 @@ def connect(
         nodes, sentinel_options, master_options, name = _sentinels(
             url, sentinel_master, sentinel_password, options
         )
-        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
-        master = sentinel.master_for(name, **master_options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call, unused-ignore]
+        master = sentinel.master_for(name, **master_options)  # type: ignore[no-untyped-call, unused-ignore]
         return cast(redis.Redis, master)
     if cluster:
         # RedisCluster speaks the same commands as one server (keys of a call must share
@@ -126,7 +126,7 @@ def connect_async(
         nodes, sentinel_options, master_options, name = _sentinels(
             url, sentinel_master, sentinel_password, options
         )
-        sentinel = AsyncSentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(nodes, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call, unused-ignore]
         return cast(redis.asyncio.Redis, sentinel.master_for(name, **master_options))
     if cluster:
         return cast(redis.asyncio.Redis, AsyncRedisCluster.from_url(url, **options))

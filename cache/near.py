@@ -233,7 +233,7 @@ class NearCache:
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.cache.client.pubsub()  # type: ignore[no-untyped-call]
+                    pubsub = self.cache.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
                     pubsub.subscribe(self.cache.keys.changes_channel)
                 wait = min(max(next_check - self.monotonic(), 0.0), 1.0)
                 message = pubsub.get_message(timeout=wait)
