@@ -81,8 +81,56 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
             f"invalid database url {mask_url(url)}: {err}"
             " (expected sqlite:///path or postgresql+psycopg://user:password@host/db)"
         ) from err
+    if url.get_backend_name() == "sqlite":
+        _create_only_by_init(engine, url)
     _dispose_in_forked_children(engine)
     return engine
+
+
+def allow_create(engine: Engine) -> None:
+    """Let ``engine`` create its SQLite file: only the schema's creation may."""
+    _CREATORS.add(engine)
+
+
+# Engines that may create their SQLite file (init_schema's); any other connect to a file
+# that does not exist fails instead of leaving an empty database behind.
+_CREATORS: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _create_only_by_init(engine: Engine, url: sa.URL) -> None:
+    # sqlite3.connect creates a missing file: a read in the wrong directory (the default
+    # URL is relative) would leave an empty sched.sqlite3 there and then report a missing
+    # schema, hiding that the setting was the mistake.
+    path = sqlite_path(url)
+    if path is None:
+        return
+    ref = weakref.ref(engine)
+
+    def before_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+        alive = ref()
+        if alive is None or alive in _CREATORS or os.path.exists(path):
+            return
+        if not os.path.isdir(os.path.dirname(path) or "."):
+            return  # sqlite fails on its own, creating nothing: SourceUnavailable
+        raise SchemaMissing(
+            f"no database at {mask_url(url)} ({os.path.abspath(path)} does not exist): "
+            "set SCHED_DATABASE_URL to the database to read, or create this one with "
+            "`sched db init`"
+        )
+
+    event.listen(engine, "do_connect", before_connect)
+
+
+def sqlite_path(url: sa.URL) -> str | None:
+    """The file a SQLite URL names; None for an in-memory database."""
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        return None
+    if database.startswith("file:"):
+        if "mode=memory" in database:
+            return None
+        database = database[len("file:") :].partition("?")[0]
+    return database
 
 
 def writing(engine: Engine) -> Engine:

@@ -21,7 +21,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 import cache
-from tasks.source.engine import as_engine, db_errors, mask_url, writing
+from tasks.source.engine import allow_create, as_engine, db_errors, mask_url, writing
 from tasks.source.errors import SourceError
 
 logger = logging.getLogger(__name__)
@@ -249,6 +249,7 @@ def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
     Returns the engine used, so a caller that passed a URL can keep it.
     """
     engine = as_engine(url_or_engine)
+    allow_create(engine)
     with db_errors(engine, "init_schema"), writing(engine).begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two `db init` at once would race on CREATE TABLE IF NOT EXISTS.

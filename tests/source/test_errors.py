@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from tasks.source import SqlSource, SqlWriter
 from tasks.source.engine import make_engine, mask_url
 from tasks.source.errors import InvalidDatabaseUrl, SchemaMissing, SourceUnavailable
 from tasks.source.schema import init_schema
+from tests.processes import child_env
 from tests.source.helpers import sql
 from tests.support import free_port
 
@@ -112,3 +115,47 @@ def test_a_bad_url_is_a_clear_error_without_the_password(url: str) -> None:
 
     assert "s3cret" not in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+def test_a_read_never_creates_the_sqlite_file_and_names_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "sched.sqlite3"
+    source = SqlSource(f"sqlite:///{path}")
+    try:
+        with pytest.raises(SchemaMissing, match="SCHED_DATABASE_URL") as caught:
+            source.accounts_for_bucket(BUCKET, NOW)
+        assert str(path) in str(caught.value) and "sched db init" in str(caught.value)
+        with pytest.raises(SchemaMissing):
+            source.ping()
+        assert not path.exists()
+        init_schema(source.engine)  # creating the schema is what may create the file
+        assert path.is_file()
+        assert source.accounts_for_bucket(BUCKET, NOW) == []
+    finally:
+        source.close()
+
+
+def test_list_schedulable_in_an_empty_directory_leaves_no_database_behind(
+    tmp_path: Path,
+) -> None:
+    """No SCHED_DATABASE_URL (the relative default) and no Redis: the fallback read
+    fails naming the URL it tried and the setting, and creates nothing."""
+    script = (
+        "from tasks import list_schedulable\n"
+        "from tasks.source import SchemaMissing\n"
+        "try:\n"
+        "    list_schedulable(0, 'anthropic')\n"
+        "except SchemaMissing as exc:\n"
+        "    print('SchemaMissing:', exc)\n"
+    )
+    env = child_env(SCHED_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "SchemaMissing:" in done.stdout, done.stdout + done.stderr
+    assert "sqlite:///sched.sqlite3" in done.stdout and "SCHED_DATABASE_URL" in done.stdout
+    assert list(tmp_path.iterdir()) == []
