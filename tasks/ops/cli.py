@@ -8,6 +8,7 @@ Errors are one line on stderr; tracebacks are for bugs only.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from tasks import runtime
 from tasks.connections import mask_url
 from tasks.ops import services
 from tasks.ops.errors import NoSnapshot, SchedGroup
+from tasks.ops.extras import as_missing_extra, requires_extra
 from tasks.ops.reach import stop_on_ctrl_c, use_cache, use_running_system, use_source
 
 logger = logging.getLogger(__name__)
@@ -272,13 +274,25 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
                 click.echo(line)
 
 
-for _command in (services.flower, services.metrics, services.run):
+# Both serve Flower: without the [flower] extra they say so before starting anything.
+for _command in (
+    requires_extra("flower", "flower", "tornado")(services.flower),
+    services.metrics,
+    requires_extra("flower", "flower", "tornado")(services.run),
+):
     cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console entry point (``sched``)."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="sched")
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="sched")
+    except ModuleNotFoundError as exc:
+        missing = as_missing_extra(exc)
+        if missing is None:
+            raise
+        click.echo(f"sched: error: {missing.format_message()}", err=True)
+        sys.exit(missing.exit_code)
     raise AssertionError("unreachable: click's main exits")  # pragma: no cover
 
 
