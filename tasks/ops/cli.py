@@ -158,6 +158,32 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
 # -- database and demo ----------------------------------------------------------------
 
 
+@cli.command()
+def env() -> None:
+    """Shell lines that point your own program at the system: SCHED_REDIS_URL and
+    SCHED_DATABASE_URL (and SCHED_BROKER_URL when set) of the one `sched run` runs,
+    or of the environment.
+
+    \b
+    Example:
+      eval "$(.venv/bin/sched env)"; python my_gateway.py
+    """
+    import shlex
+
+    from tasks.ops.system import absolute_database_url
+
+    use_running_system(required=True)
+    settings = runtime.settings()
+    values = {
+        "SCHED_REDIS_URL": settings.redis_url,
+        "SCHED_DATABASE_URL": absolute_database_url(settings.database_url),
+    }
+    if settings.broker_url:
+        values["SCHED_BROKER_URL"] = settings.broker_url
+    for name, value in values.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
 @cli.group(context_settings=_CONTEXT)
 def db() -> None:
     """The source database at SCHED_DATABASE_URL."""
