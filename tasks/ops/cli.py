@@ -40,7 +40,7 @@ def cli(verbose: int) -> None:
     """Operate the scheduling cache: status, snapshots, rebuilds, metrics, the database,
     the demo.
 
-    Configuration comes from SCHED_* environment variables (see the README); the
+    Configuration comes from SCHED_* environment variables (docs/configuration.md); the
     commands read Redis at SCHED_REDIS_URL and the database at SCHED_DATABASE_URL.
     With neither set, they read the system `sched run` (`make run`) is running, found
     by its .run/system.json here, in a parent directory or in the checkout.
