@@ -77,11 +77,16 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
                 connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
             engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     except ImportError as err:
-        # The URL is fine; its driver is an extra that was not installed.
+        if isinstance(url, sa.URL) and url.get_backend_name() == "postgresql":
+            # The URL is fine; its driver is an extra that was not installed.
+            raise InvalidDatabaseUrl(
+                f"database url {mask_url(url)} needs a driver that is not installed ({err}):"
+                " pip install 'sched-cache[postgres]'"
+            ) from None  # the message carries the cause; a chained one would hide the hint
         raise InvalidDatabaseUrl(
-            f"database url {mask_url(url)} needs a driver that is not installed ({err}):"
-            " pip install 'sched-cache[postgres]' for postgresql+psycopg://"
-        ) from None  # the message carries the cause; a chained one would hide the hint
+            f"invalid database url {mask_url(url)}: {err}"
+            " (expected sqlite:///path or postgresql+psycopg://user:password@host/db)"
+        ) from err
     except (exc.ArgumentError, exc.NoSuchModuleError) as err:
         raise InvalidDatabaseUrl(
             f"invalid database url {mask_url(url)}: {err}"
