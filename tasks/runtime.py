@@ -11,20 +11,14 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any, cast
 
 from celery.signals import worker_process_init
 
 from cache import NearCache, RedisSchedulerCache, SchedulerBucket
 from tasks import buckets
-from tasks.celery import app
-from tasks.connections import (
-    broker_ssl_options,
-    broker_transport_options,
-    cache_options,
-    mask_url,
-)
+from tasks.celery import app, configure
+from tasks.connections import cache_options, mask_url
 from tasks.settings import Settings, get_settings
 from tasks.source.protocol import Source
 
@@ -115,31 +109,9 @@ def reset(new_settings: Settings | None = None) -> None:
     get_settings.cache_clear()
     _settings = new_settings
     _forget_connections()
-    s = settings()
-    _repoint_broker(
-        s.effective_broker_url,
-        broker_transport_options(s),
-        broker_ssl_options(s),
-    )
-
-
-def _repoint_broker(
-    url: str, transport_options: dict[str, Any], use_ssl: dict[str, Any] | None
-) -> None:
-    """Send from now on through ``url``: the app read its broker once, at start.
-
-    The app caches its connection pool, its producer pool and the control mailbox's
-    producer pool; each is dropped, as Celery itself does after a fork. They are not
-    closed: kombu shares pools between equal URLs, and going back to one must work.
-    """
-    app.conf.broker_url = url
-    app.conf.broker_transport_options = transport_options
-    # Set for a plain broker too: a TLS broker's options must not carry over to it.
-    app.conf.broker_use_ssl = use_ssl or False
-    app._pool = None
-    app.amqp._producer_pool = None
-    with suppress(AttributeError):
-        del app.control.mailbox.producer_pool
+    # Sends from now on go through the broker of the settings in force: the app read
+    # its configuration once, at start.
+    configure(app, settings())
 
 
 def _forget_connections() -> None:
