@@ -26,9 +26,9 @@ from typing import Any, Literal
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from cache import Account, InvalidBucket, SchedulerBucket
+from cache import Account, InvalidBucket
 from tasks import list_schedulable_async, record_last_used, request_rebuild, runtime
-from tasks.buckets import bucket_for, check_platform, platform_buckets
+from tasks.buckets import account_buckets, bucket_for, check_platform
 from tasks.source import SqlWriter
 from tasks.web import aio
 
@@ -168,18 +168,7 @@ def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     # The outbox poller would rebuild these too; asking now makes the change visible
     # in the time of one rebuild instead of one poll interval later.
-    buckets = sorted(str(bucket) for bucket in buckets_of(account))
+    buckets = sorted(str(b) for b in account_buckets(account, rules=runtime.settings()))
     for bucket in buckets:
         request_rebuild(bucket)
     return {"id": account.id, "revision": account.revision, "rebuilds_requested": buckets}
-
-
-def buckets_of(account: Account) -> set[SchedulerBucket]:
-    """Every bucket that can hold ``account``: in each of its groups (group 0 when it has
-    none), its platform's buckets and the mixed buckets it is a donor to."""
-    settings = runtime.settings()
-    return {
-        bucket
-        for group in account.group_ids or (0,)
-        for bucket in platform_buckets(group, account.platform, settings)
-    }

@@ -101,9 +101,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": max(1, settings.rebuild_time_limit_seconds - 2),
         # One direct exchange per queue: a message reaches exactly the queue it is
         # routed to.
-        "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
-        ],
+        "task_queues": [_queue(name) for name in QUEUES],
         "task_default_queue": DEFAULT_QUEUE,
         "task_routes": {task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         "task_default_exchange": DEFAULT_QUEUE,
@@ -114,6 +112,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
     }
     return config
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -30,10 +30,10 @@ from cache import (
 )
 from tasks import stats
 from tasks.celery import app
+from tasks.requests import repair_wrong_types
 from tasks.runtime import get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import Source
-from tasks.web.last_used import repair_wrong_types
 from tasks.worker.retry import RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from cache import MAX_ID, Account, SchedulerBucket, brief, check_account_id
-from tasks.buckets import Rules, platform_buckets
+from cache import MAX_ID, brief, check_account_id
 from tasks.source.protocol import OutboxEvent, OutboxEventType
 
 logger = logging.getLogger(__name__)
@@ -183,31 +182,6 @@ _ADDERS: dict[OutboxEventType, Callable[[BatchPlan, OutboxEvent], None]] = {
     OutboxEventType.FULL_REBUILD: _full,
     OutboxEventType.ACCOUNT_LAST_USED: _last_used,
 }
-
-
-# -- the buckets an account change touches -----------------------------------------------
-def account_buckets(
-    old: Account | None, new: Account | None, groups: Iterable[int] | None, config: Rules
-) -> set[SchedulerBucket]:
-    """The buckets an account change touches: its platforms (before and after) in
-    ``groups``, or in every group it was or is in (no group is group 0)."""
-    platforms = {account.platform for account in (old, new) if account is not None}
-    if groups is None:
-        groups = {
-            group
-            for account in (old, new)
-            if account is not None
-            for group in (account.group_ids or (0,))
-        }
-    elif not platforms:
-        # Neither cached nor in the source: any bucket of these groups may list it.
-        platforms = set(config.platforms)
-    return {
-        bucket
-        for platform in platforms
-        for group in groups
-        for bucket in platform_buckets(group, platform, config)
-    }
 
 
 # -- ids not visible yet ------------------------------------------------------------------

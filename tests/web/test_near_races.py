@@ -201,7 +201,7 @@ def touch_in_turn(settings: Settings, rounds: int, go: Any, out: Any) -> None:
         at = datetime.fromtimestamp(1_700_000_000 + n, UTC)
         out.put((time.time(), at))
         record_last_used(2, at)
-    default_batcher.close()
+    default_batcher().close()
 
 
 def test_another_processs_activation_and_touch_reach_list_schedulable_in_time(
