@@ -103,7 +103,7 @@ def test_bugs_and_bad_data_are_not_retried(exc: BaseException) -> None:
 
 def test_a_validation_error_is_bad_data() -> None:
     with pytest.raises(ValidationError) as info:
-        Settings(lock_ttl_seconds="x")  # type: ignore[arg-type]
+        Settings(lock_ttl_seconds="x")
     assert not is_transient(info.value)
 
 
