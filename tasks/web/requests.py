@@ -30,7 +30,7 @@ def request_rebuild(bucket: SchedulerBucket | str) -> bool:
     """
     parsed = bucket if isinstance(bucket, SchedulerBucket) else SchedulerBucket.parse(bucket)
     check_platform(parsed.platform, runtime.settings())
-    cache = runtime.get_cache()
+    cache = runtime.get_web_cache()
     if not cache.request_rebuild(parsed):
         return False
     send_rebuild(cache, parsed)
@@ -40,7 +40,7 @@ def request_rebuild(bucket: SchedulerBucket | str) -> bool:
 def send_rebuild(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> None:
     """Enqueue the rebuild task of ``bucket``, whose request this process has taken."""
     try:
-        app.send_task(REBUILD_TASK, (str(bucket),))
+        _send(bucket)
     except Exception:
         logger.error("could not enqueue the rebuild of bucket %s", bucket)
         with suppress(CacheError):
@@ -48,3 +48,15 @@ def send_rebuild(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> None:
         raise
     with suppress(CacheError):
         cache.record_stats({stats.REBUILD_REQUESTS_SENT: 1})
+
+
+def _send(bucket: SchedulerBucket) -> None:
+    s = runtime.settings()
+    url = s.effective_web_broker_url
+    if url == s.effective_broker_url:
+        app.send_task(REBUILD_TASK, (str(bucket),))
+        return
+    # The web role's own broker user (docs/security.md): a connection per send, which
+    # is rare (requests coalesce), rather than a pool that outlives a settings reset.
+    with app.connection_for_write(url) as connection:
+        app.send_task(REBUILD_TASK, (str(bucket),), connection=connection)

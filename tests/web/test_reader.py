@@ -124,6 +124,9 @@ class StaleRead:
     def __init__(self, inner: SqlSource, cache: RedisSchedulerCache) -> None:
         self.inner, self.cache = inner, cache
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def accounts_for_bucket(self, bucket: SchedulerBucket, now: datetime) -> list[Account]:
         stale = self.inner.accounts_for_bucket(bucket, now)
         SqlWriter(self.inner).update_account(stale[0].id, status="disabled")
