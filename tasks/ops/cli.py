@@ -20,6 +20,7 @@ from cache import SchedulerBucket
 from tasks import runtime
 from tasks.connections import mask_url
 from tasks.ops import services
+from tasks.ops.buckets import buckets
 from tasks.ops.errors import NoSnapshot, SchedGroup
 from tasks.ops.reach import stop_on_ctrl_c, use_cache, use_running_system, use_source
 
@@ -272,7 +273,7 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
                 click.echo(line)
 
 
-for _command in (services.flower, services.metrics, services.run):
+for _command in (services.flower, services.metrics, services.run, buckets):
     cli.add_command(_command)
 
 

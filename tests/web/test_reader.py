@@ -140,7 +140,7 @@ def test_a_fallback_cannot_activate_data_older_than_a_rebuild(
 ) -> None:
     group = seed_group(source, accounts=3)
     bucket = SchedulerBucket(group.id, "openai", "single")
-    runtime._source = StaleRead(source, task_cache)  # type: ignore[assignment]
+    runtime._source = StaleRead(source, task_cache)
 
     list_schedulable(group.id, "openai")
 

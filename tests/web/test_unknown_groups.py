@@ -54,11 +54,11 @@ def fresh_process_state() -> Iterator[None]:
 @pytest.fixture
 def counting(source: SqlSource) -> CountingSource:
     counted = CountingSource(source)
-    runtime._source = counted  # type: ignore[assignment]
+    runtime._source = counted
     return counted
 
 
-def everything(client: redis.Redis) -> dict[bytes, object]:
+def everything(client: redis.Redis) -> dict[object, object]:
     return {key: client.dump(key) for key in client.keys("*")}
 
 
@@ -114,7 +114,7 @@ def test_an_unknown_group_with_redis_down_reads_no_accounts(
 ) -> None:
     runtime.reset(configured.model_copy(update={"redis_url": private_redis.url}))
     counted = CountingSource(source)
-    runtime._source = counted  # type: ignore[assignment]
+    runtime._source = counted
     private_redis.stop()
     assert list_schedulable(987_654, "openai") == []
     assert counted.bucket_reads == 0
