@@ -160,3 +160,14 @@ def test_the_operator_role_retires_and_reads_but_does_not_administer(
     assert ops.list_buckets() == []
     with pytest.raises(redis.exceptions.NoPermissionError):
         ops.client.flushall()
+
+
+def test_role_urls_default_to_the_workers_and_a_web_process_never_needs_its_password() -> None:
+    plain = Settings(redis_url="redis://w:pw@h/0")
+    assert plain.effective_web_redis_url == plain.effective_ops_redis_url == "redis://w:pw@h/0"
+    assert plain.effective_web_broker_url == "redis://w:pw@h/0"
+    web = Settings(redis_url="redis://w:pw@h/0", web_redis_url="redis://web:x@h/0")
+    assert web.effective_web_broker_url == "redis://web:x@h/0"  # not the workers' broker
+    amqp = web.model_copy(update={"broker_url": "amqp://b:y@q//"})
+    assert amqp.effective_web_broker_url == "amqp://b:y@q//"
+    assert Settings(web_redis_url="").web_redis_url is None  # "VAR=" means unset
