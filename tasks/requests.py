@@ -25,24 +25,34 @@ REBUILD_TASK = "tasks.rebuild_bucket"
 
 
 def request_rebuild(bucket: SchedulerBucket | str) -> bool:
-    """Ask for a rebuild of ``bucket``; True when this call enqueued the task.
+    """Ask for a rebuild of ``bucket`` as a worker or a tool: with the workers' Redis
+    and broker. True when this call enqueued the task.
 
     A bucket of a platform that is not configured raises
     :class:`tasks.buckets.UnknownPlatform` and leaves nothing behind.
     """
+    return request_through(runtime.get_cache(), bucket, broker_url=None)
+
+
+def request_through(
+    cache: RedisSchedulerCache, bucket: SchedulerBucket | str, *, broker_url: str | None
+) -> bool:
+    """Note the request in ``cache`` and, when no task is queued yet, send one through
+    ``broker_url`` (None: the app's own broker)."""
     parsed = bucket if isinstance(bucket, SchedulerBucket) else SchedulerBucket.parse(bucket)
     check_platform(parsed.platform, runtime.settings())
-    cache = runtime.get_cache()
     if not cache.request_rebuild(parsed):
         return False
-    send_rebuild(cache, parsed)
+    send_rebuild(cache, parsed, broker_url=broker_url)
     return True
 
 
-def send_rebuild(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> None:
+def send_rebuild(
+    cache: RedisSchedulerCache, bucket: SchedulerBucket, *, broker_url: str | None = None
+) -> None:
     """Enqueue the rebuild task of ``bucket``, whose request this process has taken."""
     try:
-        app.send_task(REBUILD_TASK, (str(bucket),))
+        _send(bucket, broker_url)
     except Exception:
         logger.error("could not enqueue the rebuild of bucket %s", bucket)
         with suppress(CacheError):
@@ -50,6 +60,16 @@ def send_rebuild(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> None:
         raise
     with suppress(CacheError):
         cache.record_stats({stats.REBUILD_REQUESTS_SENT: 1})
+
+
+def _send(bucket: SchedulerBucket, broker_url: str | None) -> None:
+    if broker_url is None or broker_url == runtime.settings().effective_broker_url:
+        app.send_task(REBUILD_TASK, (str(bucket),))
+        return
+    # The web role's own broker user (docs/security.md): a connection per send, which
+    # is rare (requests coalesce), rather than a pool that outlives a settings reset.
+    with app.connection_for_write(broker_url) as connection:
+        app.send_task(REBUILD_TASK, (str(bucket),), connection=connection)
 
 
 def repair_wrong_types(cache: object, exc: CorruptKey) -> None:

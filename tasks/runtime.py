@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _settings: Settings | None = None
 _cache: RedisSchedulerCache | None = None
+_web_cache: RedisSchedulerCache | None = None
 _source: Source | None = None
 _near: NearCache | None = None
 
@@ -52,6 +53,25 @@ def get_cache() -> RedisSchedulerCache:
     return _cache
 
 
+def get_web_cache() -> RedisSchedulerCache:
+    """The cache client of the web calls (reads, last use, rebuild requests): as the web
+    role (``SCHED_WEB_REDIS_URL``) when one is set, else :func:`get_cache` itself."""
+    global _web_cache
+    s = settings()
+    if s.effective_web_redis_url == s.redis_url:
+        return get_cache()
+    if _web_cache is None:
+        with _lock:
+            if _web_cache is None:
+                _web_cache = RedisSchedulerCache.from_url(
+                    s.effective_web_redis_url,
+                    snapshot_grace_seconds=s.snapshot_grace_seconds,
+                    **cache_options(s),
+                )
+                logger.debug("web cache at %s", mask_url(s.effective_web_redis_url))
+    return _web_cache
+
+
 def get_near_cache() -> NearCache | None:
     """The process's near cache over :func:`get_cache`, built on first use; None when
     ``SCHED_NEAR_CACHE`` is false. It starts its background thread on its first read
@@ -61,7 +81,7 @@ def get_near_cache() -> NearCache | None:
         s = settings()
         if not s.near_cache:
             return None
-        cache = get_cache()
+        cache = get_web_cache()
         with _lock:
             if _near is None:
                 _near = NearCache(cache, max_buckets=s.near_cache_buckets)
@@ -115,15 +135,17 @@ def reset(new_settings: Settings | None = None) -> None:
 
 
 def _forget_connections() -> None:
-    global _cache, _source, _near
+    global _cache, _web_cache, _source, _near
     with _lock:
         near, _near = _near, None
         cache, _cache = _cache, None
+        web_cache, _web_cache = _web_cache, None
         source, _source = _source, None
     if near is not None:
         near.close()
-    if cache is not None:
-        cache.client.close()
+    for held in (cache, web_cache):
+        if held is not None:
+            held.client.close()
     close = getattr(source, "close", None)
     if callable(close):
         close()
@@ -132,8 +154,9 @@ def _forget_connections() -> None:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _fresh_in_worker_child(**_: Any) -> None:
     """A pool child must not use connections it inherited from its parent."""
-    global _cache, _source, _near
+    global _cache, _web_cache, _source, _near
     _cache = None
+    _web_cache = None
     _source = None
     _near = None
 

@@ -34,6 +34,21 @@ class Settings(BaseSettings):
         description="one server, a Cluster node (redis_cluster) or sentinel://h:26379;sentinel://...",
     )
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    # Least privilege: each kind of process may talk to Redis as its own ACL user
+    # (docs/security.md). redis_url is the workers' (and beat's); unset, the others
+    # use it too. Any of them may carry user:password, masked wherever shown.
+    web_redis_url: str | None = Field(
+        default=None, description="the web processes' Redis (ACL role 'web'); defaults to redis_url"
+    )
+    web_broker_url: str | None = Field(
+        default=None,
+        description="the broker web processes send rebuilds through; defaults to broker_url, "
+        "or to web_redis_url when the broker is the cache's Redis",
+    )
+    ops_redis_url: str | None = Field(
+        default=None,
+        description="the sched command's Redis (ACL role 'ops'), default redis_url",
+    )
     redis_cluster: bool = Field(
         default=False, description="redis_url names a seed node of a Redis Cluster"
     )
@@ -112,6 +127,13 @@ class Settings(BaseSettings):
     # -- fallback reads on a miss ----------------------------------------------------
     fallback_enabled: bool = True
     fallback_per_second: float = Field(default=5.0, gt=0)
+    # False under a web role that may not write snapshots: a miss then answers from the
+    # source without writing, and the rebuild it requests writes the snapshot.
+    fallback_writes: bool = True
+    # A miss on a group the source does not know answers empty and registers nothing;
+    # each web process remembers such ids this long, at most this many of them.
+    unknown_group_ttl_seconds: float = Field(default=30.0, gt=0)
+    unknown_groups_max: int = Field(default=100_000, ge=1)
 
     # -- operations ------------------------------------------------------------------
     flower_user: str = "admin"
@@ -137,6 +159,9 @@ class Settings(BaseSettings):
         "tls_key_file",
         "redis_sentinel_master",
         "redis_sentinel_password",
+        "web_redis_url",
+        "web_broker_url",
+        "ops_redis_url",
         "metrics_user",
         "metrics_password",
         "run_dir",
@@ -218,6 +243,21 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def effective_web_redis_url(self) -> str:
+        return self.web_redis_url or self.redis_url
+
+    @property
+    def effective_web_broker_url(self) -> str:
+        """A broker of its own, else the shared broker, else (the broker being the
+        cache's Redis) the web role's Redis URL: a web process never holds the
+        workers' password."""
+        return self.web_broker_url or self.broker_url or self.effective_web_redis_url
+
+    @property
+    def effective_ops_redis_url(self) -> str:
+        return self.ops_redis_url or self.redis_url
 
 
 @lru_cache(maxsize=1)

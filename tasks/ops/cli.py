@@ -20,6 +20,7 @@ from cache import SchedulerBucket
 from tasks import runtime
 from tasks.connections import mask_url
 from tasks.ops import services
+from tasks.ops.buckets import buckets
 from tasks.ops.errors import NoSnapshot, SchedGroup
 from tasks.ops.reach import stop_on_ctrl_c, use_cache, use_running_system, use_source
 
@@ -118,7 +119,7 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
     """
     if (bucket is None) == (not all_buckets):
         raise click.UsageError("give either BUCKET or --all, not both or neither")
-    from tasks.web.requests import request_rebuild
+    from tasks.requests import request_rebuild
 
     use_running_system(required=True)
     cache = use_cache()
@@ -272,7 +273,7 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
                 click.echo(line)
 
 
-for _command in (services.flower, services.metrics, services.run):
+for _command in (services.flower, services.metrics, services.run, buckets):
     cli.add_command(_command)
 
 

@@ -390,7 +390,7 @@ def _flower_argv(port: int) -> list[str]:
 
 def _kick_rebuilds(buckets: list[Any]) -> None:
     """Queue the first rebuilds now: beat's first refresh is a whole interval away."""
-    from tasks.web.requests import request_rebuild
+    from tasks.requests import request_rebuild
 
     for bucket in buckets:
         request_rebuild(bucket)

@@ -27,7 +27,7 @@ from typing import Protocol
 from cache import CacheError, Clock, CorruptKey, as_utc, brief, check_account_id, utc_now
 from tasks import runtime
 from tasks.requests import repair_wrong_types
-from tasks.runtime import get_cache, settings
+from tasks.runtime import get_web_cache, settings
 from tasks.web import aio
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class LastUsedBatcher:
         if interval_seconds is not None and not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
         self._cache = cache
-        self._cache_factory: Callable[[], LastUsedSink] = cache_factory or get_cache
+        self._cache_factory: Callable[[], LastUsedSink] = cache_factory or get_web_cache
         self._interval = interval_seconds
         self._clock = clock
         self._reset_state()
