@@ -90,7 +90,7 @@ def test_every_documented_web_call_works_under_the_web_role(
     assert len(accounts) == 2
     assert len(asyncio.run(_read_async(list_schedulable_async, group.id))) == 2
     record_last_used(accounts[0].id)
-    assert default_batcher.flush() == 1
+    assert default_batcher().flush() == 1
     assert admin.hlen("sched:{shared}:last_used:pending") == 1
     assert request_rebuild(SchedulerBucket(group.id, "openai", "forced")) is True
     assert admin.llen("rebuild") == 2
