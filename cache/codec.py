@@ -69,7 +69,7 @@ _PAYLOAD_DECODER = msgspec.json.Decoder(
     )
 )
 # What decoded accounts are copied from; every field is replaced in each copy.
-_BLANK = Account.model_construct()
+_BLANK = Account.model_construct()  # type: ignore[call-arg]  # all replaced in copies
 
 
 def _trusted(payload: bytes, last_used: bytes | None) -> Account | None:
