@@ -34,6 +34,17 @@ def parse_index(flat: list[bytes]) -> dict[SchedulerBucket, int]:
     return found
 
 
+def _listing(version: int, listed: bool, active: int, active_listed: bool) -> int:
+    """The version an index entry should name after a change: the indexed one while it
+    lists the account and is not replaced (a staged version counts), else the active
+    one if that lists it, else none (0)."""
+    if active in (0, version):
+        return version if listed and active else 0
+    if version > active and listed:
+        return version  # staged by a writer that has not activated it yet
+    return active if active_listed else 0
+
+
 class AccountPatcher:
     """Writes a changed account into snapshot versions; the only writer of the account
     bucket index's corrections (the snapshot writer adds entries, this drops stale ones).
@@ -63,20 +74,20 @@ class AccountPatcher:
             for (bucket, version), (_, active) in zip(targets, replies, strict=True)
             if int(active) > 0 and int(active) != version
         ]
-        listed_active = {}
+        listed_active: dict[SchedulerBucket, bool] = {}
         if follow:
             again = self._patch(account_id, follow, revision, digest, payload)
             listed_active = {
-                target: int(status) != Patch.NOT_LISTED
+                target[0]: int(status) != Patch.NOT_LISTED
                 for target, (status, _) in zip(follow, again, strict=True)
             }
         fixes: list[tuple[list[str], list[Any]]] = []
         key = self._w.keys.account_buckets(account_id)
         for (bucket, version), (status, active) in zip(targets, replies, strict=True):
-            if int(status) != Patch.NOT_LISTED:
-                continue
-            now = int(active) if listed_active.get((bucket, int(active))) else 0
-            fixes.append(([key], [str(bucket), version, now]))
+            listed = int(status) != Patch.NOT_LISTED
+            now = _listing(version, listed, int(active), listed_active.get(bucket, False))
+            if now != version:
+                fixes.append(([key], [str(bucket), version, now]))
         if fixes:
             self._w.run("reindex_account", fixes)
 
