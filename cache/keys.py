@@ -140,6 +140,13 @@ class KeySpace:
         """Hash: account id -> digest of the stored payload; absent: unknown account."""
         return self._shared("acc_digest")
 
+    def account_buckets(self, account_id: int | str) -> str:
+        """Hash: bucket -> the version of it that lists the account (the one its writer
+        indexed last). Lets a change of one account reach every snapshot that lists it
+        at a cost that grows with those snapshots, not with the registry; an entry
+        whose version no longer lists the account is dropped by the next change."""
+        return self._shared("acc_in", str(account_id))
+
     @property
     def last_used(self) -> str:
         """Hash: account id -> last use, integer milliseconds since the epoch."""
