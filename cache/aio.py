@@ -24,7 +24,7 @@ from cache.connect import connect_async
 from cache.errors import CacheError
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS, KeySpace
 from cache.models import Account, SchedulerBucket
-from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, serve
+from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, hit, serve
 from cache.nearstate import NearState
 from cache.reads import Expired, ReadPlan, SnapshotRead
 from cache.scripts import Scripts
@@ -169,6 +169,9 @@ class AsyncNearCache:
 
     async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
         self._ensure_started()
+        accounts = hit(self.state, str(bucket), now)
+        if accounts is not None:
+            return accounts
         result: list[Account] | None = await self._drive(
             serve(self.state, self.reader.keys, bucket, now, self.monotonic)
         )

@@ -36,7 +36,7 @@ from cache.client import RedisSchedulerCache
 from cache.errors import CacheError
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS
 from cache.models import Account, SchedulerBucket
-from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, serve
+from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, hit, serve
 from cache.nearstate import NearState
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class NearCache:
 
     def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
         self._ensure_started()
+        accounts = hit(self.state, str(bucket), now)
+        if accounts is not None:
+            return accounts
         result: list[Account] | None = self._drive(
             serve(self.state, self.cache.keys, bucket, now, self.monotonic)
         )
