@@ -177,8 +177,8 @@ def test_a_redis_restart_empties_the_near_caches_trust(
 
 
 def held_or_none(near: Any, bucket: SchedulerBucket) -> int | None:
-    entry = near.state.entries.get(str(bucket))
-    return None if entry is None else int(entry.version)
+    held: int | None = near.state.version(str(bucket))
+    return held
 
 
 def activate_in_turn(url: str, rounds: int, go: Any, out: Any) -> None:
