@@ -18,7 +18,6 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from cache.base import redis_errors, text
-from cache.client import READ_ATTEMPTS
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
 from cache.connect import connect_async
 from cache.errors import CacheError
@@ -26,7 +25,8 @@ from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS,
 from cache.models import Account, SchedulerBucket
 from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, hit, serve
 from cache.nearstate import NearState
-from cache.reads import Expired, ReadPlan, SnapshotRead
+from cache.reader import MOVED_ATTEMPTS, READ_ATTEMPTS
+from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
 from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class AsyncSchedulerReader:
         self.client = client
         self.keys = KeySpace(prefix)
         self.codec = AccountCodec(cached_credentials)
+        self.hints = VersionHints()
         self._scripts = Scripts(client)
 
     @classmethod
@@ -81,11 +82,17 @@ class AsyncSchedulerReader:
 
     async def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
         """As :meth:`cache.client.RedisSchedulerCache.read_snapshot`."""
-        with redis_errors(f"get_snapshot {bucket}"):
-            for _ in range(READ_ATTEMPTS):
+        with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
+            expired = moved = 0
+            while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
                 try:
-                    return await self._read_once(ReadPlan(self.keys, self.codec, bucket))
+                    plan = ReadPlan(self.keys, self.codec, bucket, self.hints)
+                    return await self._read_once(plan)
+                except Moved as exc:
+                    moved += 1
+                    logger.debug("reading again: %s", exc)
                 except Expired as exc:
+                    expired += 1
                     logger.info("snapshot %s expired mid-read; reading again", exc)
         return None
 
