@@ -121,10 +121,8 @@ class ReadChecks:
                     why = reason
                     reasons[why.split(":")[0]] += 1
                     impossible.add(
-                        (
-                            f"{read.p} at {at(read.t0, self.origin)} got account {seen.id} rev "
-                            f"{seen.rev} (groups {list(seen.groups)}) in group {read.group}: {why}"
-                        )
+                        f"{read.p} at {at(read.t0, self.origin)} got account {seen.id} rev "
+                        f"{seen.rev} (groups {list(seen.groups)}) in group {read.group}: {why}"
                     )
                 key = (read.p, seen.id)
                 if seen.rev is not None:
@@ -135,11 +133,9 @@ class ReadChecks:
                         high, shown = best
                         cross += shown.group != read.group
                         backwards.add(
-                            (
-                                f"{read.p} saw account {seen.id} at rev {high} in group "
-                                f"{shown.group} at {at(shown.t0, self.origin)}, then rev "
-                                f"{seen.rev} in group {read.group} at {at(read.t0, self.origin)}"
-                            )
+                            f"{read.p} saw account {seen.id} at rev {high} in group "
+                            f"{shown.group} at {at(shown.t0, self.origin)}, then rev "
+                            f"{seen.rev} in group {read.group} at {at(read.t0, self.origin)}"
                         )
                 if in_wipe:
                     continue
@@ -150,11 +146,9 @@ class ReadChecks:
                 elif _earlier(seen.last_used, before[0], self.report.bounds.tolerance):
                     latest, where = before
                     backwards_used.add(
-                        (
-                            f"{read.p} saw account {seen.id} last used {latest} in group "
-                            f"{where.group} at {at(where.t0, self.origin)}, then "
-                            f"{seen.last_used} in group {read.group} at {at(read.t0, self.origin)}"
-                        )
+                        f"{read.p} saw account {seen.id} last used {latest} in group "
+                        f"{where.group} at {at(where.t0, self.origin)}, then "
+                        f"{seen.last_used} in group {read.group} at {at(read.t0, self.origin)}"
                     )
         for reason, count in reasons.items():
             self.report.figures[f"impossible_reads_{reason}"] = count

@@ -128,10 +128,8 @@ class TimeChecks:
                     worst[fault.kind] = max(worst.get(fault.kind, 0.0), took)
                 if took is None or took > self.bounds.recovery:
                     late.add(
-                        (
-                            f"{fault.kind} at {self._at(fault.start)}..{self._at(fault.end)}: "
-                            + self._describe(commit, seen)
-                        )
+                        f"{fault.kind} at {self._at(fault.start)}..{self._at(fault.end)}: "
+                        + self._describe(commit, seen)
                     )
         for kind, seconds in worst.items():
             self.report.figures[f"recovery_after_{kind}_max_s"] = seconds
@@ -155,10 +153,8 @@ class TimeChecks:
             last = reads[-1]
             if agreeing is None or last.t0 < last_change:
                 tally.add(
-                    (
-                        f"{p} group {group}: last read at {self._at(last.t0)} shows "
-                        f"{_shown(last)}, the source {expected}"
-                    )
+                    f"{p} group {group}: last read at {self._at(last.t0)} shows "
+                    f"{_shown(last)}, the source {expected}"
                 )
                 continue
             longest = max(longest, agreeing.t - last_change)
@@ -204,10 +200,8 @@ class TimeChecks:
                     places["readers" if place in readers else place] += 1
                 if missing:
                     tally.add(
-                        (
-                            f"touch of account {account_id} at {at}: missing from "
-                            + ", ".join(f"{place} (has {value})" for place, value in missing)
-                        )
+                        f"touch of account {account_id} at {at}: missing from "
+                        + ", ".join(f"{place} (has {value})" for place, value in missing)
                     )
         for place, count in places.items():
             self.report.figures[f"lost_last_uses_{place}"] = count
