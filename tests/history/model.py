@@ -10,7 +10,7 @@ One JSON object a line, told apart by ``op``; every time is wall-clock seconds
 - ``read``: one ``list_schedulable`` call of a reader ``p`` on group ``group``:
   ``t0``/``t`` around the call, ``accounts`` as ``[id, revision, last_used, group_ids]``
   (one observation each, in the order served).
-- ``read_error``: a call that raised (``p``, ``t``, ``error``).
+- ``error``: a call of any process that raised (``p``, ``t``, ``error``).
 - ``touch``: a ``record_last_used`` call of a toucher ``p`` at ``t`` for ``id`` with the
   time ``at`` it sent (strictly increasing per toucher).
 - ``fault``: ``kind`` (``worker_kill``, ``worker_pause``, ``flushall``,
@@ -165,7 +165,7 @@ class History:
                 for i, r, lu, g in op["accounts"]
             )
             self.reads.append(Read(str(op["p"]), op["t0"], op["t"], int(op["group"]), seen))
-        elif kind == "read_error":
+        elif kind == "error":
             self.errors.append(op)
         elif kind == "touch":
             self.touches.append(Touch(str(op["p"]), op["t"], int(op["id"]), float(op["at"])))
