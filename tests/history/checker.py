@@ -7,7 +7,12 @@ or before t (the writer is one process, so its commits are serial and each state
 known exactly). A state is *eligible in* group g when it is not deleted, its status is
 ``active``, it is schedulable, and it is a member of g (for g = 0: of no group). A read
 covers ``[t0, t]``, from the call to its return. B is :attr:`Bounds.staleness`
-(1 s by default), G :attr:`Bounds.fault_grace`, R :attr:`Bounds.recovery`.
+(1 s by default), G :attr:`Bounds.fault_grace` (5 s), R :attr:`Bounds.recovery` (5 s).
+
+A change committed at time c is in a fault's *window* when ``start - B <= c <= end + G``;
+in a *quiet period* when it is in no fault's window. Its *deadline*, by when every
+reader must show it, is ``c + B`` in a quiet period, else the latest
+``max(c, end) + R`` over the faults whose window it is in (:meth:`Bounds.deadline`).
 
 What is reported (each a count with examples; the targets are all zero):
 
@@ -15,8 +20,9 @@ What is reported (each a count with examples; the targets are all zero):
   (revision) the committed state of the revision served is not eligible in g, or a
   revision never committed was served — a reader is never shown a revision together
   with a membership that revision does not have; or (stale) a was not eligible in g at
-  any moment of ``[t0 - B, t0]``: it had been out for longer than the propagation
-  window B before the read even started.
+  t0, and the commit that took it out (the first of the unbroken run of non-eligible
+  states t0 is in) has its deadline before t0: in a quiet period, a had been out for
+  longer than B before the read even started.
 - ``backwards_revisions``: a reader sees account a at a revision lower than one it has
   already seen (in any bucket: one process, one account, one order).
 - ``backwards_last_uses``: a reader sees a's last use lower than one it has already
@@ -29,13 +35,11 @@ What is reported (each a count with examples; the targets are all zero):
   did, is not eligible in g. Its *staleness* is the longest, over the readers and the
   buckets it affects (those of g where it or the state before it is eligible), of the
   time from its return to the return of the first read that sees it (never seen within
-  :attr:`Bounds.horizon`: unbounded). A commit is in a *quiet period* when it returned
-  at least B before a fault started and not within G after one ended; the anomaly is a
-  quiet commit whose staleness exceeds B.
-- ``late_after_<fault kind>``: a commit that returned within ``[start - B, end + G]`` of
-  a fault and was not seen by every reader within R of the later of its return and the
-  fault's end (``late_after_worker_kill`` is a target: every bucket current within R
-  after a worker is SIGKILLed).
+  :attr:`Bounds.horizon`: unbounded). The anomaly is a commit in a quiet period whose
+  staleness exceeds B.
+- ``late_after_<fault kind>``: a commit in the fault's window not seen by every reader
+  within R of the later of its return and the fault's end (``late_after_worker_kill``
+  is a target: every bucket current within R after a worker is SIGKILLed).
 - ``not_converged`` and the figure ``convergence_s``: after the last commit, each
   reader's reads of each bucket must come to show exactly the final committed state
   (the eligible accounts, each at its last revision) and keep showing it; convergence is
@@ -100,6 +104,7 @@ class ReadChecks:
         self.timeline = timeline
         self.report = report
         self.origin = origin
+        self.faults = history.faults
         self.wipes = [f for f in history.faults if f.wipe]
         self.wipe_starts = [f.start for f in self.wipes]
 
@@ -160,16 +165,24 @@ class ReadChecks:
             return "revision: never committed"
         if not committed.eligible_in(read.group):
             return f"revision: that revision is {_describe(committed)}"
-        window = self.timeline.states_during(
-            account_id, read.t0 - self.report.bounds.staleness, read.t0
-        )
-        states = list(window)
-        if not any(s is not None and s.eligible_in(read.group) for s in states):
-            latest = states[-1]
-            since = "ever" if latest is None else at(latest.t, self.origin)
-            state = "unknown" if latest is None else _describe(latest)
-            return f"stale: {state} since {since}"
+        out = self._out_since(account_id, read.group, read.t0)
+        if out is not None and read.t0 > self.report.bounds.deadline(out.t, self.faults):
+            now = self.timeline.state_at(account_id, read.t0) or out
+            return f"stale: {_describe(now)} since {at(out.t, self.origin)}"
         return None
+
+    def _out_since(self, account_id: int, group: int, t: float) -> Commit | None:
+        """The commit that took the account out of ``group`` for good before ``t`` (the
+        first of the run of non-eligible states that ``t`` is in); None if it is in."""
+        state = self.timeline.state_at(account_id, t)
+        if state is None or state.eligible_in(group):
+            return None
+        first = state
+        while (before := self.timeline.previous(first)) is not None and not before.eligible_in(
+            group
+        ):
+            first = before
+        return first
 
     def _in_wipe_window(self, t: float) -> bool:
         grace = self.report.bounds.fault_grace

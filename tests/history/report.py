@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tests.history.model import Fault
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -30,6 +32,16 @@ class Bounds:
     horizon: float = 60.0
     tolerance: float = 0.001
     examples: int = 5
+
+    def near(self, t: float, fault: Fault) -> bool:
+        """Whether a change at ``t`` falls in ``fault``'s window, ``[start - B, end + G]``."""
+        return fault.start - self.staleness <= t <= fault.end + self.fault_grace
+
+    def deadline(self, t: float, faults: Sequence[Fault]) -> float:
+        """When every reader must show a change committed at ``t``: B after it in a quiet
+        period; R after the later of it and the end of each fault whose window it is in."""
+        windows = [max(t, f.end) + self.recovery for f in faults if self.near(t, f)]
+        return max(windows) if windows else t + self.staleness
 
 
 @dataclass

@@ -98,13 +98,13 @@ class TimeChecks:
     # -- quiet periods and faults ----------------------------------------------------
     def _quiet(self, seeing: dict[Commit, Seeing]) -> None:
         stale = self.report.tally("stale_in_quiet_periods")
-        b, grace = self.bounds.staleness, self.bounds.fault_grace
+        b = self.bounds.staleness
         quiet, everything = [], []
         for commit, seen in seeing.items():
             delay = None if seen.by is None else seen.by - commit.t
             if delay is not None:
                 everything.append(delay)
-            if any(f.start - b <= commit.t <= f.end + grace for f in self.history.faults):
+            if any(self.bounds.near(commit.t, f) for f in self.history.faults):
                 continue
             if delay is not None:
                 quiet.append(delay)
@@ -115,12 +115,11 @@ class TimeChecks:
         self.report.figures["commits_never_seen"] = sum(s.by is None for s in seeing.values())
 
     def _recovery(self, seeing: dict[Commit, Seeing]) -> None:
-        b, grace = self.bounds.staleness, self.bounds.fault_grace
         worst: dict[str, float] = {}
         for fault in self.history.faults:
             late = self.report.tally(f"late_after_{fault.kind}")
             for commit, seen in seeing.items():
-                if not fault.start - b <= commit.t <= fault.end + grace:
+                if not self.bounds.near(commit.t, fault):
                     continue
                 since = max(commit.t, fault.end)
                 took = None if seen.by is None else seen.by - since
