@@ -60,7 +60,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tests.history.model import Commit, Fault, History, Read, Timeline
-from tests.history.report import Bounds, Report
+from tests.history.report import Bounds, Report, spread
 from tests.history.timing import TimeChecks
 
 __all__ = ["Bounds", "Report", "check", "check_file"]
@@ -105,6 +105,9 @@ class ReadChecks:
         self.report = report
         self.origin = origin
         self.faults = history.faults
+        # How long after the commit of the revision served each revision-impossible
+        # read started: how long a bucket keeps an account its payload has left.
+        self.after_commit: list[float] = []
         self.wipes = [f for f in history.faults if f.wipe]
         self.wipe_starts = [f.start for f in self.wipes]
 
@@ -158,12 +161,14 @@ class ReadChecks:
         for reason, count in reasons.items():
             self.report.figures[f"impossible_reads_{reason}"] = count
         self.report.figures["backwards_revisions_across_buckets"] = cross
+        spread(self.report, "impossible_revision_after_commit_s", self.after_commit)
 
     def _impossible(self, read: Read, account_id: int, rev: int | None) -> str | None:
         committed = self.timeline.at_revision(account_id, rev)
         if committed is None:
             return "revision: never committed"
         if not committed.eligible_in(read.group):
+            self.after_commit.append(read.t0 - committed.t)
             return f"revision: that revision is {_describe(committed)}"
         out = self._out_since(account_id, read.group, read.t0)
         if out is not None and read.t0 > self.report.bounds.deadline(out.t, self.faults):
