@@ -1,7 +1,7 @@
 # make run   - the system on embedded defaults: private Redis, SQLite, worker, beat, Flower
 # make test  - lint, type-check and the test suite against real servers
 # make bench - the benchmarks (figures and ratios against a baseline of the same run)
-# make history - a recorded history of minutes under faults, checked (HISTORY_MINUTES=8)
+# make history - a recorded history of minutes under faults, checked (HISTORY_MINUTES=12)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -32,7 +32,7 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	scripts/with-redis.sh $(PY) -m benchmarks
 
-HISTORY_MINUTES ?= 8
+HISTORY_MINUTES ?= 12
 history: $(STAMP)
 	$(PY) -m benchmarks.history --minutes $(HISTORY_MINUTES) --dir .history
 

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.history [--minutes 8] [--dir .history] [--database-url URL]``:
+"""``python -m benchmarks.history [--minutes 12] [--dir .history] [--database-url URL]``:
 the recorded-history run of ``tests/history`` for minutes instead of seconds (about a
 million observations at the defaults), the four faults again every 30 s, then the
 checker's summary. The history stays in ``--dir`` for a second look
@@ -23,7 +23,7 @@ from tests.support import RedisServer, sqlite_url_in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.history")
-    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--dir", type=Path, default=Path(".history"))
     parser.add_argument("--database-url", help="default: a new SQLite file in --dir")
     parser.add_argument("--read-interval", type=float, default=0.003)
