@@ -1,13 +1,14 @@
 # make run   - the system on embedded defaults: private Redis, SQLite, worker, beat, Flower
 # make test  - lint, type-check and the test suite against real servers
 # make bench - the benchmarks (figures and ratios against a baseline of the same run)
+# make history - a recorded history of minutes under faults, checked (HISTORY_MINUTES=12)
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench history clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -31,8 +32,12 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	scripts/with-redis.sh $(PY) -m benchmarks
 
+HISTORY_MINUTES ?= 12
+history: $(STAMP)
+	$(PY) -m benchmarks.history --minutes $(HISTORY_MINUTES) --dir .history
+
 run: $(STAMP)
 	scripts/with-redis.sh $(PY) -m tasks.ops.cli run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .history
