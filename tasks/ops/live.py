@@ -13,6 +13,19 @@ from rich.text import Text
 
 from tasks.ops.status import BucketStatus, StatusReport
 
+# Output that is not a terminal has no width to fit: Rich would assume 80 columns and cut
+# every longer line; a pipe or a file gets whole lines instead.
+UNBOUNDED_WIDTH = 100_000
+
+
+def plain_console() -> Console:
+    """A console for data: no markup, emoji codes or highlighting in names, and whole
+    lines when the output is not a terminal."""
+    console = Console(emoji=False, highlight=False, markup=False)
+    if not console.is_terminal:
+        console.width = UNBOUNDED_WIDTH
+    return console
+
 
 def _age(seconds: float | None) -> str:
     if seconds is None:
@@ -24,13 +37,8 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _since(iso: str | None, now: datetime) -> str:
-    if not iso:
-        return "-"
-    try:
-        return f"{_age((now - datetime.fromisoformat(iso)).total_seconds())} ago"
-    except (ValueError, TypeError):
-        return iso
+def _since(moment: datetime | None, now: datetime) -> str:
+    return "-" if moment is None else f"{_age((now - moment).total_seconds())} ago"
 
 
 def _num(value: int | None) -> str:

@@ -60,11 +60,22 @@ def metrics(serve: bool, port: int | None, address: str) -> None:
     counters and the broker's queue lengths, in the text exposition format.
 
     The figures are those of `sched status`, read at every scrape. Basic auth when
-    SCHED_METRICS_USER and SCHED_METRICS_PASSWORD are set.
+    SCHED_METRICS_USER and SCHED_METRICS_PASSWORD are set. --port and --address
+    without --serve are refused.
     """
     from tasks.ops import metrics as exported
     from tasks.ops.errors import scrub
 
+    ctx = click.get_current_context()
+    if not serve:
+        # Silently printing once where the operator asked for a port would hide the typo.
+        given = [
+            f"--{name}"
+            for name in ("port", "address")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} only apply with --serve")
     use_running_system(required=True)
     settings = runtime.settings()
     registry = exported.registry_for(exported.SystemCollector(use_cache(), use_source(), settings))
