@@ -287,7 +287,7 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
                 click.echo(line)
 
 
-for _command in (services.flower, services.metrics, services.run):
+for _command in (services.flower, services.metrics, services.run, services.stop):
     cli.add_command(_command)
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from contextlib import suppress
+
 import click
 
 from tasks import runtime
@@ -152,3 +157,41 @@ def run(
         run_dir=run_dir(settings),
     )
     run_system(settings, options)
+
+
+@click.command(context_settings=_CONTEXT)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for it to have stopped everything.",
+)
+def stop(timeout: float) -> None:
+    """Stop the system `sched run` (`make run`) runs, found by its .run/system.json as the
+    other commands find it: SIGTERM to `sched run`, which stops what it started, then
+    wait until it has. Works whatever started it: a terminal, `setsid -f`, a script.
+    """
+    from tasks.ops import system
+    from tasks.ops.errors import NoSystem
+
+    settings = runtime.settings()
+    found = system.find(settings)
+    if found is None:
+        raise NoSystem(
+            f"no running system found (no live system.json in "
+            f"{system.where_to_look(settings)}): nothing to stop"
+        )
+    click.echo(f"stopping {found.describe()} ...", err=True)
+    with suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(found.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while system.alive(found.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if system.alive(found.pid):
+        raise click.ClickException(
+            f"sched run (pid {found.pid}) still runs {timeout:g}s after SIGTERM: see "
+            f"{os.path.join(found.directory, system.RUN_DIR_NAME, 'sched-run.log')}"
+        )
+    click.echo(f"stopped the system of {found.directory} (pid {found.pid})")

@@ -321,14 +321,14 @@ def test_status_json_counters_are_integers_and_times_iso_utc(
 
 
 def test_status_tables(run_cli: RunCli, built: RedisSchedulerCache, source: SqlSource) -> None:
-    built.record_stats({"outbox_events_applied": 10**15, "last_used_db_rows": 10**15})
+    built.record_stats({"last_used_db_flushes": 10**17, "last_used_db_rows": 10**17})
     result = run_cli("status")
     assert result.code == 0, result
     # Piped: whole lines, none cut to the 80 columns of a terminal nobody has.
     assert "…" not in result.out
     assert max(len(line) for line in result.out.splitlines()) > 80
     assert "0:openai:single" in result.out and "v1" in result.out
-    assert "watermark 5  newest 0" in result.out
+    assert "lag 0 (watermark 5 of 0)" in result.out
 
 
 def test_snapshot_lists_accounts_in_order_with_flags(
