@@ -122,7 +122,7 @@ def compact_width() -> int:
     )
 
 
-def compact_table(rows: Sequence[BucketStatus]) -> list[Text]:
+def compact_table(rows: Sequence[BucketStatus]) -> list[RenderableType]:
     """The buckets two to a line, for a view too short for a line each: every bucket
     stays in sight rather than "... N more"."""
 
@@ -141,7 +141,7 @@ def compact_table(rows: Sequence[BucketStatus]) -> list[Text]:
 
     half = (len(rows) + 1) // 2
     head = COMPACT_CELL.format(bucket="bucket", version="ver", accounts="now/all", age="age")
-    lines = [Text(head + (COMPACT_GAP + head if len(rows) > 1 else ""), style="bold")]
+    lines: list[Text] = [Text(head + (COMPACT_GAP + head if len(rows) > 1 else ""), style="bold")]
     for left, right in zip(rows[:half], [*rows[half:], None], strict=False):
         lines.append(Text.assemble(cell(left), COMPACT_GAP if right else "", cell(right)))
     return [_unwrapped(line) for line in lines]

@@ -19,10 +19,12 @@ from celery.__main__ import main
 QUIET_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
 
 
-@signals.after_setup_logger.connect
 def _quiet(**_: Any) -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+signals.after_setup_logger.connect(_quiet, weak=False)
 
 
 if __name__ == "__main__":

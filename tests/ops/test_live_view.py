@@ -24,7 +24,7 @@ PLATFORMS = ("anthropic", "antigravity", "gemini", "openai")
 
 def _report(groups: int = 5) -> StatusReport:
     """Buckets as `make run`'s demo has them: 21 of groups 0-4, some not built yet."""
-    rows = []
+    rows: list[BucketStatus] = []
     for group in range(groups):
         for platform in PLATFORMS:
             for mode in ("single", "forced", "mixed"):
