@@ -344,6 +344,10 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second SIGTERM is usual (one to the process group, one passed on by
+        # scripts/with-redis.sh): it must not cut the stop short, and fail a clean stop.
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)
         console.print("\nstopping ...")
         if found_by is not None:
             system.remove(found_by, os.getpid())
