@@ -99,6 +99,26 @@ def test_a_change_during_a_write_costs_the_write_no_second_push(
     assert served[701].name == "newer"
 
 
+def test_a_change_while_a_new_bucket_is_written_keeps_the_account_indexed(
+    cache: RedisSchedulerCache,
+) -> None:
+    """A change that reaches a staged version of a bucket with no active one keeps the
+    entry: the next refresh does not index the account again (it is not new)."""
+    index = cache.accounts.index
+
+    def racing(bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
+        found = index(bucket, version, staged)
+        cache.set_account(_openai(701, revision=5, name="newer"))  # type: ignore[arg-type]
+        return found
+
+    cache.accounts.index = racing  # type: ignore[method-assign]
+    assert cache.set_snapshot(FORCED, [_openai(701), _openai(702)])  # type: ignore[list-item]
+    cache.accounts.index = index  # type: ignore[method-assign]
+    assert cache.set_snapshot(FORCED, [_openai(701, revision=5, name="newer"), _openai(702)])  # type: ignore[list-item]
+    cache.set_account(_openai(701, revision=6, name="newest"))  # type: ignore[arg-type]
+    assert {a.id: a.name for a in cache.get_snapshot(FORCED) or []}[701] == "newest"
+
+
 def test_an_index_entry_of_a_version_that_no_longer_lists_the_account_is_dropped(
     cache: RedisSchedulerCache, redis_client: redis.Redis
 ) -> None:
