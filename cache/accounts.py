@@ -10,7 +10,7 @@ from typing import Any
 from cache.base import Wiring, raw, redis_errors, text
 from cache.codec import to_ms
 from cache.errors import CorruptPayload
-from cache.keys import READ_CHUNK, WRITE_CHUNK
+from cache.keys import INDEX_CHUNK, READ_CHUNK, WRITE_CHUNK
 from cache.models import Account, SchedulerBucket
 from cache.patches import DELETED, AccountPatcher, parse_index
 
@@ -165,12 +165,13 @@ class AccountStore:
                 s.digest, s.payload = text(payload_digest), payload
 
     def index(self, bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
-        """Note that ``version`` of ``bucket`` lists ``staged``; returns those the store
-        holds newer revisions of, filled with the store's payloads."""
+        """Note that ``version`` of ``bucket`` lists ``staged`` (accounts new to the bucket:
+        the others are indexed already); returns those the store holds newer revisions
+        of, filled with the store's payloads."""
         k = self._w.keys
         calls: list[tuple[list[str], list[Any]]] = []
-        for first in range(0, len(staged), WRITE_CHUNK):
-            part = staged[first : first + WRITE_CHUNK]
+        for first in range(0, len(staged), INDEX_CHUNK):
+            part = staged[first : first + INDEX_CHUNK]
             keys = [k.revisions, *(k.account_buckets(s.id) for s in part)]
             args: list[Any] = [
                 str(bucket),
@@ -182,18 +183,22 @@ class AccountStore:
         if not calls:
             return []
         newer_ids = {text(i) for part in self._w.run("index_accounts", calls) for i in part}
-        if not newer_ids:
-            return []
-        newer = [Staged(s.id, s.revision, s.digest, s.payload) for s in staged if s.id in newer_ids]
-        self.take_newer(newer)
-        return newer
+        return self.newer([s for s in staged if s.id in newer_ids])
 
-    def store(self, staged: list[Staged]) -> None:
-        """After an activation: bring the store up to the version's payloads. Where the
-        store is newer, the change reached the version through the index already."""
+    def newer(self, staged: list[Staged]) -> list[Staged]:
+        """Copies of those of ``staged`` the store holds newer revisions (or deletions)
+        of, filled with the store's payloads."""
+        copies = [Staged(s.id, s.revision, s.digest, s.payload) for s in staged]
+        self.take_newer(copies)
+        return [c for c, s in zip(copies, staged, strict=True) if c.revision != s.revision]
+
+    def store(self, staged: list[Staged]) -> list[Staged]:
+        """After an activation: bring the store up to the version's payloads; returns
+        those the store holds newer revisions of (changes the version may have missed:
+        see cache/snapshots.py), filled with the store's payloads."""
         live = [s for s in staged if s.digest != DELETED]
         if not live:
-            return
+            return self.newer(staged)
         k = self._w.keys
         keys = [k.accounts, k.revisions, k.digests]
         calls = []
@@ -206,7 +211,9 @@ class AccountStore:
                 *(s.payload for s in part),
             ]
             calls.append((keys, args))
-        self._w.run("store_accounts", calls)
+        newer_ids = {text(i) for part in self._w.run("store_accounts", calls) for i in part}
+        deleted = [s for s in staged if s.digest == DELETED]
+        return self.newer([s for s in live if s.id in newer_ids] + deleted)
 
     def patch_version(self, bucket: SchedulerBucket, version: int, newer: list[Staged]) -> None:
         """Put the store's newer revisions into a staged ``version`` of ``bucket``."""

@@ -33,6 +33,9 @@ REBUILD_STATE_TTL_SECONDS = 86_400
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
 WRITE_CHUNK = 500
 READ_CHUNK = 1_000
+# Accounts per call that writes the bucket index: each is a hash of its own, which costs
+# the server several times what an entry of one hash does.
+INDEX_CHUNK = 200
 # Batches of last-use changes read per call by a near cache catching up.
 TOUCH_CHUNK = 1_000
 # Batches the last-use log keeps. Web processes send a batch every half second each, so

@@ -39,7 +39,7 @@ def _listing(version: int, listed: bool, active: int, active_listed: bool) -> in
     lists the account and is not replaced (a staged version counts), else the active
     one if that lists it, else none (0)."""
     if active in (0, version):
-        return version if listed and active else 0
+        return version if listed else 0  # active 0: staged in a new bucket
     if version > active and listed:
         return version  # staged by a writer that has not activated it yet
     return active if active_listed else 0

@@ -13,6 +13,7 @@ class Stage(IntEnum):
     DONE = 1  # staged (stage) or activated (activate)
     MOVED = 2  # activate: another version is active than the caller expected
     INCOMPLETE = -2  # activate: the staged version lost ids (it expired)
+    TAKEN = -3  # stage: another writer holds the same version number (Redis lost its state)
 
 
 class Patch(IntEnum):

@@ -24,6 +24,8 @@ ScriptName = Literal[
     "activate_snapshot",
     "patch_account",
     "index_accounts",
+    "unindex_accounts",
+    "drop_staged",
     "reindex_account",
     "store_accounts",
     "set_account",

@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Any
 
 from cache.accounts import AccountStore, Staged
-from cache.base import Wiring, redis_errors
+from cache.base import Wiring, redis_errors, text
 from cache.codec import to_ms
 from cache.errors import CacheError, VersionNotReserved
-from cache.keys import STAGE_TTL_SECONDS, WRITE_CHUNK
+from cache.keys import INDEX_CHUNK, READ_CHUNK, STAGE_TTL_SECONDS, WRITE_CHUNK
 from cache.lastuse import LastUseStore
 from cache.models import Account, SchedulerBucket
 from cache.registry import BucketRegistry
@@ -95,11 +95,19 @@ class SnapshotWriter:
             self._registry.add(bucket)
             status, other, active = self._stage(bucket, version, staged)
             if status == Stage.DONE:
-                newer = self._accounts.index(bucket, version, staged)
+                listed = self._listed(bucket, active)
+                fresh = [s for s in staged if s.id not in listed]
+                kept = [s for s in staged if s.id in listed]
+                newer = self._accounts.index(bucket, version, fresh) + self._accounts.newer(kept)
                 self._accounts.patch_version(bucket, version, newer)
                 status, other = self._activate(bucket, version, len(staged), active, rebuild_ms)
-            if status != Stage.DONE:
-                self._w.client.unlink(*self._version_keys(bucket, version))
+                if status == Stage.DONE:
+                    self._settle(bucket, version, staged, kept, listed, replaced=other, was=active)
+            if status not in (Stage.DONE, Stage.TAKEN):
+                self._w.scripts["drop_staged"](
+                    keys=[self._w.keys.meta(bucket), *self._version_keys(bucket, version)],
+                    args=[version],
+                )
             if status == Stage.UNRESERVED:
                 raise VersionNotReserved(
                     f"bucket {bucket}: version {version} was never reserved "
@@ -107,10 +115,14 @@ class SnapshotWriter:
                 )
             if status == Stage.INCOMPLETE:
                 raise CacheError(f"bucket {bucket}: staged v{version} expired before activation")
+            if status == Stage.TAKEN:
+                logger.warning(
+                    "bucket %s: v%s is another writer's (Redis lost its state)", bucket, version
+                )
+                return False
             if status == Stage.STALE:
                 logger.info("bucket %s: v%s not activated, v%s is newer", bucket, version, other)
                 return False
-            self._accounts.store(staged)
         # No version before this one: a new bucket, or a Redis that lost its state.
         self._last_use.seed(uses, everything=other == 0)
         return True
@@ -130,6 +142,57 @@ class SnapshotWriter:
                     return bool(status == Retire.RETIRED)
                 expected = int(active)
         raise CacheError(f"bucket {bucket}: versions kept moving while retiring it")
+
+    def _listed(self, bucket: SchedulerBucket, version: int) -> set[str]:
+        """The ids ``version`` of ``bucket`` lists (none for version 0)."""
+        if version == 0:
+            return set()
+        key = self._w.keys.snapshot(bucket, version)
+        total = int(self._w.client.llen(key))
+        pipe = self._w.client.pipeline(transaction=False)
+        for first in range(0, total, READ_CHUNK):
+            pipe.lrange(key, first, first + READ_CHUNK - 1)
+        return {text(i) for part in pipe.execute() for i in part} if total else set()
+
+    def _settle(
+        self,
+        bucket: SchedulerBucket,
+        version: int,
+        staged: list[Staged],
+        kept: list[Staged],
+        listed: set[str],
+        *,
+        replaced: int,
+        was: int,
+    ) -> None:
+        """After activating ``version``: the index and the store catch up with it.
+
+        Only accounts new to the bucket were indexed: the others are indexed for the
+        version ``was`` active when staging began. If another version was activated
+        meanwhile (``replaced``), a change may have dropped those entries: index them
+        again. Otherwise drop the entries of accounts ``version`` no longer lists.
+        Last, a change stored after the check before activation reached the replaced
+        version and not this one: the store names it, and it is put in now (one push).
+        """
+        if replaced != was:
+            self._accounts.index(bucket, version, kept)
+        elif listed:
+            self._drop_entries(bucket, version, listed - {s.id for s in staged})
+        late = self._accounts.store(staged)
+        self._accounts.patch_version(bucket, version, late)
+
+    def _drop_entries(self, bucket: SchedulerBucket, version: int, ids: set[str]) -> None:
+        k = self._w.keys
+        gone = sorted(ids)
+        calls: list[tuple[list[str], list[Any]]] = [
+            (
+                [k.account_buckets(i) for i in gone[first : first + INDEX_CHUNK]],
+                [str(bucket), version],
+            )
+            for first in range(0, len(gone), INDEX_CHUNK)
+        ]
+        if calls:
+            self._w.run("unindex_accounts", calls)
 
     def _encode_all(
         self, bucket: SchedulerBucket, accounts: Iterable[Account]
@@ -172,6 +235,7 @@ class SnapshotWriter:
             args: list[Any] = [
                 version,
                 STAGE_TTL_SECONDS,
+                first,
                 ",".join(s.id for s in part),
                 ",".join(f"{s.digest}/{s.revision}" for s in part),
                 *(s.payload for s in part),
