@@ -4,6 +4,7 @@
 # make lock    - re-resolve uv.lock after a change to pyproject.toml, and re-export it
 # make upgrade - the newest versions in range, tested in a venv of their own (.upgrade/)
 # make lowest  - the lowest versions pyproject.toml allows, tested the same way (.lowest/)
+# make history - a recorded history of minutes under faults, checked (HISTORY_MINUTES=12)
 #
 # Installs are exact: requirements/*.txt are exported from uv.lock with a hash for every
 # file, installed by plain pip with --require-hashes and --no-deps (nothing unlocked can
@@ -25,7 +26,7 @@ TOOLS := .venv-tools
 UV := $(TOOLS)/bin/uv
 EXPORT := export --quiet --frozen --no-emit-project --no-dev --format requirements-txt
 
-.PHONY: run test lint bench lock export upgrade lowest clean
+.PHONY: run test lint bench history lock export upgrade lowest clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -57,6 +58,10 @@ test: $(DEV_STAMP) lint
 
 bench: $(DEV_STAMP)
 	scripts/with-redis.sh $(PY) -m benchmarks
+
+HISTORY_MINUTES ?= 12
+history: $(DEV_STAMP)
+	$(PY) -m benchmarks.history --minutes $(HISTORY_MINUTES) --dir .history
 
 run: $(RUN_STAMP)
 	scripts/with-redis.sh $(PY) -m tasks.ops.cli run
@@ -106,4 +111,4 @@ lowest: $(UV)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .venv-upgrade .venv-lowest .upgrade .lowest \
-		.mypy_cache .ruff_cache .pytest_cache
+		.mypy_cache .ruff_cache .pytest_cache .history

@@ -174,14 +174,14 @@ def activate_in_turn(url: str, rounds: int, go: Any, out: Any) -> None:
     """Another process: at each word, write a version renaming account 1, and say when
     its activation began (the write's last step; what comes before is the writer's)."""
     cache = RedisSchedulerCache.from_url(url)
-    activate = cache._activate
+    activate = cache.snapshots._activation
     began: list[float] = []
 
     def timed(*args: Any) -> Any:
         began.append(time.time())
         return activate(*args)
 
-    cache._activate = timed  # type: ignore[method-assign,assignment]
+    cache.snapshots._activation = timed  # type: ignore[method-assign,assignment]
     accounts = realistic_accounts(1000)
     for n in range(rounds):
         go.get(timeout=30)

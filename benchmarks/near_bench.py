@@ -79,15 +79,15 @@ def bench_near_reads(client: redis.Redis, url: str, lines: list[str]) -> None:
 def _activate_in_turn(url: str, rounds: int, out: Any, go: Any) -> None:
     """Another process: activate a new version ``rounds`` times, noting each moment."""
     cache = RedisSchedulerCache.from_url(url)
-    activate = cache._activate
+    activate = cache.snapshots._activation
 
-    def timed(*args: Any) -> list[int]:
+    def timed(*args: Any) -> tuple[int, int]:
         moment = time.time()
         reply = activate(*args)
         out.put((reply[0], moment))
         return reply
 
-    cache._activate = timed  # type: ignore[method-assign,assignment]
+    cache.snapshots._activation = timed  # type: ignore[method-assign,assignment]
     accounts = realistic_accounts(1000)
     for n in range(rounds):
         go.get()

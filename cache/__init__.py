@@ -11,6 +11,7 @@ from cache.errors import (
     CorruptPayload,
     InvalidAccountId,
     InvalidBucket,
+    ScriptError,
     VersionNotReserved,
     brief,
 )
@@ -25,6 +26,7 @@ from cache.models import (
     check_account_id,
 )
 from cache.near import NearCache
+from cache.reader import SnapshotReader
 from cache.reads import SnapshotRead
 
 __all__ = [
@@ -46,7 +48,9 @@ __all__ = [
     "RedisSchedulerCache",
     "SchedulerBucket",
     "SchedulerMode",
+    "ScriptError",
     "SnapshotRead",
+    "SnapshotReader",
     "VersionNotReserved",
     "as_utc",
     "brief",

@@ -21,17 +21,12 @@ from cache.base import redis_errors, text
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
 from cache.connect import connect_async
 from cache.errors import CacheError
-from cache.keys import (
-    NEAR_BUCKETS_MAX,
-    NEAR_CHECK_SECONDS,
-    NEAR_TRUST_SECONDS,
-    TOUCH_CHUNK,
-    KeySpace,
-)
+from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS, KeySpace
 from cache.models import Account, SchedulerBucket
-from cache.near import RETRY_SECONDS, SERVE_ATTEMPTS, parse_push, read_touches
-from cache.nearstate import NO_EPOCH, NearState
-from cache.reads import Expired, ReadPlan, SnapshotRead
+from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, hit, serve
+from cache.nearstate import NearState
+from cache.reader import MOVED_ATTEMPTS, READ_ATTEMPTS
+from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
 from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -52,6 +47,7 @@ class AsyncSchedulerReader:
         self.client = client
         self.keys = KeySpace(prefix)
         self.codec = AccountCodec(cached_credentials)
+        self.hints = VersionHints()
         self._scripts = Scripts(client)
 
     @classmethod
@@ -86,11 +82,17 @@ class AsyncSchedulerReader:
 
     async def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
         """As :meth:`cache.client.RedisSchedulerCache.read_snapshot`."""
-        with redis_errors(f"get_snapshot {bucket}"):
-            for _ in range(3):
+        with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
+            expired = moved = 0
+            while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
                 try:
-                    return await self._read_once(ReadPlan(self.keys, self.codec, bucket))
+                    plan = ReadPlan(self.keys, self.codec, bucket, self.hints)
+                    return await self._read_once(plan)
+                except Moved as exc:
+                    moved += 1
+                    logger.debug("reading again: %s", exc)
                 except Expired as exc:
+                    expired += 1
                     logger.info("snapshot %s expired mid-read; reading again", exc)
         return None
 
@@ -127,7 +129,11 @@ class AsyncSchedulerReader:
 
 class AsyncNearCache:
     """:class:`cache.near.NearCache` for asyncio: one task holds the subscription and
-    runs the checks; requests await Redis only when a bucket is not trusted."""
+    runs the checks; requests await Redis only when a bucket is not trusted.
+
+    A thin driver: :mod:`cache.nearcore` decides, this runs its requests on
+    ``redis.asyncio``. :class:`cache.near.NearCache` is its twin, method for method.
+    """
 
     def __init__(
         self,
@@ -149,6 +155,7 @@ class AsyncNearCache:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
+    # -- reading ---------------------------------------------------------------------
     async def list_schedulable(
         self, bucket: SchedulerBucket, now: datetime
     ) -> list[Account] | None:
@@ -163,144 +170,83 @@ class AsyncNearCache:
         """As :meth:`cache.near.NearCache.note_last_used`."""
         self.state.used_at(updates)
 
-    async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
-        self._ensure_started()
-        name = str(bucket)
-        read: list[Account] | None = None
-        for _ in range(SERVE_ATTEMPTS):
-            state, accounts = self.state.serve(name, now)
-            if state == "hit":
-                return accounts
-            if state == "check":
-                await self.check([name])
-                continue
-            read = await self._read(bucket)
-            if read is None:
-                return None
-        if read is None:
-            read = await self._read(bucket)
-            if read is None:
-                return None
-        return [a for a in read if now is None or a.is_schedulable(now)]
-
-    async def _read(self, bucket: SchedulerBucket) -> list[Account] | None:
-        asked_at = self.monotonic()
-        epoch = await self._epoch()
-        read = await self.reader.read_snapshot(bucket)
-        if read is None:
-            self.state.forget(str(bucket))
-            return None
-        self.state.install(read, asked_at, epoch)
-        return read.accounts
-
-    async def _epoch(self) -> str:
-        """As :meth:`cache.near.NearCache._epoch`."""
-        held = self.state.epoch
-        if held is not None and self.state.touch_seq is not None:
-            return held
-        keys = self.reader.keys
-        with redis_errors("near cache epoch"):
-            pipe = self.reader.client.pipeline(transaction=False)
-            pipe.get(keys.last_used_seq)
-            pipe.get(keys.epoch)
-            seq, epoch = await pipe.execute()
-        epoch = NO_EPOCH if epoch is None else text(epoch)
-        if epoch != self.state.epoch:
-            self.state.drop_all(epoch)
-        if self.state.touch_seq is None:
-            self.state.touch_seq = int(seq or 0)
-        return epoch
-
     async def check(self, names: list[str] | None = None) -> None:
         """As :meth:`cache.near.NearCache.check`."""
-        keys = self.reader.keys
-        client = self.reader.client
-        names = self.state.names() if names is None else names
-        since = self.state.touch_seq
-        asked_at = self.monotonic()
-        with redis_errors("near cache check"):
-            pipe = client.pipeline(transaction=False)
-            pipe.get(keys.last_used_seq)
-            pipe.get(keys.epoch)
-            if since is not None:
-                pipe.zrangebyscore(
-                    keys.last_used_log, f"({since}", "+inf", 0, TOUCH_CHUNK, withscores=True
-                )
-            for name in names:
-                pipe.hmget(keys.meta(SchedulerBucket.parse(name)), ["active", "gen"])
-            replies = await pipe.execute()
-            seq, epoch = int(replies[0] or 0), replies[1]
-            touched: list[tuple[bytes, float]] = replies[2] if since is not None else []
-            metas = replies[3:] if since is not None else replies[2:]
-            held = NO_EPOCH if epoch is None else text(epoch)
-            gens = {
-                name: int(gen or 0) if active is not None else None
-                for name, (active, gen) in zip(names, metas, strict=True)
-            }
-            self.state.checked(held, gens, asked_at)
-            if since is None or self.state.touch_seq is None:
-                # Not from here: a bucket read since may have taken an earlier position.
-                if self.state.touch_seq is None:
-                    self.state.touch_seq = seq
-                return
-            touches = read_touches(since, seq, touched, TOUCH_CHUNK)
-            if touches.lost:
-                self.state.drop_all(self.state.epoch)
-                return
-            if touches.ids:
-                ids = touches.ids
-                uses = await client.hmget(keys.last_used, ids)
-                self.state.used({int(i): int(u) for i, u in zip(ids, uses, strict=True) if u})
-            self.state.touch_seq = touches.next_since
+        await self._drive(check(self.state, self.reader.keys, names, self.monotonic))
+
+    async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
+        self._ensure_started()
+        accounts = hit(self.state, str(bucket), now)
+        if accounts is not None:
+            return accounts
+        result: list[Account] | None = await self._drive(
+            serve(self.state, self.reader.keys, bucket, now, self.monotonic)
+        )
+        return result
+
+    # -- running the core's requests ---------------------------------------------------
+    async def _drive(self, steps: Steps) -> Any:
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(await self._do(request))
+        except StopIteration as done:
+            return done.value
+
+    async def _do(self, request: Request) -> Any:
+        if isinstance(request, ReadBucket):
+            return await self.reader.read_snapshot(request.bucket)
+        with redis_errors(request.what):
+            pipe = self.reader.client.pipeline(transaction=False)
+            for method, args in request.commands:
+                getattr(pipe, method)(*args)
+            return await pipe.execute()
+
+    # -- the background loop -------------------------------------------------------------
+    async def _run(self) -> None:
+        backstop = Backstop(self.state, self.check_seconds, self.monotonic)
+        pubsub: Any = None
+        try:
+            while not self._stopped():
+                try:
+                    if pubsub is None:
+                        pubsub = await self._subscribe()
+                    backstop.heard(await pubsub.get_message(timeout=backstop.wait()))
+                    if backstop.due():
+                        await self.check()
+                except (RedisError, OSError, CacheError) as exc:
+                    backstop.failed(exc)
+                    if pubsub is not None:
+                        await self._close_quietly(pubsub)
+                        pubsub = None
+                    await self._pause(RETRY_SECONDS)
+        finally:
+            if pubsub is not None:
+                await self._close_quietly(pubsub)
+
+    async def _close_quietly(self, pubsub: Any) -> None:
+        try:
+            await pubsub.aclose()
+        except (RedisError, OSError) as exc:
+            logger.debug("near cache: closing the subscription failed: %s", exc)
+
+    # -- the event loop's task (what differs from the threaded twin) -------------------
+    async def _subscribe(self) -> Any:
+        pubsub = self.reader.client.pubsub()
+        await pubsub.subscribe(self.reader.keys.changes_channel)
+        return pubsub
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+    async def _pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     def _ensure_started(self) -> None:
         if not self.background or (self._task is not None and not self._task.done()):
             return
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        pubsub: Any = None
-        next_check = 0.0
-        try:
-            while not self._stopping:
-                try:
-                    if pubsub is None:
-                        pubsub = self.reader.client.pubsub()
-                        await pubsub.subscribe(self.reader.keys.changes_channel)
-                    wait = min(max(next_check - self.monotonic(), 0.0), 1.0)
-                    message = await pubsub.get_message(timeout=wait)
-                    if message is not None:
-                        self._on_message(message)
-                    if self.monotonic() >= next_check:
-                        next_check = self.monotonic() + self.check_seconds
-                        await self.check()
-                except (RedisError, OSError, CacheError) as exc:
-                    logger.info("near cache: subscription or check failed, retrying: %s", exc)
-                    self.state.distrust()
-                    if pubsub is not None:
-                        await self._close_quietly(pubsub)
-                        pubsub = None
-                    await asyncio.sleep(RETRY_SECONDS)
-        finally:
-            if pubsub is not None:
-                await self._close_quietly(pubsub)
-
-    def _on_message(self, message: Mapping[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "subscribe":
-            self.state.distrust()
-        elif kind == "message":
-            push = parse_push(message["data"])
-            if push is not None:
-                self.state.pushed(*push)
-
-    @staticmethod
-    async def _close_quietly(pubsub: Any) -> None:
-        try:
-            await pubsub.aclose()
-        except (RedisError, OSError) as exc:
-            logger.debug("near cache: closing the subscription failed: %s", exc)
 
     async def aclose(self) -> None:
         """Stop the background task."""

@@ -1,166 +1,204 @@
-"""The Redis scheduling cache: snapshots, accounts and their last use."""
+"""The Redis scheduling cache: one object over the stores it is made of.
+
+:class:`RedisSchedulerCache` holds no Redis logic: every method is one store's (or, for
+retiring a bucket, three stores' in turn). A process that needs only a part builds that
+store alone: a web process reads with :class:`cache.reader.SnapshotReader`.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
-from cache.base import raw, redis_errors
-from cache.codec import from_ms, to_ms
-from cache.coordination import CoordinationMixin
-from cache.errors import CorruptPayload, brief
-from cache.models import Account, BucketInfo, SchedulerBucket, check_account_id
-from cache.reads import Expired, ReadPlan, SnapshotRead
-from cache.repair import RepairMixin
-from cache.writes import WriteMixin
+import redis
 
-logger = logging.getLogger(__name__)
+from cache.accounts import AccountStore
+from cache.base import Clock, Wiring, connect_url, utc_now
+from cache.codec import DEFAULT_CACHED_CREDENTIALS
+from cache.errors import CorruptPayload
+from cache.keys import SNAPSHOT_GRACE_SECONDS
+from cache.lastuse import LastUseStore
+from cache.locks import Locks
+from cache.models import Account, BucketInfo, SchedulerBucket
+from cache.outbox import OutboxPosition
+from cache.patches import AccountPatcher
+from cache.reader import SnapshotReader
+from cache.reads import SnapshotRead
+from cache.rebuilds import RebuildRequests
+from cache.registry import BucketRegistry
+from cache.repair import Repair
+from cache.snapshots import SnapshotWriter
+from cache.stats import Stats
 
-# A version replaced and expired while being read is read again, this many times.
-READ_ATTEMPTS = 3
 
-
-class RedisSchedulerCache(WriteMixin, CoordinationMixin, RepairMixin):
-    """Versioned snapshots of each bucket's schedulable accounts, in Redis.
-
-    Writers reserve a version *before* they read the source and activate it with a
-    compare-and-set, so the snapshot built from the newest read wins::
-
-        rebuild A: reserve v5 .. read (slow, old data) ............ set v5 -> refused
-        rebuild B:      reserve v6 .. read (new data) .. set v6 -> active
+class RedisSchedulerCache:
+    """Versioned snapshots of each bucket's schedulable accounts, in Redis, and what the
+    background work coordinates with. See :class:`cache.snapshots.SnapshotWriter` for
+    why the newest read wins, and docs/write-path.md for the order of a write's steps.
 
     Readers get the active version, uncached, with :meth:`get_snapshot`; web processes
     read through a :class:`cache.near.NearCache`, which serves from memory.
     """
 
-    # -- snapshots -------------------------------------------------------------------
-    def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
-        """The active snapshot's accounts in order, or None on a miss.
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "sched",
+        snapshot_grace_seconds: int = SNAPSHOT_GRACE_SECONDS,
+        cached_credentials: Iterable[str] = DEFAULT_CACHED_CREDENTIALS,
+        clock: Clock = utc_now,
+    ) -> None:
+        w = Wiring.build(
+            client,
+            prefix=prefix,
+            snapshot_grace_seconds=snapshot_grace_seconds,
+            cached_credentials=cached_credentials,
+            clock=clock,
+        )
+        self.client, self.keys, self.codec, self.clock = w.client, w.keys, w.codec, w.clock
+        self.reader = SnapshotReader(client, keys=w.keys, codec=w.codec, scripts=w.scripts)
+        self.accounts = AccountStore(w, AccountPatcher(w))
+        self.last_use = LastUseStore(w)
+        self.registry = BucketRegistry(w)
+        self.snapshots = SnapshotWriter(w, self.accounts, self.last_use, self.registry)
+        self.locks = Locks(w)
+        self.outbox = OutboxPosition(w)
+        self.rebuilds = RebuildRequests(w)
+        self.figures = Stats(w)
+        self.repair = Repair(w)
 
-        A miss: no active version, an empty snapshot, a missing account payload, or a
-        corrupt one (logged). Each account's ``last_used_at`` is the cached last use.
-        Every account comes from one version (or is a newer revision put into it).
-        """
-        read = self.read_snapshot(bucket)
-        return read.accounts if read is not None and read.accounts else None
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A cache over a new client for ``url``, in any topology :func:`cache.base.
+        connect_url` takes (``socket_timeout``, ``client_options``, ``cluster``,
+        ``sentinel_master``, ``sentinel_password``); other ``kwargs`` go to the cache."""
+        options = ("socket_timeout", "client_options", "cluster", "sentinel_master")
+        connecting = {k: kwargs.pop(k) for k in (*options, "sentinel_password") if k in kwargs}
+        return cls(connect_url(url, **connecting), **kwargs)
+
+    # -- snapshots: reading ----------------------------------------------------------
+    def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+        return self.reader.get_snapshot(bucket)
 
     def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
-        """The active version with its number and ``gen``; None when there is none, or
-        an account payload is missing or corrupt. An empty version reads as no accounts.
-        """
-        with redis_errors(f"get_snapshot {bucket}"):
-            for _ in range(READ_ATTEMPTS):
-                try:
-                    return self._read_once(ReadPlan(self.keys, self.codec, bucket))
-                except Expired as exc:
-                    logger.info("snapshot %s expired mid-read; reading again", exc)
-        return None
-
-    def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
-        keys, args = plan.first_call()
-        if not plan.absorb_first(self._scripts["read_snapshot"](keys=keys, args=args)):
-            return None
-        ranges = plan.rest_ranges()
-        if ranges:
-            pipe = self.client.pipeline(transaction=False)
-            for key, start, end in ranges:
-                pipe.lrange(key, start, end)
-            pipe = self._hmgets(plan.absorb_rest(pipe.execute()))
-            plan.absorb_entries(pipe.execute())
-        payloads, uses = plan.fetches()
-        pipe = self._hmgets(payloads + uses)
-        replies = pipe.execute()
-        return plan.finish(replies[: len(payloads)], replies[len(payloads) :])
-
-    def _hmgets(self, calls: list[tuple[str, list[bytes]]]) -> Any:
-        pipe = self.client.pipeline(transaction=False)
-        for key, fields in calls:
-            pipe.hmget(key, fields)
-        return pipe
+        return self.reader.read_snapshot(bucket)
 
     def bucket_info(self, bucket: SchedulerBucket) -> BucketInfo:
-        """Active version, size, age and last rebuild time of one bucket."""
-        with redis_errors(f"bucket_info {bucket}"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(self.keys.meta(bucket), ["active", "count", "built_at", "rebuild_ms"])
-            pipe.get(self.keys.version_counter(bucket))
-            (active, count, built_at, rebuild_ms), reserved = pipe.execute()
-        return BucketInfo(
-            bucket=bucket,
-            active_version=int(active) if active is not None else None,
-            reserved_version=int(reserved or 0),
-            account_count=int(count or 0),
-            built_at=from_ms(built_at) if built_at is not None else None,
-            rebuild_ms=float(rebuild_ms) if rebuild_ms is not None else None,
-        )
+        return self.reader.bucket_info(bucket)
+
+    # -- snapshots: writing ----------------------------------------------------------
+    def reserve_version(self, bucket: SchedulerBucket) -> int:
+        return self.snapshots.reserve_version(bucket)
+
+    def set_snapshot(
+        self,
+        bucket: SchedulerBucket,
+        accounts: Iterable[Account],
+        version: int | None = None,
+        *,
+        rebuild_ms: float | None = None,
+    ) -> bool:
+        return self.snapshots.set_snapshot(bucket, accounts, version, rebuild_ms=rebuild_ms)
 
     # -- accounts --------------------------------------------------------------------
     def get_account(self, account_id: int) -> Account | None:
-        """The cached account, or None; raise :class:`CorruptPayload` if undecodable."""
-        with redis_errors(f"get_account {account_id}"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hget(self.keys.accounts, account_id)
-            pipe.hget(self.keys.last_used, account_id)
-            payload, used = pipe.execute()
-        if payload is None:
-            return None
-        try:
-            return self.codec.decode(account_id, raw(payload), used and raw(used))
-        except CorruptPayload as exc:
-            self.forget_corrupt_payload(exc)
-            raise
+        return self.accounts.get_account(account_id)
+
+    def set_account(self, account: Account) -> bool:
+        return self.accounts.set_account(account)
+
+    def delete_account(self, account_id: int, revision: int | None = None) -> bool:
+        return self.accounts.delete_account(account_id, revision)
 
     def forget_corrupt_payload(self, exc: CorruptPayload) -> bool:
-        """Make the next write of the account in ``exc`` replace its undecodable payload
-        (see cache/lua/forget_payload.lua); True when it will."""
-        if exc.account_id is None or exc.payload is None:
-            return False
-        with redis_errors(f"forget_corrupt_payload {exc.account_id}"):
-            return bool(
-                self._scripts["forget_payload"](
-                    keys=[self.keys.accounts, self.keys.digests],
-                    args=[exc.account_id, exc.payload],
-                )
-            )
+        return self.accounts.forget_corrupt_payload(exc)
 
-    # -- last use (writing it: WriteMixin.update_last_used) ---------------------------
+    # -- last use --------------------------------------------------------------------
+    def update_last_used(
+        self, updates: Mapping[int, datetime], *, record_pending: bool = False
+    ) -> int:
+        return self.last_use.update_last_used(updates, record_pending=record_pending)
+
     def pending_last_used(self) -> dict[int, datetime]:
-        """Last-use times not yet acknowledged as written to the source database.
-
-        An entry this package does not write (an id out of range, say from an older
-        version, or a time that is not integer ms) is logged and deleted: kept, it
-        would fail every write of the others to the database.
-        """
-        with redis_errors("pending_last_used"):
-            found = self.client.hgetall(self.keys.last_used_pending)
-        pending: dict[int, datetime] = {}
-        malformed: list[bytes | str] = []
-        for key, value in found.items():
-            try:
-                pending[check_account_id(key)] = from_ms(value)
-            except (ValueError, OverflowError, OSError):
-                malformed.append(key)
-        if malformed:
-            logger.error(
-                "dropping %d malformed entries of %s: %s",
-                len(malformed),
-                self.keys.last_used_pending,
-                brief({k: found[k] for k in malformed[:5]}),
-            )
-            with redis_errors("pending_last_used"):
-                self.client.hdel(self.keys.last_used_pending, *malformed)
-        return pending
+        return self.last_use.pending_last_used()
 
     def ack_pending_last_used(self, written: Mapping[int, datetime]) -> int:
-        """Drop pending times the database now has; newer pending times stay."""
-        if not written:
-            return 0
-        args: list[Any] = []
-        for account_id, used in written.items():
-            args += (int(account_id), to_ms(used))
-        with redis_errors("ack_pending_last_used"):
-            return int(
-                self._scripts["ack_last_used"](keys=[self.keys.last_used_pending], args=args)
-            )
+        return self.last_use.ack_pending_last_used(written)
+
+    # -- locks -----------------------------------------------------------------------
+    def try_lock_bucket(
+        self, bucket: SchedulerBucket, ttl_seconds: float, token: str | None = None
+    ) -> str | None:
+        return self.locks.try_lock_bucket(bucket, ttl_seconds, token)
+
+    def unlock_bucket(self, bucket: SchedulerBucket, token: str) -> bool:
+        return self.locks.unlock_bucket(bucket, token)
+
+    def try_lock(self, name: str, ttl_seconds: float, token: str | None = None) -> str | None:
+        return self.locks.try_lock(name, ttl_seconds, token)
+
+    def unlock(self, name: str, token: str) -> bool:
+        return self.locks.unlock(name, token)
+
+    # -- registry --------------------------------------------------------------------
+    def list_buckets(self) -> list[SchedulerBucket]:
+        return self.registry.list_buckets()
+
+    def retire_bucket(self, bucket: SchedulerBucket) -> bool:
+        """Stop serving and refreshing ``bucket``; True when it was known."""
+        self.rebuilds.forget(bucket)
+        active = self.snapshots.retire(bucket)
+        return self.registry.remove(bucket) or active
+
+    # -- outbox and epoch ------------------------------------------------------------
+    def get_outbox_watermark(self) -> int:
+        return self.outbox.get_outbox_watermark()
+
+    def set_outbox_watermark(self, event_id: int) -> bool:
+        return self.outbox.advance_outbox(event_id)
+
+    def advance_outbox(
+        self, event_id: int, *, new_gaps: Iterable[int] = (), resolved_gaps: Iterable[int] = ()
+    ) -> bool:
+        return self.outbox.advance_outbox(event_id, new_gaps=new_gaps, resolved_gaps=resolved_gaps)
+
+    def outbox_gaps(self) -> dict[int, datetime]:
+        return self.outbox.outbox_gaps()
+
+    def epoch(self) -> str | None:
+        return self.outbox.epoch()
+
+    def reestablish(self, seen: str | None, watermark: int, gaps: Iterable[int] = ()) -> bool:
+        return self.outbox.reestablish(seen, watermark, gaps)
+
+    # -- coalesced rebuild requests --------------------------------------------------
+    def request_rebuild(self, bucket: SchedulerBucket) -> bool:
+        return self.rebuilds.request_rebuild(bucket)
+
+    def begin_rebuild(self, bucket: SchedulerBucket, *, force: bool = False) -> int | None:
+        return self.rebuilds.begin_rebuild(bucket, force=force)
+
+    def finish_rebuild(self, bucket: SchedulerBucket, generation: int) -> int:
+        return self.rebuilds.finish_rebuild(bucket, generation)
+
+    def abandon_rebuild_request(self, bucket: SchedulerBucket) -> None:
+        self.rebuilds.abandon_rebuild_request(bucket)
+
+    # -- figures and health ----------------------------------------------------------
+    def record_stats(
+        self, counters: Mapping[str, int] | None = None, values: Mapping[str, str] | None = None
+    ) -> None:
+        self.figures.record_stats(counters, values)
+
+    def stats(self) -> dict[str, str]:
+        return self.figures.stats()
+
+    def ping(self) -> None:
+        self.figures.ping()
+
+    def wrong_type_keys(
+        self, bucket: SchedulerBucket | None = None, *, repair: bool = False
+    ) -> dict[str, str]:
+        return self.repair.wrong_type_keys(bucket, repair=repair)

@@ -68,3 +68,15 @@ def brief(value: object, limit: int = BRIEF_CHARS) -> str:
 
 class InvalidAccountId(CacheError, ValueError):
     """An account id outside 1 .. 2**63-1 (what a BIGINT column holds), or not an integer."""
+
+
+class ScriptError(CacheError):
+    """Redis refused a command for a reason that retrying will not change: a Lua
+    ``error()``, a script bug, an argument Redis rejects. The message names the script
+    (or the action) and the key; :attr:`script` and :attr:`key` hold them when known.
+    """
+
+    def __init__(self, message: str, script: str | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.script = script
+        self.key = key

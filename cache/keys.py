@@ -33,6 +33,9 @@ REBUILD_STATE_TTL_SECONDS = 86_400
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
 WRITE_CHUNK = 500
 READ_CHUNK = 1_000
+# Accounts per call that writes the bucket index: each is a hash of its own, which costs
+# the server several times what an entry of one hash does.
+INDEX_CHUNK = 200
 # Batches of last-use changes read per call by a near cache catching up.
 TOUCH_CHUNK = 1_000
 # Batches the last-use log keeps. Web processes send a batch every half second each, so
@@ -139,6 +142,13 @@ class KeySpace:
     def digests(self) -> str:
         """Hash: account id -> digest of the stored payload; absent: unknown account."""
         return self._shared("acc_digest")
+
+    def account_buckets(self, account_id: int | str) -> str:
+        """Hash: bucket -> the version of it that lists the account (the one its writer
+        indexed last). Lets a change of one account reach every snapshot that lists it
+        at a cost that grows with those snapshots, not with the registry; an entry
+        whose version no longer lists the account is dropped by the next change."""
+        return self._shared("acc_in", str(account_id))
 
     @property
     def last_used(self) -> str:

@@ -1,13 +1,26 @@
 """What a near cache holds and when it may serve it, without any I/O.
 
 Shared by the threaded :class:`cache.near.NearCache` and the asyncio
-:class:`cache.aio.AsyncNearCache`; every method is short and takes one lock.
+:class:`cache.aio.AsyncNearCache`. Its fields are private: every change is one method
+that takes the lock, so request threads and the checker never see half a change.
 
 Trust: a bucket is served from memory only while Redis confirmed its ``gen`` (the
 counter every activation and patch moves) within ``trust_seconds``, and no push
 announced a newer one. Confirmations come from reads, from the periodic check, and
 never from the absence of pushes, so a lost push or a dead subscription costs at most
 ``trust_seconds`` of staleness, after which reads go back to Redis.
+
+Eras: everything held is dropped at once when the epoch changes (Redis lost its state)
+or the touch log was trimmed past this process. Each drop starts a new era, and what a
+read or a check found is taken only in the era it began in::
+
+    check:  GET epoch (E1) ..................................... E1 found -> ignored
+    read:         epoch changed to E2, drop (era 2), read, install, serve
+    (taken, the check would flip the state back to E1 and confirm gens of another Redis)
+
+Last use: one time per account for the whole process, the newest known (from reads,
+from the check, from this process's own touches); every held bucket listing the account
+serves that time, so no bucket serves an older one than another.
 """
 
 from __future__ import annotations
@@ -15,45 +28,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from cache.codec import to_ms, with_last_used
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
+from cache.nearcore import Stamp, Verdict
+from cache.nearentry import Entry
 from cache.reads import SnapshotRead
-
-# The epoch a near cache holds while Redis has none (its state was lost and nobody has
-# re-established it yet): a change to or from it drops everything, like any other.
-NO_EPOCH = ""
 
 NEVER = float("-inf")
 
-
-@dataclass(slots=True)
-class Entry:
-    """One bucket as held: its accounts with last uses laid over, and a filtered view
-    valid until the next time a window opens or closes."""
-
-    version: int
-    gen: int
-    confirmed: float
-    accounts: list[Account]
-    positions: dict[int, int]
-    wanted: int = 0
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
-    schedulable: list[Account] = field(default_factory=list)
-    schedulable_positions: dict[int, int] = field(default_factory=dict)
-
-
-def _boundaries(account: Account) -> Iterable[datetime | None]:
-    yield account.overload_until
-    yield account.rate_limit_reset_at
-    yield account.temp_unschedulable_until
-    if account.auto_pause_on_expired:
-        yield account.expires_at
+# Last uses kept per process: every account of a large source, while a stray id from a
+# bad caller cannot grow the map without bound (past it, accounts no bucket holds go).
+USES_MAX = 200_000
 
 
 class NearState:
@@ -87,155 +76,225 @@ class NearState:
         self.trust_seconds = trust_seconds
         self.max_buckets = max_buckets
         self.monotonic = monotonic
-        self.lock = threading.Lock()
-        self.entries: OrderedDict[str, Entry] = OrderedDict()
-        self.epoch: str | None = None
-        # Touch sequence seen up to; None until the first check after a (re)start.
-        self.touch_seq: int | None = None
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        # The gen a bucket no longer held was at: a slower read begun before it went
+        # cannot bring an older one back (as many as buckets held).
+        self._floors: OrderedDict[str, int] = OrderedDict()
+        self._epoch: str | None = None
+        self._era = 0
+        # Touch log position seen up to; None until the first look in an era.
+        self._touch_seq: int | None = None
         self._uses: dict[int, int] = {}
         self._members: dict[int, set[str]] = {}
 
-    # -- serving ---------------------------------------------------------------------
-    def serve(self, name: str, now: datetime | None) -> tuple[str, list[Account] | None]:
-        """``("hit", accounts)``, or what to do first: ``"check"`` (confirm the gen)
-        or ``"read"``. Without ``now`` the hit is every account, else the schedulable.
-        """
-        with self.lock:
-            entry = self.entries.get(name)
-            if entry is None or entry.wanted > entry.gen:
-                return "read", None
-            if self.monotonic() - entry.confirmed > self.trust_seconds:
-                return "check", None
-            self.entries.move_to_end(name)
-            if now is None:
-                return "hit", list(entry.accounts)
-            return "hit", list(self._schedulable(entry, now))
+    # -- looking in ------------------------------------------------------------------
+    @property
+    def epoch(self) -> str | None:
+        with self._lock:
+            return self._epoch
 
-    def _schedulable(self, entry: Entry, now: datetime) -> list[Account]:
-        if (
-            entry.valid_from is not None
-            and entry.valid_from <= now
-            and (entry.valid_until is None or now < entry.valid_until)
-        ):
-            return entry.schedulable
-        entry.schedulable = [a for a in entry.accounts if a.is_schedulable(now)]
-        entry.schedulable_positions = {a.id: n for n, a in enumerate(entry.schedulable)}
-        ends = [t for a in entry.accounts for t in _boundaries(a) if t is not None and t > now]
-        entry.valid_from, entry.valid_until = now, min(ends, default=None)
-        return entry.schedulable
+    def names(self) -> list[str]:
+        """Held buckets, least recently served first."""
+        with self._lock:
+            return list(self._entries)
+
+    def version(self, name: str) -> int | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            return None if entry is None else entry.version
+
+    # -- serving ---------------------------------------------------------------------
+    def serve(self, name: str, now: datetime | None) -> tuple[Verdict, list[Account] | None]:
+        """``(HIT, accounts)``, or what to do first: CHECK (confirm the gen) or READ.
+        Without ``now`` the hit is every account, else the schedulable."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.wanted > entry.gen:
+                return Verdict.READ, None
+            if self.monotonic() - entry.confirmed > self.trust_seconds:
+                return Verdict.CHECK, None
+            self._entries.move_to_end(name)
+            if now is None:
+                return Verdict.HIT, list(entry.accounts)
+            return Verdict.HIT, list(entry.schedulable_at(now))
 
     # -- what Redis said ---------------------------------------------------------------
-    def install(self, read: SnapshotRead, asked_at: float, epoch: str) -> None:
-        """Hold ``read`` (begun at ``asked_at``) unless something newer is held."""
-        name = str(read.bucket)
-        with self.lock:
-            if epoch != self.epoch:
+    def stamp(self) -> Stamp | None:
+        """The epoch to read under, or None when the epoch and touch position must be
+        fetched first (:meth:`opened`)."""
+        with self._lock:
+            if self._epoch is None or self._touch_seq is None:
+                return None
+            return Stamp(self._epoch, self._era)
+
+    def opened(self, epoch: str, seq: int) -> Stamp:
+        """Redis is at ``epoch`` with its touch log at ``seq`` (both fetched before any
+        bucket is read, so no touch between the two is missed)."""
+        with self._lock:
+            if epoch != self._epoch:
                 self._drop_all(epoch)
-            entry = self.entries.get(name)
-            if entry is not None and read.gen < entry.gen:
-                return  # a slower read of an older gen: never serve older than served
+            if self._touch_seq is None:
+                self._touch_seq = seq
+            return Stamp(self._epoch, self._era)
+
+    def install(self, read: SnapshotRead, asked_at: float, stamp: Stamp) -> bool:
+        """Hold ``read`` (begun at ``asked_at``) unless something newer is held, or the
+        state was dropped since it began; False when not held."""
+        name = str(read.bucket)
+        with self._lock:
+            if stamp.era != self._era:
+                return False
+            entry = self._entries.get(name)
+            floor = entry.gen if entry is not None else self._floors.get(name, 0)
+            if read.gen < floor:
+                return False  # a slower read of an older gen: never serve older than served
             if entry is not None and read.gen == entry.gen:
                 entry.confirmed = max(entry.confirmed, asked_at)
-                return
+                return True
+            self._take_uses(read)
             accounts = [
                 self._laid_over(a, used) for a, used in zip(read.accounts, read.uses, strict=True)
             ]
-            fresh = Entry(
-                version=read.version,
-                gen=read.gen,
-                confirmed=asked_at,
-                accounts=accounts,
-                positions={a.id: n for n, a in enumerate(accounts)},
-                wanted=entry.wanted if entry is not None else 0,
-            )
+            fresh = Entry.of(read.version, read.gen, asked_at, accounts)
             if entry is not None:
+                fresh.wanted = entry.wanted
                 self._forget_members(name, entry)
-            self.entries[name] = fresh
-            self.entries.move_to_end(name)
-            members, uses = self._members, self._uses
-            for account, used in zip(accounts, read.uses, strict=True):
-                members.setdefault(account.id, set()).add(name)
-                if used > uses.get(account.id, 0):
-                    uses[account.id] = used
-            while len(self.entries) > self.max_buckets:
-                old_name, old = self.entries.popitem(last=False)
-                self._forget_members(old_name, old)
+            self._floors.pop(name, None)
+            self._entries[name] = fresh
+            for account in accounts:
+                self._members.setdefault(account.id, set()).add(name)
+            while len(self._entries) > self.max_buckets:
+                old_name, old = self._entries.popitem(last=False)
+                self._remove(old_name, old, old.gen)
+            return True
 
     def forget(self, name: str) -> None:
         """Drop one bucket (it has no active version any more)."""
-        with self.lock:
-            entry = self.entries.pop(name, None)
+        with self._lock:
+            entry = self._entries.pop(name, None)
             if entry is not None:
-                self._forget_members(name, entry)
+                # Its retirement moved the gen past the one held.
+                self._remove(name, entry, entry.gen + 1)
 
     def pushed(self, name: str, gen: int) -> None:
         """A push said ``name`` is at ``gen`` now."""
-        with self.lock:
-            entry = self.entries.get(name)
+        with self._lock:
+            entry = self._entries.get(name)
             if entry is not None and gen > entry.wanted:
                 entry.wanted = gen
 
-    def checked(self, epoch: str, gens: Mapping[str, int | None], asked_at: float) -> None:
-        """A check begun at ``asked_at`` found these gens (None: no active version)."""
-        with self.lock:
-            if epoch != self.epoch:
+    def begin_check(self) -> Stamp:
+        """The stamp of a check starting now."""
+        with self._lock:
+            return Stamp(self._epoch, self._era, self._touch_seq)
+
+    def checked(
+        self, stamp: Stamp, epoch: str, seq: int, gens: Mapping[str, int | None], asked_at: float
+    ) -> bool:
+        """A check begun at ``asked_at`` found the epoch, the touch log at ``seq`` and
+        these gens (None: no active version). True when the touches it read after
+        ``stamp.since`` are to be taken (:meth:`caught_up`)."""
+        with self._lock:
+            if stamp.era != self._era:
+                return False  # dropped meanwhile: what it found may be of another epoch
+            if epoch != self._epoch:
                 self._drop_all(epoch)
-                return
+                self._touch_seq = seq  # read with the epoch: a position in it
+                return False
             for name, gen in gens.items():
-                entry = self.entries.get(name)
+                entry = self._entries.get(name)
                 if entry is None:
                     continue
                 if gen == entry.gen:
                     entry.confirmed = max(entry.confirmed, asked_at)
                 else:
                     entry.wanted = max(entry.wanted, entry.gen + 1, gen or 0)
+            if stamp.since is None or self._touch_seq is None:
+                # Not from here: a bucket read since may have taken an earlier position.
+                if self._touch_seq is None:
+                    self._touch_seq = seq
+                return False
+            return True
+
+    def caught_up(self, stamp: Stamp, uses: Mapping[int, int], next_since: int) -> None:
+        """The last uses moved after ``stamp.since``, read up to ``next_since``."""
+        with self._lock:
+            if stamp.era != self._era or self._touch_seq is None:
+                return
+            self._used(uses)
+            self._touch_seq = max(self._touch_seq, next_since)
+
+    def lost_touches(self, stamp: Stamp) -> None:
+        """The touch log was trimmed past this process: what moved is unknown, so
+        every bucket is read again (the last uses known here stay: they are facts)."""
+        with self._lock:
+            if stamp.era == self._era:
+                self._drop_all(self._epoch)
 
     def distrust(self) -> None:
         """Pushes may have been lost (the subscription was re-made): check everything."""
-        with self.lock:
-            for entry in self.entries.values():
+        with self._lock:
+            for entry in self._entries.values():
                 entry.confirmed = NEVER
 
-    def _drop_all(self, epoch: str | None) -> None:
-        self.entries.clear()
-        self._uses.clear()
-        self._members.clear()
-        self.epoch = epoch
-        self.touch_seq = None
-
     def drop_all(self, epoch: str | None = None) -> None:
-        with self.lock:
+        with self._lock:
             self._drop_all(epoch)
 
-    def names(self) -> list[str]:
-        with self.lock:
-            return list(self.entries)
+    def _drop_all(self, epoch: str | None) -> None:
+        self._entries.clear()
+        self._floors.clear()
+        self._members.clear()
+        self._epoch = epoch
+        self._era += 1
+        self._touch_seq = None
+        self._bound_uses()
+
+    def _remove(self, name: str, entry: Entry, floor: int) -> None:
+        self._forget_members(name, entry)
+        self._floors[name] = floor
+        while len(self._floors) > self.max_buckets:
+            self._floors.popitem(last=False)
 
     # -- last uses -------------------------------------------------------------------
     def used(self, uses: Mapping[int, int]) -> None:
         """Lay last uses (integer ms) over the held accounts; older ones change nothing."""
-        with self.lock:
-            for account_id, used in uses.items():
-                names = self._members.get(account_id)
-                if not names or used <= self._uses.get(account_id, 0):
-                    continue
-                self._uses[account_id] = used
-                for name in names:
-                    entry = self.entries[name]
-                    n = entry.positions[account_id]
-                    account = with_last_used(entry.accounts[n], used)
-                    entry.accounts[n] = account
-                    k = entry.schedulable_positions.get(account_id)
-                    if k is not None and entry.schedulable[k].id == account_id:
-                        entry.schedulable[k] = account
+        with self._lock:
+            self._used(uses)
 
     def used_at(self, updates: Mapping[int, datetime]) -> None:
         self.used({int(i): to_ms(t) for i, t in updates.items()})
+
+    def _used(self, uses: Mapping[int, int]) -> None:
+        for account_id, used in uses.items():
+            if used <= self._uses.get(account_id, 0):
+                continue
+            self._uses[account_id] = used
+            for name in self._members.get(account_id, ()):
+                self._entries[name].lay_over(account_id, used)
+        self._bound_uses()
+
+    def _take_uses(self, read: SnapshotRead) -> None:
+        """The read's last uses that are newer than known, laid over every other held
+        bucket listing the account too: no bucket lags behind the one just read."""
+        newer = {
+            a.id: used
+            for a, used in zip(read.accounts, read.uses, strict=True)
+            if used > self._uses.get(a.id, 0)
+        }
+        if newer:
+            self._used(newer)
 
     def _laid_over(self, account: Account, read_use: int) -> Account:
         """``account`` with the newest last use known here (its own, as read, or newer)."""
         used = self._uses.get(account.id, 0)
         return account if used <= read_use else with_last_used(account, used)
+
+    def _bound_uses(self) -> None:
+        if len(self._uses) > USES_MAX:
+            for account_id in [i for i in self._uses if i not in self._members]:
+                del self._uses[account_id]
 
     def _forget_members(self, name: str, entry: Entry) -> None:
         for account_id in entry.positions:
@@ -245,4 +304,3 @@ class NearState:
             names.discard(name)
             if not names:
                 del self._members[account_id]
-                self._uses.pop(account_id, None)

@@ -1,7 +1,10 @@
 """Reading a bucket's snapshot in bounded steps, the same way over either client.
 
 A read is a short plan: one script call for the active version and the first chunk of
-its ids and entries (digest and revision of each payload); for a large bucket, plain
+its ids and entries (digest and revision of each payload); the call names the version
+the reader expects (every key a script touches arrives in KEYS), and a wrong guess, on
+the first read of a bucket or after an activation, costs one more call that names the
+active one (:class:`Moved`); for a large bucket, plain
 chunked reads of the rest of that version; then the payloads the reader has not
 decoded yet, with every account's last use. Each step costs Redis about a millisecond
 whatever the bucket's size, and every step reads the same version, which no writer
@@ -9,7 +12,8 @@ changes except to put a newer revision of one account in (each account is then e
 the version's or newer, never older).
 
 :class:`ReadPlan` holds the logic and no I/O; :meth:`cache.client.RedisSchedulerCache.
-read_snapshot` and :meth:`cache.aio.AsyncSchedulerReader.read_snapshot` drive it.
+read_snapshot` (through :class:`cache.reader.SnapshotReader`) and
+:meth:`cache.aio.AsyncSchedulerReader.read_snapshot` drive it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from cache.base import raw, text
 from cache.codec import AccountCodec
 from cache.errors import CorruptPayload
-from cache.keys import READ_CHUNK, KeySpace
+from cache.keys import NEAR_BUCKETS_MAX, READ_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,35 @@ class Expired(Exception):
     """The version being read expired mid-read (replaced long ago): read again."""
 
 
+class Moved(Expired):
+    """Another version is active than the one the read expected: read again (the plan's
+    hints now hold the active version)."""
+
+
+class VersionHints:
+    """The active version last seen per bucket: what the next read expects.
+
+    Only a guess: a wrong one costs a round trip, never a wrong answer, so a process can
+    share one between clients. Bounded; when full it starts over.
+    """
+
+    def __init__(self, limit: int = NEAR_BUCKETS_MAX * 4) -> None:
+        self._limit = limit
+        self._seen: dict[SchedulerBucket, int] = {}
+
+    def get(self, bucket: SchedulerBucket) -> int:
+        return self._seen.get(bucket, 0)
+
+    def note(self, bucket: SchedulerBucket, version: int) -> None:
+        if len(self._seen) >= self._limit and bucket not in self._seen:
+            self._seen.clear()
+        self._seen[bucket] = version
+
+
+# For readers that bring no hints of their own.
+SHARED_HINTS = VersionHints()
+
+
 def chunks(items: list[bytes], size: int) -> list[list[bytes]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -50,10 +83,17 @@ def chunks(items: list[bytes], size: int) -> list[list[bytes]]:
 class ReadPlan:
     """The steps of one snapshot read; the driver runs each step's commands."""
 
-    def __init__(self, keys: KeySpace, codec: AccountCodec, bucket: SchedulerBucket) -> None:
+    def __init__(
+        self,
+        keys: KeySpace,
+        codec: AccountCodec,
+        bucket: SchedulerBucket,
+        hints: VersionHints = SHARED_HINTS,
+    ) -> None:
         self.keys = keys
         self.codec = codec
         self.bucket = bucket
+        self.hints = hints
         self.version = 0
         self.gen = 0
         self.total = 0
@@ -67,14 +107,19 @@ class ReadPlan:
     # step 1: the script --------------------------------------------------------------
     def first_call(self) -> tuple[list[str], list[Any]]:
         """Keys and arguments of read_snapshot.lua for the first chunk."""
-        keys = self.keys
-        args = [keys.snapshot_stem(self.bucket), keys.entries_stem(self.bucket), "", 0, READ_CHUNK]
-        return [keys.meta(self.bucket)], args
+        keys, bucket = self.keys, self.bucket
+        expected = self.hints.get(bucket)
+        names = [keys.meta(bucket), keys.snapshot(bucket, expected), keys.entries(bucket, expected)]
+        return names, [expected, 0, READ_CHUNK]
 
     def absorb_first(self, reply: list[Any]) -> bool:
-        """False when the bucket has no active version (a miss)."""
+        """False when the bucket has no active version (a miss); :class:`Moved` when the
+        active version is not the one expected."""
         if not reply:
             return False
+        if len(reply) == 1:
+            self.hints.note(self.bucket, int(reply[0]))
+            raise Moved(f"bucket {self.bucket} now at v{int(reply[0])}")
         version, gen, total, ids, entries = reply
         self.version, self.gen, self.total = int(version), int(gen), int(total)
         self.ids, self.entries = list(ids), list(entries)

@@ -1,17 +1,23 @@
 """Keys of the wrong Redis type: found, named, and deleted so the next write recreates
-them. Every other operation fails on such a key with WRONGTYPE (:class:`CorruptKey`)."""
+them. Every other operation fails on such a key with WRONGTYPE (:class:`CorruptKey`).
+
+The one exception to "each store writes only its own keys": deleting a key that no
+store could have written is no store's write."""
 
 from __future__ import annotations
 
-from cache.base import CacheBase, redis_errors, text
+from cache.base import Wiring, redis_errors, text
 from cache.models import SchedulerBucket
 
 
-class RepairMixin(CacheBase):
+class Repair:
+    def __init__(self, wiring: Wiring) -> None:
+        self._w = wiring
+
     def _typed_keys(self, bucket: SchedulerBucket | None) -> list[dict[str, str]]:
         """The keys to check and their types, one group per Cluster slot: the shared
         stores, and the bucket's own keys."""
-        k = self.keys
+        k = self._w.keys
         shared = {
             k.accounts: "hash",
             k.revisions: "hash",
@@ -41,8 +47,8 @@ class RepairMixin(CacheBase):
         the type each holds; with ``repair`` they are deleted in the same step."""
         wrong: dict[str, str] = {}
         for typed in self._typed_keys(bucket):
-            with redis_errors("wrong_type_keys"):
-                found = self._scripts["repair_types"](
+            with redis_errors("wrong_type_keys", next(iter(typed))):
+                found = self._w.scripts["repair_types"](
                     keys=list(typed), args=["1" if repair else "0", *typed.values()]
                 )
             wrong |= {text(found[i]): text(found[i + 1]) for i in range(0, len(found), 2)}

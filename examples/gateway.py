@@ -1,8 +1,10 @@
 """A gateway in miniature: pick an upstream account per request from the scheduling cache.
 
-    SCHED_REDIS_URL=... SCHED_DATABASE_URL=... uvicorn gateway:app --app-dir examples
+    .venv/bin/uvicorn gateway:app --app-dir examples
 
-with a worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
+It reads the system `sched run` (`make run`) runs, found as `sched` finds it (its
+.run/system.json), or the servers of SCHED_REDIS_URL and SCHED_DATABASE_URL, with a
+worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
 
 - ``GET /pick?group=0&platform=openai[&force=true]``: the least recently used
   schedulable account of the best priority, from the bucket's snapshot (held in the
@@ -10,12 +12,16 @@ with a worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
   blocking the event loop; the touch is recorded with ``record_last_used`` (batched, no Celery
   message per request). 400 for a platform not in ``SCHED_PLATFORMS``, 503 when the
   bucket has no schedulable account.
-- ``POST /admin/accounts/{id}``: change an account's status, admin switch, priority or
-  rate limit in the database, then enqueue the rebuild of its buckets.
+- ``GET /healthz``: 200 when Redis answers, else 503 with a one-line JSON reason.
+- ``POST /admin/accounts/{id}``: an example of an admin hook, not an admin API: change an
+  account's status, admin switch, priority or rate limit in the database, then enqueue
+  the rebuild of its buckets. Behind ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``;
+  refused while GATEWAY_ADMIN_TOKEN is unset.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,12 +29,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cache import Account, InvalidBucket, SchedulerBucket
+from cache import Account, InvalidBucket
 from tasks import list_schedulable_async, record_last_used, request_rebuild, runtime
-from tasks.buckets import bucket_for, check_platform, platform_buckets
+from tasks.buckets import account_buckets, bucket_for, check_platform
+from tasks.ops.errors import one_line, scrub
+from tasks.ops.reach import use_running_system
 from tasks.source import SqlWriter
 from tasks.web import aio
 
@@ -100,8 +110,35 @@ class AdminChange(BaseModel):
     clear_rate_limit: bool = False
 
 
+class GatewaySettings(BaseSettings):
+    """The example's own setting, apart from the system's SCHED_* ones."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+
+    # The bearer token of the admin endpoint; unset, the endpoint refuses every call.
+    admin_token: SecretStr | None = None
+
+
+def require_admin(authorization: str | None = Header(default=None)) -> None:
+    token = GatewaySettings().admin_token
+    if token is None or not token.get_secret_value():
+        raise HTTPException(
+            status_code=403, detail="admin endpoint disabled: set GATEWAY_ADMIN_TOKEN to enable it"
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise HTTPException(
+            status_code=401,
+            detail="admin endpoint: Authorization: Bearer <GATEWAY_ADMIN_TOKEN> needed",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # No SCHED_* URL set: the system `sched run` runs, as every `sched` command finds it.
+    use_running_system(required=False)
     yield
     await aio.aclose()
 
@@ -110,9 +147,13 @@ app = FastAPI(title="sched gateway example", lifespan=lifespan)
 picker = LeastRecentlyUsed()
 
 
-@app.get("/healthz")
-def healthz() -> dict[str, str]:
-    runtime.get_cache().ping()
+@app.get("/healthz", response_model=None)
+def healthz() -> dict[str, str] | JSONResponse:
+    try:
+        runtime.get_cache().ping()
+    except Exception as exc:  # down is an answer here, not a crash
+        reason = scrub(one_line(f"redis: {type(exc).__name__}: {exc}", 300))
+        return JSONResponse(status_code=503, content={"status": "unavailable", "reason": reason})
     return {"status": "ok"}
 
 
@@ -146,8 +187,15 @@ async def pick(
     )
 
 
-@app.post("/admin/accounts/{account_id}")
+@app.post(
+    "/admin/accounts/{account_id}",
+    tags=["example only"],
+    summary="Example admin hook (bearer GATEWAY_ADMIN_TOKEN): change an account",
+    dependencies=[Depends(require_admin)],
+)
 def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
+    """An example, not an admin API: no audit, one shared token. Changes the account in
+    the database and asks for the rebuild of its buckets."""
     from tasks.source import AccountNotFound
 
     changes = change.model_dump(
@@ -168,18 +216,7 @@ def change_account(account_id: int, change: AdminChange) -> dict[str, Any]:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     # The outbox poller would rebuild these too; asking now makes the change visible
     # in the time of one rebuild instead of one poll interval later.
-    buckets = sorted(str(bucket) for bucket in buckets_of(account))
+    buckets = sorted(str(b) for b in account_buckets(account, rules=runtime.settings()))
     for bucket in buckets:
         request_rebuild(bucket)
     return {"id": account.id, "revision": account.revision, "rebuilds_requested": buckets}
-
-
-def buckets_of(account: Account) -> set[SchedulerBucket]:
-    """Every bucket that can hold ``account``: in each of its groups (group 0 when it has
-    none), its platform's buckets and the mixed buckets it is a donor to."""
-    settings = runtime.settings()
-    return {
-        bucket
-        for group in account.group_ids or (0,)
-        for bucket in platform_buckets(group, account.platform, settings)
-    }

@@ -2,7 +2,8 @@
 # Run a command with SCHED_REDIS_URL pointing at a Redis server.
 # When SCHED_REDIS_URL is already set, that server is used as it is. Otherwise a private
 # redis-server is started on a free 127.0.0.1 port, with persistence off, and stopped
-# when the command ends (also on Ctrl-C).
+# when the command ends (also on Ctrl-C, or SIGTERM, which is passed on to the command).
+# The exit status is the command's.
 set -euo pipefail
 
 if [[ -n "${SCHED_REDIS_URL:-}" ]]; then
@@ -33,9 +34,6 @@ cleanup() {
   rm -rf "$workdir"
 }
 trap cleanup EXIT
-# Ctrl-C reaches the command too, which shuts down by itself: wait for it, then clean up.
-trap ':' INT
-trap 'exit 143' TERM
 
 for _ in $(seq 1 100); do
   if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then break; fi
@@ -48,4 +46,19 @@ if ! redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then
 fi
 echo "private redis-server on 127.0.0.1:$port (stopped when done)" >&2
 export SCHED_REDIS_URL="redis://127.0.0.1:$port/0"
-"$@"
+# The command runs as a child this script waits for, not in the foreground: a trap runs
+# only once a foreground command has ended, and a SIGTERM sent to this script alone (as
+# make passes it on) must reach the command. Ctrl-C reaches the command directly (same
+# process group); `trap - INT` undoes the SIGINT ignore bash gives background commands.
+( trap - INT QUIT; exec "$@" ) <&0 &
+command_pid=$!
+trap 'kill -TERM "$command_pid" 2>/dev/null || true' TERM
+trap ':' INT
+# wait returns early when a trapped signal arrives; wait again until the command ends.
+while kill -0 "$command_pid" 2>/dev/null; do
+  wait "$command_pid" || true
+done
+# The command's own status: 0 for a command that stopped cleanly on SIGTERM or Ctrl-C.
+status=0
+wait "$command_pid" || status=$?
+exit "$status"

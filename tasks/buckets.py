@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache import InvalidBucket, SchedulerBucket, SchedulerMode, brief
+from cache import Account, InvalidBucket, SchedulerBucket, SchedulerMode, brief
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,31 @@ def platform_buckets(group_id: int, platform: str, rules: Rules) -> list[Schedul
             if mixing != platform
         ]
     return buckets
+
+
+def account_buckets(
+    *accounts: Account | None, rules: Rules, groups: Iterable[int] | None = None
+) -> set[SchedulerBucket]:
+    """The buckets that can list any of ``accounts`` (an account before and after a
+    change, say; None for one that does not exist): each one's platform in ``groups``,
+    or in every group any of them is in (no group is group 0), in every mode it is read
+    in, plus the mixed buckets a donor platform's account joins.
+
+    With ``groups`` and no account (one neither cached nor in the source), every
+    platform: any bucket of those groups may list it.
+    """
+    known = [account for account in accounts if account is not None]
+    platforms = {account.platform for account in known}
+    if groups is None:
+        groups = {group for account in known for group in (account.group_ids or (0,))}
+    elif not platforms:
+        platforms = set(rules.platforms)
+    return {
+        bucket
+        for platform in platforms
+        for group in groups
+        for bucket in platform_buckets(group, platform, rules)
+    }
 
 
 def warm_buckets(groups: Iterable[tuple[int, str]], rules: Rules) -> list[SchedulerBucket]:

@@ -120,3 +120,13 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         if settings.redis_sentinel_password:
             options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
     return options
+
+
+def as_operator(settings: Settings) -> Settings:
+    """The settings a ``sched`` command runs with: every Redis call (and a broker that
+    is the cache's Redis) as the operator role, ``SCHED_OPS_REDIS_URL``, when one is set.
+    Unset, ``settings`` themselves."""
+    ops = settings.ops_redis_url
+    if not ops or ops == settings.redis_url:
+        return settings
+    return settings.model_copy(update={"redis_url": ops, "web_redis_url": ops})

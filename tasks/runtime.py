@@ -11,20 +11,14 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any, cast
 
 from celery.signals import worker_process_init
 
 from cache import NearCache, RedisSchedulerCache, SchedulerBucket
 from tasks import buckets
-from tasks.celery import app
-from tasks.connections import (
-    broker_ssl_options,
-    broker_transport_options,
-    cache_options,
-    mask_url,
-)
+from tasks.celery import app, configure
+from tasks.connections import cache_options, mask_url
 from tasks.settings import Settings, get_settings
 from tasks.source.protocol import Source
 
@@ -33,6 +27,7 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _settings: Settings | None = None
 _cache: RedisSchedulerCache | None = None
+_web_cache: RedisSchedulerCache | None = None
 _source: Source | None = None
 _near: NearCache | None = None
 
@@ -58,6 +53,25 @@ def get_cache() -> RedisSchedulerCache:
     return _cache
 
 
+def get_web_cache() -> RedisSchedulerCache:
+    """The cache client of the web calls (reads, last use, rebuild requests): as the web
+    role (``SCHED_WEB_REDIS_URL``) when one is set, else :func:`get_cache` itself."""
+    global _web_cache
+    s = settings()
+    if s.effective_web_redis_url == s.redis_url:
+        return get_cache()
+    if _web_cache is None:
+        with _lock:
+            if _web_cache is None:
+                _web_cache = RedisSchedulerCache.from_url(
+                    s.effective_web_redis_url,
+                    snapshot_grace_seconds=s.snapshot_grace_seconds,
+                    **cache_options(s),
+                )
+                logger.debug("web cache at %s", mask_url(s.effective_web_redis_url))
+    return _web_cache
+
+
 def get_near_cache() -> NearCache | None:
     """The process's near cache over :func:`get_cache`, built on first use; None when
     ``SCHED_NEAR_CACHE`` is false. It starts its background thread on its first read
@@ -67,7 +81,7 @@ def get_near_cache() -> NearCache | None:
         s = settings()
         if not s.near_cache:
             return None
-        cache = get_cache()
+        cache = get_web_cache()
         with _lock:
             if _near is None:
                 _near = NearCache(cache, max_buckets=s.near_cache_buckets)
@@ -115,43 +129,23 @@ def reset(new_settings: Settings | None = None) -> None:
     get_settings.cache_clear()
     _settings = new_settings
     _forget_connections()
-    s = settings()
-    _repoint_broker(
-        s.effective_broker_url,
-        broker_transport_options(s),
-        broker_ssl_options(s),
-    )
-
-
-def _repoint_broker(
-    url: str, transport_options: dict[str, Any], use_ssl: dict[str, Any] | None
-) -> None:
-    """Send from now on through ``url``: the app read its broker once, at start.
-
-    The app caches its connection pool, its producer pool and the control mailbox's
-    producer pool; each is dropped, as Celery itself does after a fork. They are not
-    closed: kombu shares pools between equal URLs, and going back to one must work.
-    """
-    app.conf.broker_url = url
-    app.conf.broker_transport_options = transport_options
-    # Set for a plain broker too: a TLS broker's options must not carry over to it.
-    app.conf.broker_use_ssl = use_ssl or False
-    app._pool = None
-    app.amqp._producer_pool = None
-    with suppress(AttributeError):
-        del app.control.mailbox.producer_pool
+    # Sends from now on go through the broker of the settings in force: the app read
+    # its configuration once, at start.
+    configure(app, settings())
 
 
 def _forget_connections() -> None:
-    global _cache, _source, _near
+    global _cache, _web_cache, _source, _near
     with _lock:
         near, _near = _near, None
         cache, _cache = _cache, None
+        web_cache, _web_cache = _web_cache, None
         source, _source = _source, None
     if near is not None:
         near.close()
-    if cache is not None:
-        cache.client.close()
+    for held in (cache, web_cache):
+        if held is not None:
+            held.client.close()
     close = getattr(source, "close", None)
     if callable(close):
         close()
@@ -160,8 +154,9 @@ def _forget_connections() -> None:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _fresh_in_worker_child(**_: Any) -> None:
     """A pool child must not use connections it inherited from its parent."""
-    global _cache, _source, _near
+    global _cache, _web_cache, _source, _near
     _cache = None
+    _web_cache = None
     _source = None
     _near = None
 

@@ -34,6 +34,21 @@ class Settings(BaseSettings):
         description="one server, a Cluster node (redis_cluster) or sentinel://h:26379;sentinel://...",
     )
     broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    # Least privilege: each kind of process may talk to Redis as its own ACL user
+    # (docs/security.md). redis_url is the workers' (and beat's); unset, the others
+    # use it too. Any of them may carry user:password, masked wherever shown.
+    web_redis_url: str | None = Field(
+        default=None, description="the web processes' Redis (ACL role 'web'); defaults to redis_url"
+    )
+    web_broker_url: str | None = Field(
+        default=None,
+        description="the broker web processes send rebuilds through; defaults to broker_url, "
+        "or to web_redis_url when the broker is the cache's Redis",
+    )
+    ops_redis_url: str | None = Field(
+        default=None,
+        description="the sched command's Redis (ACL role 'ops'), default redis_url",
+    )
     redis_cluster: bool = Field(
         default=False, description="redis_url names a seed node of a Redis Cluster"
     )
@@ -112,13 +127,21 @@ class Settings(BaseSettings):
     # -- fallback reads on a miss ----------------------------------------------------
     fallback_enabled: bool = True
     fallback_per_second: float = Field(default=5.0, gt=0)
+    # False under a web role that may not write snapshots: a miss then answers from the
+    # source without writing, and the rebuild it requests writes the snapshot.
+    fallback_writes: bool = True
+    # A miss on a group the source does not know answers empty and registers nothing;
+    # each web process remembers such ids this long, at most this many of them.
+    unknown_group_ttl_seconds: float = Field(default=30.0, gt=0)
+    unknown_groups_max: int = Field(default=100_000, ge=1)
 
     # -- operations ------------------------------------------------------------------
     flower_user: str = "admin"
     flower_password: str = "change-me"
     flower_port: int = 5555
     # Our own Prometheus exposition (`sched metrics --serve`). Basic auth when both are
-    # set; without them it only listens on a loopback address.
+    # set (serving checks they come together); without them it only listens on a loopback
+    # address.
     metrics_user: str | None = None
     metrics_password: str | None = None
     metrics_port: int = Field(default=9808, ge=1, le=65535)
@@ -137,6 +160,9 @@ class Settings(BaseSettings):
         "tls_key_file",
         "redis_sentinel_master",
         "redis_sentinel_password",
+        "web_redis_url",
+        "web_broker_url",
+        "ops_redis_url",
         "metrics_user",
         "metrics_password",
         "run_dir",
@@ -160,7 +186,8 @@ class Settings(BaseSettings):
     def _key_goes_with_a_certificate(self) -> Self:
         if self.tls_key_file and not self.tls_cert_file:
             raise ValueError(
-                "tls_key_file is set without tls_cert_file, the certificate it belongs to"
+                "SCHED_TLS_KEY_FILE is set without SCHED_TLS_CERT_FILE, the certificate it "
+                "belongs to"
             )
         return self
 
@@ -168,39 +195,30 @@ class Settings(BaseSettings):
     def _a_topology_the_clients_support(self) -> Self:
         sentinel = is_sentinel_url(self.redis_url)
         if self.redis_cluster and sentinel:
-            raise ValueError("redis_cluster=true needs a cluster node's URL, not sentinel://")
+            raise ValueError(
+                "SCHED_REDIS_CLUSTER=true needs a cluster node's URL in SCHED_REDIS_URL, "
+                "not sentinel://"
+            )
         if self.redis_cluster and not self.broker_url:
             # Celery's Redis transport has no cluster support: its queues would land on
             # whichever node the URL names and fail on MOVED.
             raise ValueError(
-                "redis_cluster=true needs its own broker_url (SCHED_BROKER_URL): Celery's "
+                "SCHED_REDIS_CLUSTER=true needs its own SCHED_BROKER_URL: Celery's "
                 "Redis transport cannot use a Redis Cluster (use RabbitMQ, or a plain Redis)"
             )
         if sentinel and not self.redis_sentinel_master:
-            raise ValueError(
-                "a sentinel:// redis_url needs redis_sentinel_master (SCHED_REDIS_SENTINEL_MASTER)"
-            )
+            raise ValueError("a sentinel:// SCHED_REDIS_URL needs SCHED_REDIS_SENTINEL_MASTER")
         if self.broker_url and is_sentinel_url(self.broker_url) and not self.redis_sentinel_master:
-            raise ValueError(
-                "a sentinel:// broker_url needs redis_sentinel_master (SCHED_REDIS_SENTINEL_MASTER)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _metrics_user_goes_with_a_password(self) -> Self:
-        if bool(self.metrics_user) != bool(self.metrics_password):
-            raise ValueError(
-                "metrics_user and metrics_password go together: set both for basic auth "
-                "on the metrics endpoint, or neither"
-            )
+            raise ValueError("a sentinel:// SCHED_BROKER_URL needs SCHED_REDIS_SENTINEL_MASTER")
         return self
 
     @model_validator(mode="after")
     def _time_limits_fit_the_lock(self) -> Self:
         if self.rebuild_time_limit_seconds >= self.lock_ttl_seconds:
             raise ValueError(
-                f"rebuild_time_limit_seconds ({self.rebuild_time_limit_seconds}) must be "
-                f"below lock_ttl_seconds ({self.lock_ttl_seconds}) so a live rebuild keeps its lock"
+                f"SCHED_REBUILD_TIME_LIMIT_SECONDS ({self.rebuild_time_limit_seconds}) must be "
+                f"below SCHED_LOCK_TTL_SECONDS ({self.lock_ttl_seconds}) so a live rebuild keeps "
+                "its lock"
             )
         return self
 
@@ -209,8 +227,9 @@ class Settings(BaseSettings):
         longest = self.rebuild_time_limit_seconds + self.retry_backoff_max_seconds
         if self.visibility_timeout_seconds <= longest:
             raise ValueError(
-                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must exceed "
-                f"rebuild_time_limit_seconds + retry_backoff_max_seconds ({longest}), or a "
+                f"SCHED_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must exceed "
+                "SCHED_REBUILD_TIME_LIMIT_SECONDS + SCHED_RETRY_BACKOFF_MAX_SECONDS "
+                f"({longest}), or a "
                 "task that is still waiting or running would be delivered a second time"
             )
         return self
@@ -218,6 +237,21 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def effective_web_redis_url(self) -> str:
+        return self.web_redis_url or self.redis_url
+
+    @property
+    def effective_web_broker_url(self) -> str:
+        """A broker of its own, else the shared broker, else (the broker being the
+        cache's Redis) the web role's Redis URL: a web process never holds the
+        workers' password."""
+        return self.web_broker_url or self.broker_url or self.effective_web_redis_url
+
+    @property
+    def effective_ops_redis_url(self) -> str:
+        return self.ops_redis_url or self.redis_url
 
 
 @lru_cache(maxsize=1)

@@ -3,39 +3,39 @@
 -- reserved (INCR on KEYS[2]) before the source was read, so the newest read wins.
 -- KEYS[1] - the bucket's meta hash
 -- KEYS[2] - the bucket's version counter
--- KEYS[3] - version N's id list
--- KEYS[4] - version N's payload hash
--- KEYS[5] - version N's entry hash
+-- KEYS[3], KEYS[4], KEYS[5] - version N's id list, payload hash and entry hash
+-- KEYS[6], KEYS[7], KEYS[8] - the same of the version the caller expects to replace
 -- ARGV[1] - version N
 -- ARGV[2] - how many ids N holds (what the writer staged)
--- ARGV[3], ARGV[4], ARGV[5] - stems of the id lists, payload and entry hashes; version
---   M is stem .. M. They carry KEYS[1]'s hash tag, so they live in KEYS[1]'s slot.
--- ARGV[6] - seconds a replaced version stays readable
--- ARGV[7] - built_at, integer ms
--- ARGV[8] - rebuild duration in ms, or '' when unknown
--- ARGV[9] - channel told '<bucket> <version> <gen>' on activation
--- ARGV[10] - the bucket's name
--- returns {1, previous active version or 0} when N became active;
---         {0, active version} when the active version is N or newer;
---         {-1, last reserved version} when N was never reserved;
---         {-2, ids staged} when the staged version is incomplete (it expired)
+-- ARGV[3] - the version the caller expects to be active (0 for none)
+-- ARGV[4] - seconds a replaced version stays readable
+-- ARGV[5] - built_at, integer ms
+-- ARGV[6] - rebuild duration in ms, or '' when unknown
+-- ARGV[7] - channel told '<bucket> <version> <gen>' on activation
+-- ARGV[8] - the bucket's name
+-- returns {ACTIVATED 1, previous active version or 0} when N became active;
+--         {STALE 0, floor} when the active (or retired) version is N or newer;
+--         {UNRESERVED -1, last reserved version} when N was never reserved;
+--         {INCOMPLETE -2, ids staged} when the staged version is incomplete (expired);
+--         {MOVED 2, active version} when the active version is not the one expected
+--         (call again naming it)
 local version = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
-local stems = {ARGV[3], ARGV[4], ARGV[5]}
-local grace = tonumber(ARGV[6])
-local built_at = ARGV[7]
-local duration = ARGV[8]
-local channel = ARGV[9]
-local bucket = ARGV[10]
+local expected = tonumber(ARGV[3])
+local grace = tonumber(ARGV[4])
+local built_at = ARGV[5]
+local duration = ARGV[6]
 
-local reserved = tonumber(redis.call('GET', KEYS[2]) or '0')
+local reserved = reserved_version(KEYS[2])
 if version > reserved then
   return {-1, reserved}
 end
-local active = tonumber(redis.call('HGET', KEYS[1], 'active') or '0')
-local floor = math.max(active, tonumber(redis.call('HGET', KEYS[1], 'retired') or '0'))
+local floor, active = version_floor(KEYS[1])
 if version <= floor then
   return {0, floor}
+end
+if active ~= expected then
+  return {2, active}
 end
 local staged = redis.call('LLEN', KEYS[3])
 if staged ~= count then
@@ -53,10 +53,9 @@ else
 end
 -- Expire rather than delete: a reader that saw the old version may still be reading it.
 if active > 0 then
-  for _, stem in ipairs(stems) do
-    redis.call('EXPIRE', stem .. active, grace)
+  for i = 6, 8 do
+    redis.call('EXPIRE', KEYS[i], grace)
   end
 end
-local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
-redis.call('PUBLISH', channel, bucket .. ' ' .. version .. ' ' .. gen)
+announce(KEYS[1], ARGV[7], ARGV[8], version)
 return {1, active}

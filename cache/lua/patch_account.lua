@@ -1,44 +1,50 @@
--- Put a changed account (or its deletion) into a bucket's active version, where the
--- version lists it and holds no newer revision, and tell near caches.
+-- Put a changed account (or its deletion) into one version of a bucket's snapshot,
+-- where that version lists it and holds no newer revision; tell near caches when the
+-- version is the active one. The version may be staged (not active yet): its writer
+-- activates it with the change in.
 -- KEYS[1] - the bucket's meta hash
--- ARGV[1], ARGV[2] - stems of the payload and entry hashes; version N is stem .. N.
---   They carry KEYS[1]'s hash tag, so they live in KEYS[1]'s slot.
--- ARGV[3] - account id
--- ARGV[4] - its revision (-1 for none; x.5 for a deletion at x; '' deletes whatever
---           revision is there)
--- ARGV[5] - digest of the payload, '-' for a deletion
--- ARGV[6] - the payload ('' for a deletion)
--- ARGV[7] - channel told '<bucket> <version> <gen>' after a change
--- ARGV[8] - the bucket's name
--- returns 1 when the active version changed, 0 otherwise
-local id = ARGV[3]
-local revision = tonumber(ARGV[4])
-local digest = ARGV[5]
-local payload = ARGV[6]
+-- KEYS[2] - version N's payload hash
+-- KEYS[3] - version N's entry hash
+-- ARGV[1] - version N
+-- ARGV[2] - account id
+-- ARGV[3] - its revision (-1 for none; x.5 for a deletion at x; '' deletes whatever
+--           revision N holds)
+-- ARGV[4] - digest of the payload, '-' for a deletion
+-- ARGV[5] - the payload ('' for a deletion)
+-- ARGV[6] - channel told '<bucket> <version> <gen>' after a change to the active version
+-- ARGV[7] - the bucket's name
+-- returns {status, active version or 0}; status NOT_LISTED 0 when N does not list the
+--         account (or is gone), UNCHANGED 1 when N holds this revision or a newer one,
+--         STAGED 2 when N changed but is not active, PUSHED 3 when the active N changed
+local version = tonumber(ARGV[1])
+local id = ARGV[2]
+local revision = tonumber(ARGV[3])
+local digest = ARGV[4]
+local payload = ARGV[5]
 
-local active = redis.call('HGET', KEYS[1], 'active')
-if not active then
-  return 0
-end
-local entries = ARGV[2] .. active
-local entry = redis.call('HGET', entries, id)
+local active = active_version(KEYS[1])
+local entry = redis.call('HGET', KEYS[3], id)
 if not entry then
-  return 0 -- not in this bucket
+  return {0, active}
 end
 local stored_digest, stored = string.match(entry, '^([^/]*)/(.*)$')
 stored = tonumber(stored)
+local written = ARGV[3]
 if not revision then
   revision = math.floor(stored) + 0.5
+  written = tostring(revision)
 end
 if revision < stored or (revision == stored and digest == stored_digest) then
-  return 0
+  return {1, active}
 end
-redis.call('HSET', entries, id, digest .. '/' .. revision)
+redis.call('HSET', KEYS[3], id, digest .. '/' .. written)
 if digest == '-' then
-  redis.call('HDEL', ARGV[1] .. active, id)
+  redis.call('HDEL', KEYS[2], id)
 else
-  redis.call('HSET', ARGV[1] .. active, id, payload)
+  redis.call('HSET', KEYS[2], id, payload)
 end
-local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
-redis.call('PUBLISH', ARGV[7], ARGV[8] .. ' ' .. active .. ' ' .. gen)
-return 1
+if version ~= active then
+  return {2, active}
+end
+announce(KEYS[1], ARGV[6], ARGV[7], version)
+return {3, active}

@@ -1,28 +1,31 @@
 -- Retire a bucket: readers miss from now on and its last snapshot expires after the
--- grace period like any replaced one. The version counter stays, so a later rebuild of
--- the same bucket can only move versions forward. (The registry entry is removed by the
--- caller: the registry lives in another Cluster slot.)
+-- grace period like any replaced one. The version number stays, so a later rebuild of
+-- the same bucket can only move versions forward. (The registry entry and the rebuild
+-- requests are other stores' keys, in other slots: their owners drop them.)
 -- KEYS[1] - the bucket's meta hash
--- KEYS[2] - the bucket's rebuild request state
--- ARGV[1], ARGV[2], ARGV[3] - stems of the id lists, payload and entry hashes (they
---   carry KEYS[1]'s hash tag, so they live in KEYS[1]'s slot)
--- ARGV[4] - seconds the last snapshot stays readable
--- ARGV[5] - channel told '<bucket> 0 <gen>' so near caches drop the bucket
--- ARGV[6] - the bucket's name
--- returns 1 when the bucket was active, 0 otherwise
-local grace = tonumber(ARGV[4])
+-- KEYS[2], KEYS[3], KEYS[4] - id list, payload and entry hash of the version the
+--   caller expects to be active
+-- ARGV[1] - that version (0 for none)
+-- ARGV[2] - seconds the last snapshot stays readable
+-- ARGV[3] - channel told '<bucket> 0 <gen>' so near caches drop the bucket
+-- ARGV[4] - the bucket's name
+-- returns {RETIRED 1, version} when the bucket was active; {IDLE 0, 0} when it was
+--         not; {MOVED 2, active version} when another version is active (call again)
+local expected = tonumber(ARGV[1])
+local grace = tonumber(ARGV[2])
 
-redis.call('DEL', KEYS[2])
-local active = redis.call('HGET', KEYS[1], 'active')
-if not active then
-  return 0
+local active = active_version(KEYS[1])
+if active == 0 then
+  return {0, 0}
 end
-for i = 1, 3 do
-  redis.call('EXPIRE', ARGV[i] .. active, grace)
+if active ~= expected then
+  return {2, active}
+end
+for i = 2, 4 do
+  redis.call('EXPIRE', KEYS[i], grace)
 end
 -- Keep the version number so that activation stays monotonic after a retirement.
 redis.call('HSET', KEYS[1], 'retired', active)
 redis.call('HDEL', KEYS[1], 'active', 'count', 'built_at', 'rebuild_ms')
-local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' 0 ' .. gen)
-return 1
+announce(KEYS[1], ARGV[3], ARGV[4], 0)
+return {1, active}

@@ -5,13 +5,16 @@
 -- KEYS[4] - last-used hash (id -> integer ms)
 -- KEYS[5] - last-used log: one member per call, '<seq>:<id>,<id>...', scored by seq
 -- KEYS[6] - touch sequence counter
+-- KEYS[7] - the account's bucket index (bucket -> version that lists it)
 -- ARGV[1] - account id
 -- ARGV[2] - revision (-1 for none)
 -- ARGV[3] - payload
 -- ARGV[4] - digest of the payload
 -- ARGV[5] - last use in ms, or '' for none
--- returns {1, previous payload or false} when the payload was stored,
---         {0, false} when a newer revision kept its place
+-- returns {1, index as a flat list bucket, version, ...} when the payload was stored
+--         (read in the same step, so a writer indexing a version after it sees this
+--         payload, and one before it is in the list); {0, {}} when a newer revision
+--         kept its place
 local id = ARGV[1]
 local revision = tonumber(ARGV[2])
 local payload = ARGV[3]
@@ -28,12 +31,11 @@ if used ~= '' then
 end
 local stored = redis.call('HGET', KEYS[2], id)
 if stored and revision < tonumber(stored) then
-  return {0, false}
+  return {0, {}}
 end
 redis.call('HSET', KEYS[2], id, revision)
-local previous = redis.call('HGET', KEYS[1], id)
 if redis.call('HGET', KEYS[3], id) ~= digest then
   redis.call('HSET', KEYS[1], id, payload)
   redis.call('HSET', KEYS[3], id, digest)
 end
-return {1, previous}
+return {1, redis.call('HGETALL', KEYS[7])}

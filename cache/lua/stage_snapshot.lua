@@ -8,43 +8,41 @@
 -- KEYS[5] - version N's entry hash (id -> '<digest>/<revision>')
 -- ARGV[1] - version N
 -- ARGV[2] - seconds the staged keys live unless activated
--- ARGV[3] - account ids of this chunk, in snapshot order, joined by ','
--- ARGV[4] - their entries, joined by ','; digest '-' means no payload (a deleted account)
--- ARGV[5..] - their payloads, one argument each ('' where the digest is '-').
+-- ARGV[3] - how many ids this writer staged before this chunk
+-- ARGV[4] - account ids of this chunk, in snapshot order, joined by ','
+-- ARGV[5] - their entries, joined by ','; digest '-' means no payload (a deleted account)
+-- ARGV[6..] - their payloads, one argument each ('' where the digest is '-').
 --   Small fields come joined because each script argument costs the server far more
 --   than its bytes.
--- returns {1, ids staged so far} when written;
---         {0, active version} when N cannot win any more (nothing written);
---         {-1, last reserved version} when N was never reserved
+-- returns {STAGED 1, ids staged so far, active version or 0} when written;
+--         {STALE 0, floor} when N cannot win any more (nothing written);
+--         {UNRESERVED -1, last reserved version} when N was never reserved;
+--         {TAKEN -3, ids staged} when the id list holds ids this writer did not stage:
+--         after Redis lost its state, another writer reserved the same number
 local version = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local first_payload = 5
+local before = tonumber(ARGV[3])
+local first_payload = 6
 
-local reserved = tonumber(redis.call('GET', KEYS[2]) or '0')
+local reserved = reserved_version(KEYS[2])
 if version > reserved then
   return {-1, reserved}
 end
-local active = tonumber(redis.call('HGET', KEYS[1], 'active') or '0')
--- A retired bucket remembers its last version: reviving it still moves forward.
-local floor = math.max(active, tonumber(redis.call('HGET', KEYS[1], 'retired') or '0'))
+local floor, active = version_floor(KEYS[1])
 if version <= floor then
   return {0, floor}
 end
 
-local count = #ARGV - first_payload + 1
-local function split(joined)
-  local parts = {}
-  -- '([^,]*),' on joined .. ',' keeps empty fields.
-  for part in string.gmatch(joined .. ',', '([^,]*),') do
-    parts[#parts + 1] = part
-  end
-  if #parts ~= count then
-    error('stage_snapshot: ' .. count .. ' payloads but ' .. #parts .. ' joined values')
-  end
-  return parts
+-- Only the writer that began the list appends to it: a chunk finds exactly what this
+-- writer staged before it.
+local held = redis.call('LLEN', KEYS[3])
+if held ~= before then
+  return {-3, held}
 end
-local ids = split(ARGV[3])
-local entries = split(ARGV[4])
+
+local count = #ARGV - first_payload + 1
+local ids = split(ARGV[4], count, 'stage_snapshot')
+local entries = split(ARGV[5], count, 'stage_snapshot')
 
 local payload_pairs, entry_pairs = {}, {}
 for k = 1, count do
@@ -64,4 +62,4 @@ end
 for i = 3, 5 do
   redis.call('EXPIRE', KEYS[i], ttl)
 end
-return {1, staged}
+return {1, staged, active}

@@ -1,6 +1,6 @@
 -- After an activation: keep the shared account store as new as the snapshot just
--- activated, and name the accounts the store holds newer (or deleted) revisions of,
--- so that the writer patches them into its version.
+-- activated, and name the accounts the store holds newer (or deleted) revisions of.
+-- (Those reached the version already, through the bucket index: see index_accounts.lua.)
 -- KEYS[1] - account payload hash (id -> JSON)
 -- KEYS[2] - account revision hash (id -> revision; x.5 is a deletion at x)
 -- KEYS[3] - account digest hash (id -> digest of the payload)
@@ -12,22 +12,12 @@
 local first_payload = 4
 local count = #ARGV - first_payload + 1
 
-local function split(joined)
-  local parts = {}
-  for part in string.gmatch(joined .. ',', '([^,]*),') do
-    parts[#parts + 1] = part
-  end
-  if #parts ~= count then
-    error('store_accounts: ' .. count .. ' payloads but ' .. #parts .. ' joined values')
-  end
-  return parts
-end
 if count == 0 then
   return {}
 end
-local ids = split(ARGV[1])
-local revisions = split(ARGV[2])
-local digests = split(ARGV[3])
+local ids = split(ARGV[1], count, 'store_accounts')
+local revisions = split(ARGV[2], count, 'store_accounts')
+local digests = split(ARGV[3], count, 'store_accounts')
 
 local stored_revisions = redis.call('HMGET', KEYS[2], unpack(ids))
 local stored_digests = redis.call('HMGET', KEYS[3], unpack(ids))

@@ -13,16 +13,8 @@
 -- returns the number of accounts whose cached time moved forward
 local record_pending = ARGV[1] == '1'
 
-local ids, uses = {}, {}
-for part in string.gmatch(ARGV[2] .. ',', '([^,]*),') do
-  ids[#ids + 1] = part
-end
-for part in string.gmatch(ARGV[3] .. ',', '([^,]*),') do
-  uses[#uses + 1] = part
-end
-if #ids ~= #uses then
-  error('update_last_used: ' .. #ids .. ' ids but ' .. #uses .. ' times')
-end
+local ids = split(ARGV[2], nil, 'update_last_used')
+local uses = split(ARGV[3], #ids, 'update_last_used')
 
 local known = redis.call('HMGET', KEYS[2], unpack(ids))
 local seen = redis.call('HMGET', KEYS[1], unpack(ids))

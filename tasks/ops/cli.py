@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import click
-from rich.console import Console
 
 from cache import SchedulerBucket
 from tasks import runtime
 from tasks.connections import mask_url
 from tasks.ops import services
+from tasks.ops.buckets import buckets
 from tasks.ops.errors import NoSnapshot, SchedGroup
 from tasks.ops.extras import as_missing_extra, requires_extra
 from tasks.ops.reach import stop_on_ctrl_c, use_cache, use_running_system, use_source
@@ -30,8 +30,14 @@ logger = logging.getLogger(__name__)
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _bucket(raw: str) -> SchedulerBucket:
-    return SchedulerBucket.parse(raw)
+def _known_bucket(raw: str) -> SchedulerBucket:
+    """``raw`` parsed, of a configured platform: a bucket no rebuild could ever fill is
+    refused here, before any command suggests rebuilding it."""
+    from tasks.buckets import check_platform
+
+    bucket = SchedulerBucket.parse(raw)
+    check_platform(bucket.platform, runtime.settings())
+    return bucket
 
 
 @click.group(cls=SchedGroup, context_settings=_CONTEXT)
@@ -62,7 +68,7 @@ def status(as_json: bool) -> None:
     Reads Redis and the database: the same figures as the live view of `sched run`
     and `sched metrics`.
     """
-    from tasks.ops.live import render_report
+    from tasks.ops.live import plain_console, render_report
     from tasks.ops.status import system_status
 
     use_running_system(required=True)
@@ -70,7 +76,7 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
-    Console(emoji=False, highlight=False, markup=False).print(render_report(report))
+    plain_console().print(render_report(report))
 
 
 @cli.command(
@@ -88,16 +94,24 @@ def snapshot(bucket: str, as_json: bool) -> None:
     """
     from tasks.ops.commands import print_snapshot
 
-    parsed = _bucket(bucket)
+    parsed = _known_bucket(bucket)
     use_running_system(required=True)
     cache = use_cache()
     accounts = cache.get_snapshot(parsed)
+    info = cache.bucket_info(parsed)
+    if accounts is None and info.active_version is not None and info.account_count == 0:
+        # A read treats an empty snapshot as a miss (the gateway falls back); here it is
+        # what it is: a built version with no account, as `status` and `rebuild` say.
+        accounts = []
     if accounts is None:
-        raise NoSnapshot(
-            f"bucket {parsed} has no active snapshot (not built yet, or retired): "
-            f"try `sched rebuild {parsed}`"
+        state = (
+            f"has an active snapshot v{info.active_version} that cannot be read whole "
+            "(an account's payload is missing)"
+            if info.active_version is not None
+            else "has no active snapshot (not built yet, or retired)"
         )
-    print_snapshot(cache.bucket_info(parsed), accounts, datetime.now(UTC), as_json=as_json)
+        raise NoSnapshot(f"bucket {parsed} {state}: try `sched rebuild {parsed}`")
+    print_snapshot(info, accounts, datetime.now(UTC), as_json=as_json)
 
 
 @cli.command(
@@ -120,7 +134,7 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
     """
     if (bucket is None) == (not all_buckets):
         raise click.UsageError("give either BUCKET or --all, not both or neither")
-    from tasks.web.requests import request_rebuild
+    from tasks.requests import request_rebuild
 
     use_running_system(required=True)
     cache = use_cache()
@@ -132,7 +146,7 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
             key=lambda b: (b.group_id, b.platform, b.mode.value),
         )
     else:
-        targets = [_bucket(bucket or "")]
+        targets = [_known_bucket(bucket or "")]
     before = {b: cache.bucket_info(b).active_version or 0 for b in targets}
     for target in targets:
         sent = request_rebuild(target)
@@ -152,7 +166,8 @@ def rebuild(bucket: str | None, all_buckets: bool, wait: float | None) -> None:
             f"(e.g. {min(waiting, key=str)}): is a worker consuming the 'rebuild' queue?"
         )
     for target in targets:
-        click.echo(f"{target}: v{cache.bucket_info(target).active_version} active")
+        info = cache.bucket_info(target)
+        click.echo(f"{target}: v{info.active_version} active, {info.account_count} accounts")
 
 
 # -- database and demo ----------------------------------------------------------------
@@ -281,12 +296,13 @@ def outbox_tail(limit: int, follow: bool, interval: float) -> None:
     With --follow, an event shown pending or gap is shown again, on a new line, when
     its state changes: a line per event per state it reaches.
     """
-    from tasks.ops.commands import OutboxFollower
+    from tasks.ops.commands import OutboxFollower, event_header
 
     use_running_system(required=True)
     cache = use_cache()
     source = use_source()
     newest = source.max_outbox_id()
+    click.echo(event_header())
     follower = OutboxFollower(cache, after=max(0, newest - limit))
     for line in follower.lines(source.outbox_after(follower.last, limit)):
         click.echo(line)
@@ -305,6 +321,8 @@ for _command in (
     requires_extra("flower", "flower", "tornado")(services.flower),
     services.metrics,
     requires_extra("flower", "flower", "tornado")(services.run),
+    services.stop,
+    buckets,
 ):
     cli.add_command(_command)
 

@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from cache import Account, BucketInfo
 from tasks.ops.demo import SeedSummary, seed_demo
+from tasks.ops.live import plain_console
 from tasks.settings import Settings
 from tasks.source import OutboxEvent
 
@@ -90,6 +90,14 @@ def event_state(event_id: int, watermark: int, gaps: Mapping[int, datetime]) -> 
     if event_id in gaps:
         return "gap"
     return "applied" if event_id <= watermark else "pending"
+
+
+def event_header() -> str:
+    """The column names above :func:`event_line`'s lines."""
+    return (
+        f"{'id':>8}  {'created (UTC)':<19}  {'state':<7}  {'event':<22}  "
+        f"{'account':<14} {'group':<10} payload"
+    )
 
 
 def event_line(event: OutboxEvent, watermark: int, gaps: Mapping[int, datetime]) -> str:
@@ -205,11 +213,12 @@ def print_snapshot(
             _relative(row["blocked_until"], now),
             _relative(row["last_used_at"], now),
         )
-    console = Console(emoji=False, highlight=False, markup=False)
-    console.print(table)
+    console = plain_console()
+    if rows:
+        console.print(table)
     rebuild = "" if info.rebuild_ms is None else f", rebuild {info.rebuild_ms:.1f} ms"
     console.print(
-        f"{info.bucket} v{info.active_version}: {len(rows)} accounts,"
+        f"{info.bucket} v{info.active_version} active, {len(rows)} accounts,"
         f" {schedulable} schedulable now, built {_relative(info.built_at, now)}{rebuild}",
         markup=False,
         soft_wrap=True,  # one line, also when piped (Rich assumes 80 columns then)

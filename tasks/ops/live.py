@@ -13,6 +13,19 @@ from rich.text import Text
 
 from tasks.ops.status import BucketStatus, StatusReport
 
+# Output that is not a terminal has no width to fit: Rich would assume 80 columns and cut
+# every longer line; a pipe or a file gets whole lines instead.
+UNBOUNDED_WIDTH = 100_000
+
+
+def plain_console() -> Console:
+    """A console for data: no markup, emoji codes or highlighting in names, and whole
+    lines when the output is not a terminal."""
+    console = Console(emoji=False, highlight=False, markup=False)
+    if not console.is_terminal:
+        console.width = UNBOUNDED_WIDTH
+    return console
+
 
 def _age(seconds: float | None) -> str:
     if seconds is None:
@@ -24,13 +37,8 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _since(iso: str | None, now: datetime) -> str:
-    if not iso:
-        return "-"
-    try:
-        return f"{_age((now - datetime.fromisoformat(iso)).total_seconds())} ago"
-    except (ValueError, TypeError):
-        return iso
+def _since(moment: datetime | None, now: datetime) -> str:
+    return "-" if moment is None else f"{_age((now - moment).total_seconds())} ago"
 
 
 def _num(value: int | None) -> str:
@@ -69,15 +77,15 @@ def summary_lines(report: StatusReport) -> list[Text]:
     """Outbox, last-used and rebuild figures, a line each."""
     out = report.outbox
     lag = "-" if out.lag is None else str(out.lag)
+    # Each line fits 80 columns with ids of five digits (the live view's budget); the
+    # events-applied counter and the oldest row's age are in --json and the metrics.
     outbox = Text.assemble(
         ("outbox     ", "bold"),
-        f"watermark {out.watermark}  newest {_num(out.newest_id)}  lag ",
+        "lag ",
         (lag, "red" if out.lag else "green"),
-        f"  gaps {out.gaps}",
-        f" (oldest {_age(out.oldest_gap_seconds)})" if out.gaps else "",
-        f"  events applied {_num(out.events_applied)}",
+        f" (watermark {out.watermark} of {_num(out.newest_id)})  gaps {out.gaps}",
+        f" ({_age(out.oldest_gap_seconds)})" if out.gaps else "",
         f"  rows {_num(out.rows)}" if out.rows is not None else "",
-        f" (oldest {_age(out.oldest_row_age_seconds)})" if out.rows else "",
     )
     used = report.last_used
     last_used = Text.assemble(
@@ -103,21 +111,81 @@ def _unwrapped(part: RenderableType) -> RenderableType:
     return part
 
 
+# A bucket in the two-column layout: name, version, schedulable/accounts, age.
+COMPACT_CELL = "{bucket:<20} {version:>5} {accounts:>7} {age:>4}"
+COMPACT_GAP = "  "
+
+
+def compact_width() -> int:
+    return 2 * len(COMPACT_CELL.format(bucket="", version="", accounts="", age="")) + len(
+        COMPACT_GAP
+    )
+
+
+def compact_table(rows: Sequence[BucketStatus]) -> list[RenderableType]:
+    """The buckets two to a line, for a view too short for a line each: every bucket
+    stays in sight rather than "... N more"."""
+
+    def cell(row: BucketStatus | None) -> Text:
+        if row is None:
+            return Text("")
+        missing = row.active_version is None
+        accounts = f"{_num(row.schedulable_now)}/{row.account_count}"
+        text = COMPACT_CELL.format(
+            bucket=row.bucket,
+            version="none" if missing else f"v{row.active_version}",
+            accounts="-" if missing else accounts,
+            age=_age(row.age_seconds),
+        )
+        return Text(text, style="yellow" if missing else "")
+
+    half = (len(rows) + 1) // 2
+    head = COMPACT_CELL.format(bucket="bucket", version="ver", accounts="now/all", age="age")
+    lines: list[Text] = [Text(head + (COMPACT_GAP + head if len(rows) > 1 else ""), style="bold")]
+    for left, right in zip(rows[:half], [*rows[half:], None], strict=False):
+        lines.append(Text.assemble(cell(left), COMPACT_GAP if right else "", cell(right)))
+    return [_unwrapped(line) for line in lines]
+
+
 def render_report(
     report: StatusReport,
     *,
     header: Sequence[RenderableType] = (),
     footer: Sequence[RenderableType] = (),
     height: int | None = None,
+    width: int | None = None,
 ) -> RenderableType:
-    """The report as one renderable; with ``height``, the bucket table is cut to fit."""
+    """The report as one renderable.
+
+    With ``height`` it fits the screen: the bucket table a line a bucket if that fits,
+    else (when ``width`` allows) two buckets a line, else cut; lines of the footer after
+    its first are dropped before buckets are.
+    """
     header, footer = [_unwrapped(part) for part in header], [_unwrapped(part) for part in footer]
     summary = [_unwrapped(line) for line in summary_lines(report)]
-    max_rows = None
+    rows = report.buckets
+    table: RenderableType | None = None
     if height is not None:
-        # header + summary + table header + footer, and one spare line for the cursor
-        max_rows = max(3, height - len(header) - len(summary) - len(footer) - 3)
-    table = bucket_table(report.buckets, max_rows)
+        # header, summary, a blank line, the table's header line, a blank line before
+        # the footer, and one spare line for the cursor
+        fixed = len(header) + len(summary) + 3 + (1 if footer else 0)
+        room = height - fixed - len(footer)
+        optional = max(len(footer) - 1, 0)
+        if len(rows) <= room:
+            table = bucket_table(rows)
+        elif len(rows) <= room + optional:
+            footer = footer[: len(footer) - (len(rows) - room)]
+            table = bucket_table(rows)
+        elif width is not None and width >= compact_width():
+            lines = (len(rows) + 1) // 2
+            if lines <= room + optional:
+                footer = footer[: len(footer) - max(0, lines - room)]
+                table = Group(*compact_table(rows))
+        if table is None:
+            footer = footer[:1]
+            table = bucket_table(rows, max(3, height - fixed - len(footer)))
+    else:
+        table = bucket_table(rows)
     parts: list[RenderableType] = [*header, *summary, Text(""), table]
     if footer:
         parts += [Text(""), *footer]

@@ -175,11 +175,8 @@ def status_metrics(report: StatusReport) -> Iterator[Metric]:
         value=report.last_used.pending_db_writes,
     )
     for name in stats.COUNTERS:
-        raw = report.stats.get(name, "0")
-        try:
-            value = float(raw)
-        except ValueError:
-            value = 0.0
+        raw = report.stats.get(name, 0)
+        value = float(raw) if isinstance(raw, int | float) else 0.0
         yield CounterMetricFamily(
             f"sched_{name}", f"{name.replace('_', ' ')}, as counted by the tasks", value=value
         )
@@ -269,8 +266,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def credentials(settings: Settings) -> tuple[str, str] | None:
-    if settings.metrics_user and settings.metrics_password:
-        return settings.metrics_user, settings.metrics_password
+    """The basic-auth pair of the served metrics; None when neither is set.
+
+    Checked here, where the metrics are served, not in the settings: printing them
+    once (`sched metrics`) needs no credentials, and a half-set pair must not stop it.
+    """
+    from tasks.ops.commands import BadSetting
+
+    user, password = settings.metrics_user, settings.metrics_password
+    if bool(user) != bool(password):
+        given, missing = (
+            ("SCHED_METRICS_USER", "SCHED_METRICS_PASSWORD")
+            if user
+            else ("SCHED_METRICS_PASSWORD", "SCHED_METRICS_USER")
+        )
+        raise BadSetting(
+            f"{given} is set without {missing}: set both for basic auth on the served "
+            "metrics, or neither"
+        )
+    if user and password:
+        return user, password
     return None
 
 

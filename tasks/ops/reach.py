@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from tasks import runtime
-from tasks.connections import mask_url
+from tasks.connections import as_operator, mask_url
 from tasks.ops.errors import NoDatabase, NoSystem
 
 
@@ -24,6 +24,9 @@ def use_running_system(*, required: bool) -> None:
     from tasks.ops import system
 
     settings = runtime.settings()
+    if as_operator(settings) is not settings:
+        settings = as_operator(settings)
+        runtime.reset(settings)
     if system.urls_given(settings):
         return
     found = system.find(settings)

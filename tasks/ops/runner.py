@@ -61,7 +61,11 @@ class Child:
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self._log = self.log_path.open("ab")
+        # One log per run, the previous run's kept beside it: appending across runs grew
+        # the file without end and mixed the runs.
+        with suppress(FileNotFoundError):
+            self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -180,10 +184,10 @@ class _Services:
 
     def _state(self, child: Child, ready: bool) -> Text:
         if child.process is None:
-            return Text("waiting for the worker to answer a ping", style="yellow")
+            return Text("waiting for the worker", style="yellow")
         status = child.exit_status()
         if status is not None:
-            return Text(f"exited with status {status}: see {child.log_path}", style="bold red")
+            return Text(f"exited ({status}): see {child.log_path}", style="bold red")
         if ready:
             return Text(f"ready (pid {child.pid})", style="green")
         return Text(f"starting (pid {child.pid})", style="yellow")
@@ -204,26 +208,50 @@ class _Services:
         if not self.flower_ready and self.flower.process is not None:
             self.flower_ready = http_ok(f"{self.flower_url}/healthcheck")
         s = self.settings
+        # Four lines of at most 80 columns: the view must fit an 80x24 terminal.
         return [
-            Text.assemble(("sched run", "bold"), "  Ctrl-C stops everything it started"),
             Text.assemble(
-                ("flower     ", "bold"),
+                ("flower   ", "bold"),
                 (self.flower_url, "cyan underline"),
-                f"  user {s.flower_user}  password {s.flower_password}  ",
+                f"  {s.flower_user} / {s.flower_password}  ",
                 self._state(self.flower, self.flower_ready),
             ),
             Text.assemble(
-                ("worker     ", "bold"),
+                ("worker   ", "bold"),
                 self._state(self.worker, self.worker_ready),
-                f"  beat embedded, {self.options.concurrency} processes, queues {','.join(QUEUES)}",
+                f"  beat embedded, {self.options.concurrency} processes",
             ),
-            Text.assemble(("metrics    ", "bold"), (self.metrics_url, "cyan underline")),
             Text.assemble(
-                ("servers    ", "bold"),
-                f"redis {mask_url(s.redis_url)}  database {mask_url(self.database_url)}"
-                f"  logs {self.options.run_dir}/",
+                ("metrics  ", "bold"),
+                (self.metrics_url, "cyan underline"),
+                f"  logs {_short_path(self.options.run_dir)}/",
+                ("  Ctrl-C stops everything", "dim"),
+            ),
+            Text.assemble(
+                ("servers  ", "bold"),
+                f"redis {mask_url(s.redis_url)}  database {_short(self.database_url)}",
             ),
         ]
+
+
+def _short_path(path: Path) -> str:
+    """``path`` relative to the current directory when inside it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _short(database_url: str) -> str:
+    """The database as briefly as it is unambiguous: a SQLite file here by its path."""
+    from tasks.ops.system import sqlite_file
+
+    path = sqlite_file(database_url)
+    if path is not None:
+        shown = _short_path(path)
+        if shown != str(path):
+            return f"{shown} (SQLite)"
+    return mask_url(database_url)
 
 
 def _log_says_ready(path: Path) -> bool:
@@ -316,6 +344,10 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second SIGTERM is usual (one to the process group, one passed on by
+        # scripts/with-redis.sh): it must not cut the stop short, and fail a clean stop.
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)
         console.print("\nstopping ...")
         if found_by is not None:
             system.remove(found_by, os.getpid())
@@ -366,7 +398,7 @@ def _worker_argv(options: RunOptions) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "celery",
+        "tasks.ops.quiet_celery",
         "-A",
         "tasks",
         "worker",
@@ -390,7 +422,7 @@ def _flower_argv(port: int) -> list[str]:
 
 def _kick_rebuilds(buckets: list[Any]) -> None:
     """Queue the first rebuilds now: beat's first refresh is a whole interval away."""
-    from tasks.web.requests import request_rebuild
+    from tasks.requests import request_rebuild
 
     for bucket in buckets:
         request_rebuild(bucket)
@@ -438,6 +470,8 @@ def _live(
         except Exception as exc:  # the view outlives a Redis or database blip
             reason = one_line(f"{type(exc).__name__}: {exc}", 300)
             return Group(*header, Text(f"status unavailable: {reason}", style="red"))
-        return render_report(report, header=[*header, Text("")], footer=footer, height=height)
+        return render_report(
+            report, header=header, footer=footer, height=height, width=console.size.width
+        )
 
     run_live(frame, console=console, refresh_seconds=options.refresh_seconds)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from contextlib import suppress
+
 import click
 
 from tasks import runtime
@@ -60,11 +65,22 @@ def metrics(serve: bool, port: int | None, address: str) -> None:
     counters and the broker's queue lengths, in the text exposition format.
 
     The figures are those of `sched status`, read at every scrape. Basic auth when
-    SCHED_METRICS_USER and SCHED_METRICS_PASSWORD are set.
+    SCHED_METRICS_USER and SCHED_METRICS_PASSWORD are set. --port and --address
+    without --serve are refused.
     """
     from tasks.ops import metrics as exported
     from tasks.ops.errors import scrub
 
+    ctx = click.get_current_context()
+    if not serve:
+        # Silently printing once where the operator asked for a port would hide the typo.
+        given = [
+            f"--{name}"
+            for name in ("port", "address")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} only apply with --serve")
     use_running_system(required=True)
     settings = runtime.settings()
     registry = exported.registry_for(exported.SystemCollector(use_cache(), use_source(), settings))
@@ -141,3 +157,41 @@ def run(
         run_dir=run_dir(settings),
     )
     run_system(settings, options)
+
+
+@click.command(context_settings=_CONTEXT)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for it to have stopped everything.",
+)
+def stop(timeout: float) -> None:
+    """Stop the system `sched run` (`make run`) runs, found by its .run/system.json as the
+    other commands find it: SIGTERM to `sched run`, which stops what it started, then
+    wait until it has. Works whatever started it: a terminal, `setsid -f`, a script.
+    """
+    from tasks.ops import system
+    from tasks.ops.errors import NoSystem
+
+    settings = runtime.settings()
+    found = system.find(settings)
+    if found is None:
+        raise NoSystem(
+            f"no running system found (no live system.json in "
+            f"{system.where_to_look(settings)}): nothing to stop"
+        )
+    click.echo(f"stopping {found.describe()} ...", err=True)
+    with suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(found.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while system.alive(found.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if system.alive(found.pid):
+        raise click.ClickException(
+            f"sched run (pid {found.pid}) still runs {timeout:g}s after SIGTERM: see "
+            f"{os.path.join(found.directory, system.RUN_DIR_NAME, 'sched-run.log')}"
+        )
+    click.echo(f"stopped the system of {found.directory} (pid {found.pid})")

@@ -57,7 +57,7 @@ class OutboxStatus(BaseModel):
     gaps: int
     oldest_gap_seconds: float | None
     events_applied: int | None
-    last_poll_at: str | None
+    last_poll_at: datetime | None
     # The table itself: rows kept (applied ones go after SCHED_OUTBOX_RETENTION_SECONDS).
     rows: int | None = None
     oldest_row_age_seconds: float | None = None
@@ -69,7 +69,7 @@ class LastUsedStatus(BaseModel):
     pending_db_writes: int
     db_flushes: int | None
     db_rows_written: int | None
-    last_db_flush_at: str | None
+    last_db_flush_at: datetime | None
 
 
 class StatusReport(BaseModel):
@@ -84,7 +84,49 @@ class StatusReport(BaseModel):
     outbox: OutboxStatus
     last_used: LastUsedStatus
     rebuilds: int | None
-    stats: dict[str, str]
+    # The stats hash, typed: counters and ids as integers, durations as numbers, every
+    # ``*_at`` as an ISO 8601 UTC time (the hash keeps some as unix seconds).
+    stats: dict[str, int | float | datetime | str]
+
+
+StatValue = int | float | datetime | str
+
+
+def typed_stats(raw: Mapping[str, str]) -> dict[str, StatValue]:
+    """The stats hash with each value in its type; a value that does not parse stays the
+    string it is, so one bad entry never hides the others."""
+    return {name: _typed(name, value) for name, value in sorted(raw.items())}
+
+
+def _typed(name: str, value: str) -> StatValue:
+    if name.endswith("_at"):
+        return _time(value) or value
+    if name in stats.COUNTERS:
+        try:
+            return int(float(value))
+        except (ValueError, OverflowError):
+            return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _time(value: str | None) -> datetime | None:
+    """A time the tasks wrote, as unix seconds or ISO 8601, in UTC; None if neither."""
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _int(stats: Mapping[str, str], name: str) -> int | None:
@@ -148,7 +190,7 @@ def collect_status(
         gaps=len(gaps),
         oldest_gap_seconds=(now - min(gaps.values())).total_seconds() if gaps else None,
         events_applied=_int(figures, stats.OUTBOX_EVENTS_APPLIED),
-        last_poll_at=figures.get(stats.OUTBOX_LAST_POLL_AT),
+        last_poll_at=_time(figures.get(stats.OUTBOX_LAST_POLL_AT)),
         rows=table.rows if table is not None else None,
         oldest_row_age_seconds=(now - oldest_row).total_seconds() if oldest_row else None,
     )
@@ -156,7 +198,7 @@ def collect_status(
         pending_db_writes=len(cache.pending_last_used()),
         db_flushes=_int(figures, stats.LAST_USED_DB_FLUSHES),
         db_rows_written=_int(figures, stats.LAST_USED_DB_ROWS),
-        last_db_flush_at=figures.get(stats.LAST_USED_DB_FLUSH_AT),
+        last_db_flush_at=_time(figures.get(stats.LAST_USED_DB_FLUSH_AT)),
     )
     return StatusReport(
         generated_at=now,
@@ -166,7 +208,7 @@ def collect_status(
         outbox=outbox,
         last_used=last_used,
         rebuilds=_int(figures, stats.REBUILDS),
-        stats=figures,
+        stats=typed_stats(figures),
     )
 
 

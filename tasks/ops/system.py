@@ -107,7 +107,7 @@ def find(settings: Settings, cwd: Path | None = None) -> RunningSystem | None:
     """The first live system of :func:`candidates`; None when none runs."""
     for path in candidates(settings, cwd):
         system = _read(path)
-        if system is not None and _alive(system.pid):
+        if system is not None and alive(system.pid):
             return system
         if system is not None:
             logger.info("ignoring %s: process %d is gone", path, system.pid)
@@ -130,7 +130,8 @@ def _read(path: Path) -> RunningSystem | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts until its parent reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

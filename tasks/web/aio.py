@@ -67,7 +67,7 @@ async def reading() -> Reading:
     _reading = None
     if held is not None and held.loop is loop and held.pid == os.getpid():
         await held.aclose()
-    reader = AsyncSchedulerReader.from_url(s.redis_url, **cache_options(s))
+    reader = AsyncSchedulerReader.from_url(s.effective_web_redis_url, **cache_options(s))
     near = AsyncNearCache(reader, max_buckets=s.near_cache_buckets) if s.near_cache else None
     _reading = Reading(s, loop, os.getpid(), reader, near)
     return _reading
@@ -91,9 +91,9 @@ async def list_schedulable_async(
     except CacheUnavailable as exc:
         return schedulable(await asyncio.to_thread(on_unavailable, bucket, s, exc), now)
     except CorruptKey as exc:
-        cache = runtime.get_cache()
+        cache = runtime.get_web_cache()
         return schedulable(await asyncio.to_thread(on_corrupt_key, cache, bucket, s, exc), now)
-    return schedulable(await asyncio.to_thread(on_miss, runtime.get_cache(), bucket, s), now)
+    return schedulable(await asyncio.to_thread(on_miss, runtime.get_web_cache(), bucket, s), now)
 
 
 def note_last_used(updates: Mapping[int, datetime]) -> None:

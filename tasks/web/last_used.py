@@ -26,7 +26,8 @@ from typing import Protocol
 
 from cache import CacheError, Clock, CorruptKey, as_utc, brief, check_account_id, utc_now
 from tasks import runtime
-from tasks.runtime import get_cache, settings
+from tasks.requests import repair_wrong_types
+from tasks.runtime import get_web_cache, settings
 from tasks.web import aio
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class LastUsedBatcher:
         if interval_seconds is not None and not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
         self._cache = cache
-        self._cache_factory: Callable[[], LastUsedSink] = cache_factory or get_cache
+        self._cache_factory: Callable[[], LastUsedSink] = cache_factory or get_web_cache
         self._interval = interval_seconds
         self._clock = clock
         self._reset_state()
@@ -124,9 +125,7 @@ class LastUsedBatcher:
         else:
             at = as_utc(at)
         with self._lock:
-            seen = self._batch.get(account_id)
-            if seen is None or at > seen:
-                self._batch[account_id] = at
+            keep_latest(self._batch, {account_id: at})
         if self._thread is None:
             self._start()
 
@@ -184,10 +183,7 @@ class LastUsedBatcher:
 
     def _keep(self, batch: Mapping[int, datetime]) -> None:
         with self._lock:
-            for account_id, at in batch.items():
-                seen = self._batch.get(account_id)
-                if seen is None or at > seen:
-                    self._batch[account_id] = at
+            keep_latest(self._batch, batch)
 
     def close(self) -> None:
         """Stop the flusher thread and send what is left (also run at interpreter exit)."""
@@ -201,17 +197,13 @@ class LastUsedBatcher:
             self._stop = threading.Event()
 
 
-def repair_wrong_types(cache: object, exc: CorruptKey) -> None:
-    """Delete the keys of the wrong type under a failed last-use write, and name them:
-    the next write recreates them instead of failing the same way forever."""
-    find = getattr(cache, "wrong_type_keys", None)
-    repaired: object = "unknown (not a Redis cache)"
-    if callable(find):
-        try:
-            repaired = find(repair=True) or "none any more"
-        except CacheError as error:
-            repaired = f"unknown ({error})"
-    logger.error("last-use write refused: %s; deleted keys of the wrong type: %s", exc, repaired)
+def keep_latest(batch: dict[int, datetime], times: Mapping[int, datetime]) -> None:
+    """Merge ``times`` into ``batch``, keeping the latest time of each account: the
+    order touches and failed batches arrive in never moves a time back."""
+    for account_id, at in times.items():
+        seen = batch.get(account_id)
+        if seen is None or at > seen:
+            batch[account_id] = at
 
 
 def _call(ref: weakref.ReferenceType[LastUsedBatcher], method: str) -> None:
@@ -220,7 +212,20 @@ def _call(ref: weakref.ReferenceType[LastUsedBatcher], method: str) -> None:
         getattr(batcher, method)()
 
 
-default_batcher = LastUsedBatcher()
+_default: LastUsedBatcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_batcher() -> LastUsedBatcher:
+    """The process's batcher behind :func:`record_last_used`, built on first use: its
+    fork and exit hooks are registered then, not when a worker or a tool merely imports
+    this package."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = LastUsedBatcher()
+    return _default
 
 
 def record_last_used(account_id: int, at: datetime | None = None) -> None:
@@ -232,7 +237,7 @@ def record_last_used(account_id: int, at: datetime | None = None) -> None:
     later, the database).
     """
     at = utc_now() if at is None else at
-    default_batcher.touch(account_id, at)
+    default_batcher().touch(account_id, at)
     updates = {account_id: as_utc(at)}
     near = runtime.get_near_cache()
     if near is not None:

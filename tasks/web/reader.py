@@ -6,7 +6,12 @@ the moment its window ends, with no event and no rebuild.
 
 On a miss it reads the source directly (switchable, rate limited) and writes what it
 read through a version reserved before the read, so a fallback can never activate
-data older than a rebuild's.
+data older than a rebuild's. A web role that may not write snapshots
+(``SCHED_FALLBACK_WRITES=false``, or a write Redis refuses) answers from the source
+without writing, and the rebuild it requests writes the snapshot.
+
+A miss on a group the source does not know answers empty before any of that: no source
+read beyond :class:`tasks.web.groups.KnownGroups`'s, no Redis write, no registration.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from cache import (
 from tasks import runtime, stats
 from tasks.buckets import bucket_for, check_platform
 from tasks.settings import Settings
+from tasks.web.groups import KnownGroups
 from tasks.web.requests import request_rebuild
 
 logger = logging.getLogger(__name__)
@@ -80,6 +86,26 @@ def _fallback_permit(s: Settings) -> bool:
     return limiter.try_take()
 
 
+_known: tuple[Settings, KnownGroups] | None = None
+_read_only_noted = False
+
+
+def knows_group(group_id: int, s: Settings) -> bool:
+    """Whether the source knows ``group_id`` (group 0 always), per :class:`KnownGroups`,
+    kept per process for the settings in force."""
+    global _known
+    with _limiter_lock:
+        if _known is None or _known[0] is not s:
+            known = KnownGroups(
+                lambda: [group.id for group in runtime.get_source().active_groups()],
+                ttl=s.unknown_group_ttl_seconds,
+                max_unknown=s.unknown_groups_max,
+            )
+            _known = (s, known)
+        known = _known[1]
+    return known.knows(group_id)
+
+
 def list_schedulable(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
 ) -> list[Account]:
@@ -91,7 +117,7 @@ def list_schedulable(
     or registered for it.
     """
     s, bucket, now = resolve(group_id, platform, has_force, now)
-    cache = runtime.get_cache()
+    cache = runtime.get_web_cache()
     near = runtime.get_near_cache()
     try:
         if near is not None:
@@ -125,6 +151,8 @@ def schedulable(accounts: list[Account], now: datetime) -> list[Account]:
 
 def on_unavailable(bucket: SchedulerBucket, s: Settings, exc: CacheUnavailable) -> list[Account]:
     """Redis cannot be reached: read the source (rate limited), else raise ``exc``."""
+    if not knows_group(bucket.group_id, s):
+        return []
     if not _fallback_permit(s):
         raise exc
     logger.warning("bucket %s: cache unavailable, reading the source: %s", bucket, exc)
@@ -151,6 +179,9 @@ def on_corrupt_key(
 
 
 def on_miss(cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings) -> list[Account]:
+    if not knows_group(bucket.group_id, s):
+        logger.debug("bucket %s: miss on a group the source does not know", bucket)
+        return []
     info = cache.bucket_info(bucket)
     if info.active_version is not None and info.account_count == 0:
         return []  # an active snapshot with no account: empty, not missing
@@ -165,13 +196,49 @@ def on_miss(cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings) ->
         )
         _request(bucket)
         return []
-    version = cache.reserve_version(bucket)
-    accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
-    cache.set_snapshot(bucket, accounts, version)
+    accounts = _fallback_read(cache, bucket, s)
     with suppress(CacheError):
         cache.record_stats({stats.FALLBACK_READS: 1})
     _request(bucket)
     return accounts
+
+
+def _fallback_read(
+    cache: RedisSchedulerCache, bucket: SchedulerBucket, s: Settings
+) -> list[Account]:
+    """The bucket's accounts from the source, written through a version reserved before
+    the read when this process may write snapshots."""
+    version: int | None = None
+    if s.fallback_writes:
+        try:
+            version = cache.reserve_version(bucket)
+        except CacheUnavailable:
+            raise
+        except CacheError as exc:
+            _note_read_only(bucket, exc)
+    accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
+    if version is not None:
+        try:
+            cache.set_snapshot(bucket, accounts, version)
+        except CacheUnavailable:
+            raise
+        except CacheError as exc:
+            _note_read_only(bucket, exc)
+    return accounts
+
+
+def _note_read_only(bucket: SchedulerBucket, exc: CacheError) -> None:
+    # A web role whose ACL refuses snapshot writes (docs/security.md): the answer comes
+    # from the source all the same. Said once per process, not once per miss.
+    global _read_only_noted
+    if not _read_only_noted:
+        _read_only_noted = True
+        logger.warning(
+            "bucket %s: fallback write refused (%s); answering misses from the source "
+            "without writing (set SCHED_FALLBACK_WRITES=false under a read-only web role)",
+            bucket,
+            exc,
+        )
 
 
 def _request(bucket: SchedulerBucket) -> None:

@@ -30,10 +30,10 @@ from cache import (
 )
 from tasks import stats
 from tasks.celery import app
+from tasks.requests import repair_wrong_types
 from tasks.runtime import get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import Source
-from tasks.web.last_used import repair_wrong_types
 from tasks.worker.retry import RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 # The database flush is a singleton: two beats, or a slow flush overlapping the next
 # tick, would only write the same rows twice, but there is no reason to let them.
 FLUSH_LOCK = "last-used-flush"
+# Bad pairs named one by one in the log per message; the rest only counted, so a
+# message of a million bad ids costs one line more, not a million.
+MAX_LOGGED_DROPS = 20
 
 
 class InvalidLastUsed(ValueError):
@@ -136,17 +139,42 @@ def _unlock(cache: RedisSchedulerCache, name: str, token: str) -> None:
 
 
 def parse_updates(updates: object) -> dict[int, datetime]:
-    """``{account_id: ISO time or unix seconds}`` as datetimes; raise naming the bad value."""
+    """``{account_id: ISO time or unix seconds}`` as datetimes.
+
+    A pair that names no account or no time is logged (WARNING, the value cut short)
+    and dropped on its own: the message is all a worker gets, and one bad id beside a
+    thousand good ones must not cost the good ones their last use. A message that is
+    not a mapping, or holds no good pair at all, raises naming (the first) bad value,
+    so that the task fails where Flower shows it.
+    """
     if not isinstance(updates, Mapping):
         raise InvalidLastUsed(
             f"updates must be a mapping of account id to time, got {brief(updates)}"
         )
     parsed: dict[int, datetime] = {}
+    dropped = 0
+    first_error: InvalidLastUsed | None = None
     for raw_id, raw_time in updates.items():
-        account_id = _account_id(raw_id)
-        at = _time(account_id, raw_time)
+        try:
+            account_id = _account_id(raw_id)
+            at = _time(account_id, raw_time)
+        except InvalidLastUsed as exc:
+            first_error = first_error or exc
+            dropped += 1
+            if dropped <= MAX_LOGGED_DROPS:
+                logger.warning("dropping a last-use update: %s", exc)
+            continue
         if account_id not in parsed or at > parsed[account_id]:
             parsed[account_id] = at
+    if dropped > MAX_LOGGED_DROPS:
+        logger.warning(
+            "dropped %d malformed last-use updates in all (%d logged), kept %d",
+            dropped,
+            MAX_LOGGED_DROPS,
+            len(parsed),
+        )
+    if first_error is not None and not parsed:
+        raise first_error
     return parsed
 
 
@@ -192,7 +220,12 @@ def update_last_used(updates: dict[str, str | float]) -> dict[str, int]:
     The cache records the times as pending first, so a database failure after that only
     delays them to the next flush.
     """
-    parsed = parse_updates(updates)
+    try:
+        parsed = parse_updates(updates)
+    except InvalidLastUsed as exc:
+        # Celery logs an expected error at INFO: this one loses data, say so louder.
+        logger.warning("last-use message refused: %s", exc)
+        raise
     if not parsed:
         return {"accounts": 0, "cache_moved": 0, "db_moved": 0}
     cache = get_cache()

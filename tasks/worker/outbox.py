@@ -37,12 +37,13 @@ from cache import (
     utc_now,
 )
 from tasks import buckets, stats
+from tasks.buckets import account_buckets
 from tasks.celery import app
+from tasks.requests import request_rebuild
 from tasks.runtime import default_buckets, get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import OutboxEvent, Source
-from tasks.web.requests import request_rebuild
-from tasks.worker.outbox_plan import BatchPlan, account_buckets, missing_ids, plan_batch
+from tasks.worker.outbox_plan import BatchPlan, missing_ids, plan_batch
 from tasks.worker.rebuild import refresh_buckets
 from tasks.worker.retry import LockLost, RetryingTask, is_transient
 
@@ -324,7 +325,7 @@ class OutboxPoller:
                     self.cache.set_account(new)
             else:
                 self.cache.delete_account(account_id, tombstones.get(account_id))
-            buckets |= account_buckets(old, new, groups, self.config)
+            buckets |= account_buckets(old, new, groups=groups, rules=self.config)
         return buckets
 
     def _cached(self, account_id: int) -> Account | None:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
-from cache import MAX_ID, Account, SchedulerBucket, brief, check_account_id
-from tasks.buckets import Rules, platform_buckets
+from cache import MAX_ID, brief, check_account_id
 from tasks.source.protocol import OutboxEvent, OutboxEventType
 
 logger = logging.getLogger(__name__)
@@ -26,24 +25,29 @@ logger = logging.getLogger(__name__)
 AccountId = Annotated[int, Strict(), Field(gt=0, le=MAX_ID)]
 GroupId = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
 UnixSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_ACCOUNT_ID: TypeAdapter[int] = TypeAdapter(AccountId)
+_GROUP_ID: TypeAdapter[int] = TypeAdapter(GroupId)
+_SECONDS: TypeAdapter[float] = TypeAdapter(UnixSeconds)
 
 
 class MalformedEvent(ValueError):
     """An outbox event this poller cannot read: logged with its id and skipped."""
 
 
+# Lists and maps hold their items unchecked here: each item is checked on its own (see
+# _kept), so one bad id drops itself and not the event around it.
 class _AccountPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     account_id: AccountId | None = None
-    group_ids: list[GroupId] | None = None
+    group_ids: list[object] | None = None
 
 
 class _BulkPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    account_ids: list[AccountId] = Field(min_length=1)
-    group_ids: list[GroupId] | None = None
+    account_ids: list[object] = Field(min_length=1)
+    group_ids: list[object] | None = None
 
 
 class _GroupPayload(BaseModel):
@@ -55,7 +59,7 @@ class _GroupPayload(BaseModel):
 class _LastUsedPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    last_used: dict[str, UnixSeconds]
+    last_used: dict[str, object]
 
 
 @dataclass
@@ -135,13 +139,41 @@ def _account(plan: BatchPlan, event: OutboxEvent) -> None:
         check_account_id(account_id)
     except ValueError as exc:
         raise MalformedEvent(str(exc)) from None
-    plan.add_account(account_id, payload.group_ids)
+    plan.add_account(account_id, _groups(event, payload.group_ids))
 
 
 def _bulk(plan: BatchPlan, event: OutboxEvent) -> None:
     payload = _BulkPayload.model_validate(event.payload)
-    for account_id in payload.account_ids:
-        plan.add_account(account_id, payload.group_ids)
+    account_ids = _kept(event, "account_ids", payload.account_ids, _ACCOUNT_ID)
+    if not account_ids:
+        raise MalformedEvent(f"no valid id in account_ids {brief(payload.account_ids)}")
+    groups = _groups(event, payload.group_ids)
+    for account_id in account_ids:
+        plan.add_account(account_id, groups)
+
+
+def _groups(event: OutboxEvent, raw: list[object] | None) -> list[int] | None:
+    """The valid group ids of ``raw``; None (every group the account was or is in)
+    when every id given was bad, since an empty list would name group 0 alone."""
+    if raw is None:
+        return None
+    kept = _kept(event, "group_ids", raw, _GROUP_ID)
+    return kept if kept or not raw else None
+
+
+def _kept(
+    event: OutboxEvent, field_name: str, raw: list[object], adapter: TypeAdapter[int]
+) -> list[int]:
+    """The items of ``raw`` the adapter accepts; each other one logged and dropped."""
+    kept: list[int] = []
+    for item in raw:
+        try:
+            kept.append(adapter.validate_python(item))
+        except ValidationError:
+            logger.warning(
+                "outbox event %d: dropping invalid id %s from %s", event.id, brief(item), field_name
+            )
+    return kept
 
 
 def _group(plan: BatchPlan, event: OutboxEvent) -> None:
@@ -161,17 +193,19 @@ def _full(plan: BatchPlan, event: OutboxEvent) -> None:
 def _last_used(plan: BatchPlan, event: OutboxEvent) -> None:
     payload = _LastUsedPayload.model_validate(event.payload)
     times: dict[int, datetime] = {}
-    for raw_id, seconds in payload.last_used.items():
+    first_error = ""
+    for raw_id, raw_seconds in payload.last_used.items():
         try:
             account_id = check_account_id(raw_id)
-        except ValueError as exc:
-            raise MalformedEvent(f"{exc} in last_used") from None
-        try:
+            seconds = _SECONDS.validate_python(raw_seconds)
             times[account_id] = datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise MalformedEvent(
-                f"last use {brief(seconds)} of account {account_id} is out of range"
-            ) from None
+        except (ValidationError, ValueError, OverflowError, OSError):
+            # One pair at fault: the others of the event still apply.
+            problem = f"last use {brief(raw_seconds)} of account {brief(raw_id)}"
+            first_error = first_error or problem
+            logger.warning("outbox event %d: dropping invalid %s", event.id, problem)
+    if first_error and not times:
+        raise MalformedEvent(f"no valid pair in last_used, e.g. {first_error}")
     plan.add_last_used(times)
 
 
@@ -183,31 +217,6 @@ _ADDERS: dict[OutboxEventType, Callable[[BatchPlan, OutboxEvent], None]] = {
     OutboxEventType.FULL_REBUILD: _full,
     OutboxEventType.ACCOUNT_LAST_USED: _last_used,
 }
-
-
-# -- the buckets an account change touches -----------------------------------------------
-def account_buckets(
-    old: Account | None, new: Account | None, groups: Iterable[int] | None, config: Rules
-) -> set[SchedulerBucket]:
-    """The buckets an account change touches: its platforms (before and after) in
-    ``groups``, or in every group it was or is in (no group is group 0)."""
-    platforms = {account.platform for account in (old, new) if account is not None}
-    if groups is None:
-        groups = {
-            group
-            for account in (old, new)
-            if account is not None
-            for group in (account.group_ids or (0,))
-        }
-    elif not platforms:
-        # Neither cached nor in the source: any bucket of these groups may list it.
-        platforms = set(config.platforms)
-    return {
-        bucket
-        for platform in platforms
-        for group in groups
-        for bucket in platform_buckets(group, platform, config)
-    }
 
 
 # -- ids not visible yet ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Rebuilding bucket snapshots: the Celery tasks behind :func:`tasks.web.request_rebuild`.
+"""Rebuilding bucket snapshots: the Celery tasks behind :func:`tasks.requests.request_rebuild`.
 
 One burst of requests for a bucket, and the rebuilds it costs::
 
@@ -30,7 +30,7 @@ from celery.exceptions import Retry
 from cache import CacheError, CorruptKey, RedisSchedulerCache, SchedulerBucket, brief
 from tasks import buckets, runtime, stats
 from tasks.celery import app
-from tasks.web.requests import request_rebuild, send_rebuild
+from tasks.requests import request_rebuild, send_rebuild
 from tasks.worker.retry import RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,17 @@
 """The one retry policy of the tasks: which failures are worth another try, and when.
 
-A failure is *transient* when the servers may be fine again in a moment: Redis or the
-database unreachable, a Redis that refuses writes (a replica, out of memory), a broker
-that cannot take a message, a singleton job's lock taken over. Anything that says the
-input is bad (``ValueError`` and its kin) fails at once: no retry can fix it.
+Every task, and every fallback inside one (the outbox's one-by-one pass, the last-use
+flush's row-by-row write), asks :func:`is_transient`; nothing else decides.
+
+A failure is *transient* when the servers may be fine again in a moment: Redis
+unreachable, loading, read-only after a failover, out of memory or busy
+(:class:`cache.CacheUnavailable`); the source database unreachable
+(:class:`~tasks.source.errors.SourceUnavailable`); a broker that cannot take a message;
+a singleton job's lock taken over (:class:`LockLost`). Everything else is a bug or bad
+data, which no retry fixes: a script that raised an error, a value the database
+refuses, a corrupt key or payload, a missing schema, a ``TypeError``. Retrying those
+only delays the failure by minutes of backoff and hides it; they fail at once, logged
+with the task, the script and the key where known.
 """
 
 from __future__ import annotations
@@ -15,12 +23,25 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
-from cache import CacheError
+from cache import CacheError, CacheUnavailable, brief
 from tasks import runtime
-from tasks.source.errors import SourceError
+from tasks.source.errors import SourceUnavailable
 
 logger = logging.getLogger(__name__)
+
+# Redis replies that mean "not now" rather than "never": a replica, a server loading
+# its data set, out of memory, running a long script, a cluster in a failover. redis-py
+# raises some as classes of their own (dropping the word), the others as ResponseError.
+OUTAGE_REPLIES = ("READONLY", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "OOM")
+OUTAGE_ERRORS = (ReadOnlyError, OutOfMemoryError, TryAgainError, ClusterDownError)
 
 
 class LockLost(Exception):
@@ -28,13 +49,35 @@ class LockLost(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` says "try again later" rather than "this input is bad"."""
-    if isinstance(exc, (BrokerError, LockLost)):
+    """Whether ``exc`` says "try again later" (an outage) rather than "this is wrong"
+    (a bug or bad data)."""
+    if isinstance(exc, (CacheUnavailable, SourceUnavailable, BrokerError, LockLost)):
         return True
-    if isinstance(exc, (CacheError, SourceError)):
-        # A cache or database failure is the server's, unless it refused the value.
-        return not isinstance(exc, (ValueError, LookupError))
+    if isinstance(exc, CacheError):
+        # A cache that does not yet report every outage reply as CacheUnavailable:
+        # judged by the Redis reply it was raised from.
+        return _outage_reply(exc.__cause__)
     return False
+
+
+def _outage_reply(cause: BaseException | None) -> bool:
+    if isinstance(cause, OUTAGE_ERRORS):
+        return True
+    if not isinstance(cause, ResponseError):
+        return False
+    words = str(cause).split(maxsplit=1)
+    return bool(words) and words[0] in OUTAGE_REPLIES
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` for a log line, with the script and the key it names, when it does."""
+    where = [
+        f"{name} {brief(value, 120)}"
+        for name in ("script", "key")
+        if (value := getattr(exc, name, None)) is not None
+    ]
+    text = f"{type(exc).__name__}: {brief(str(exc), 500)}"
+    return f"{text} ({', '.join(where)})" if where else text
 
 
 def backoff(retries: int, cap: float) -> float:
@@ -45,7 +88,8 @@ def backoff(retries: int, cap: float) -> float:
 
 class RetryingTask(Task):  # type: ignore[misc]
     """Base of every task: retries :func:`is_transient` failures with :func:`backoff`,
-    at most ``task_max_retries`` times, then fails with the last error.
+    at most ``task_max_retries`` times, then fails with the last error. Any other
+    failure fails at once, with a warning that names it as not retried.
 
     The bounds come from the settings in force when the task is first used, not at
     import: importing ``tasks`` reads no settings, so a tool can report a malformed
@@ -65,7 +109,14 @@ class RetryingTask(Task):  # type: ignore[misc]
         except Retry:
             raise
         except Exception as exc:
-            if not is_transient(exc) or self.request.called_directly:
+            if self.request.called_directly:
+                raise
+            if not is_transient(exc):
+                logger.warning(
+                    "%s, not retried (a bug or bad data, not an outage): %s",
+                    self.failure_note.format(name=self.name),
+                    describe(exc),
+                )
                 raise
             countdown = backoff(self.request.retries, runtime.settings().retry_backoff_max_seconds)
             logger.warning(

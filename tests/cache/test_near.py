@@ -93,6 +93,21 @@ def test_own_touches_at_once_and_others_within_the_check(
     assert got is not None and got[0].last_used_at == T0
 
 
+def test_a_last_use_read_with_one_bucket_is_served_by_every_bucket(
+    cache: RedisSchedulerCache, near_cache: NearFactory
+) -> None:
+    other = SchedulerBucket.parse("13:anthropic:mixed")
+    cache.set_snapshot(BUCKET, accounts(3), cache.reserve_version(BUCKET))
+    cache.set_snapshot(other, accounts(2, start=2), cache.reserve_version(other))
+    near = near_cache(check_seconds=5, trust_seconds=10)
+    assert names(near) is not None  # holds account 2 without a last use
+    cache.update_last_used({2: T0})  # another process; this one's check is seconds away
+    got = near.get_snapshot(other)  # read now: account 2 used at T0
+    assert got is not None and got[0].last_used_at == T0
+    held = near.get_snapshot(BUCKET)
+    assert held is not None and held[1].last_used_at == T0  # not the older time
+
+
 def test_a_held_back_account_returns_when_its_window_ends(
     cache: RedisSchedulerCache, near_cache: NearFactory
 ) -> None:

@@ -213,3 +213,79 @@ def test_the_dashboard_charts_only_series_we_export() -> None:
     }
     assert charted, "no series in the dashboard?"
     assert charted <= exported, charted - exported
+
+
+def test_redis_and_postgres_are_reachable_from_this_machine_only(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    for name, inside in (("redis", "6379"), ("postgres", "5432")):
+        ports = [str(port) for port in services[name]["ports"]]
+        assert ports, name
+        for port in ports:
+            host, _, container = port.rpartition(":")
+            assert host.startswith("127.0.0.1:"), (name, port)
+            assert container == inside, (name, port)
+
+
+def test_the_demo_profile_seeds_once_the_schema_exists(compose: dict[str, Any]) -> None:
+    seed = _services(compose)["seed"]
+    assert seed["command"] == ["sched", "demo", "seed"]
+    assert seed["restart"] == "no"
+    assert seed["profiles"] == ["demo"]  # never into a database by default
+    assert seed["depends_on"]["db-init"]["condition"] == "service_completed_successfully"
+    assert "--profile demo" in COMPOSE.read_text()
+
+
+def _shell_words(test: list[str]) -> list[str]:
+    """A healthcheck's command as compose hands it to the container: ``$$`` is ``$``."""
+    import shlex
+
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    words = shlex.split(test[1]) if test[0] == "CMD-SHELL" else test[1:]
+    return [word.replace("$$", "$") for word in words]
+
+
+def test_the_worker_is_healthy_while_it_answers_a_ping(compose: dict[str, Any]) -> None:
+    check = _services(compose)["worker"]["healthcheck"]
+    words = _shell_words(check["test"])
+    assert words[:5] == ["celery", "-A", "tasks", "inspect", "ping"]
+    # Its own node only (Celery names it celery@<hostname>), not any worker's answer.
+    assert words[words.index("--destination") + 1] == "celery@$HOSTNAME"
+    result = CliRunner().invoke(celery_cli, [*words[1:], "--help"])
+    assert result.exit_code == 0, result.output
+    timeout = float(words[words.index("--timeout") + 1])
+    assert timeout < _seconds(check["timeout"])
+    assert check["start_period"]
+
+
+def _seconds(value: str) -> float:
+    assert value.endswith("s"), value
+    return float(value[:-1])
+
+
+def test_beat_is_healthy_while_its_schedule_file_is_fresh(
+    compose: dict[str, Any], tmp_path: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    beat = _services(compose)["beat"]
+    command = [str(part) for part in beat["command"]]
+    schedule = command[command.index("--schedule") + 1]
+    test = beat["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert f"{schedule}*" in test[3]
+    # The check itself, run here against a file of this test's.
+    script = test[3].replace(schedule, str(tmp_path / "celerybeat-schedule"))
+
+    def healthy() -> bool:
+        return subprocess.run([sys.executable, "-c", script], timeout=30).returncode == 0
+
+    assert not healthy()  # no file: beat never synced
+    written = tmp_path / "celerybeat-schedule.db"
+    written.write_bytes(b"")
+    assert healthy()
+    stale = time.time() - 600
+    os.utime(written, (stale, stale))
+    assert not healthy()

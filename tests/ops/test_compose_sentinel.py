@@ -21,7 +21,8 @@ from tests.topologies import needs_redis_binaries, wait_until
 
 BASE = REPO / "docker-compose.yml"
 OVERRIDE = REPO / "docker-compose.sentinel.yml"
-PYTHON_SERVICES = ("db-init", "worker", "beat", "flower", "metrics")
+PYTHON_SERVICES = ("db-init", "seed", "worker", "beat", "flower", "metrics")
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -122,3 +123,23 @@ def test_the_sentinel_configuration_runs_on_the_real_binary(master: RedisServer)
             sentinel.close()
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("name", PYTHON_SERVICES)
+def test_every_python_service_waits_for_healthy_sentinels(name: str) -> None:
+    depends = _load(OVERRIDE)[name]["depends_on"]
+    for sentinel in SENTINELS:
+        assert depends[sentinel]["condition"] == "service_healthy", (name, sentinel)
+    # The base file's conditions stay: compose merges depends_on key by key.
+    base = _load(BASE)[name]["depends_on"]
+    assert not set(base) & set(SENTINELS)
+
+
+def test_a_sentinel_is_healthy_once_it_knows_the_master() -> None:
+    services = _load(OVERRIDE)
+    master = monitor_line().split()[2]
+    for sentinel in SENTINELS:
+        test = services[sentinel]["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL"
+        assert f"sentinel get-master-addr-by-name {master}" in test[1], test
+    assert "redis-cli" in " ".join(services["redis-replica"]["healthcheck"]["test"])

@@ -22,6 +22,7 @@ from tests.support import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 BUCKET = SchedulerBucket.parse("0:openai:single")
+ADMIN_TOKEN = "gateway-test-token"
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def gateway(ops_env: dict[str, str], worker: WorkerProcess, tmp_path: Path) -> I
             "--log-level",
             "warning",
         ],
-        ops_env,
+        {**ops_env, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
         tmp_path / "gateway.log",
     ).start()
     base = f"http://127.0.0.1:{port}"
@@ -100,7 +101,8 @@ def test_picks_spread_by_last_use_and_a_disabled_account_stops_at_once(
     wait_for(touched, timeout=10, what="last-use times of the picked accounts in the cache")
     assert not any(a.last_used_at for a in (cache.get_snapshot(BUCKET) or []) if a.id in spare)
 
-    with httpx.Client(base_url=gateway, timeout=30) as client:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=gateway, timeout=30, headers=admin) as client:
         # Make one account the only one of the best priority: every pick is it...
         target = tier[3]
         assert client.post(f"/admin/accounts/{target}", json={"priority": 1}).status_code == 200

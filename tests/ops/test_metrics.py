@@ -153,12 +153,48 @@ def test_served_without_auth_on_loopback_only(
     assert "need basic auth: set SCHED_METRICS_USER and SCHED_METRICS_PASSWORD" in exposed.err
 
 
-def test_a_metrics_user_without_a_password_is_a_settings_error(
+def test_a_metrics_user_without_a_password_stops_only_the_serving(
+    run_cli: RunCli, ops_env: dict[str, str], figures: RedisSchedulerCache
+) -> None:
+    half = {**ops_env, "SCHED_METRICS_USER": "prom"}
+    printed = run_cli("metrics", env=half)
+    assert printed.code == 0, printed.err
+    assert "sched_buckets_active" in printed.out
+    served = run_cli("metrics", "--serve", env=half)
+    assert served.code == 2
+    assert "SCHED_METRICS_USER is set without SCHED_METRICS_PASSWORD" in served.err
+    other_half = run_cli("metrics", "--serve", env={**ops_env, "SCHED_METRICS_PASSWORD": "secret"})
+    assert other_half.code == 2
+    assert "SCHED_METRICS_PASSWORD is set without SCHED_METRICS_USER" in other_half.err
+    assert "secret" not in other_half.err
+
+
+def test_a_port_without_serve_is_refused(run_cli: RunCli) -> None:
+    result = run_cli("metrics", "--port", "9897")
+    assert result.code == 2
+    assert "--port only apply with --serve" in result.err
+    both = run_cli("metrics", "--port", "9897", "--address", "0.0.0.0")
+    assert both.code == 2 and "--port and --address only apply with --serve" in both.err
+
+
+def test_settings_errors_name_the_variables_a_user_sets(
     run_cli: RunCli, ops_env: dict[str, str]
 ) -> None:
-    result = run_cli("metrics", env={**ops_env, "SCHED_METRICS_USER": "prom"})
+    env = {k: v for k, v in ops_env.items() if k != "SCHED_BROKER_URL"}
+    env["SCHED_REDIS_CLUSTER"] = "true"
+    result = run_cli("status", env=env)
     assert result.code == 2
-    assert "metrics_user and metrics_password go together" in result.err
+    assert "SCHED_REDIS_CLUSTER=true needs its own SCHED_BROKER_URL" in result.err
+    limits = {
+        **ops_env,
+        "SCHED_REBUILD_TIME_LIMIT_SECONDS": "50",
+        "SCHED_LOCK_TTL_SECONDS": "40",
+    }
+    result = run_cli("status", env=limits)
+    assert result.code == 2
+    assert "SCHED_REBUILD_TIME_LIMIT_SECONDS (50" in result.err
+    assert "SCHED_LOCK_TTL_SECONDS (40" in result.err
+    assert "rebuild_time_limit_seconds" not in result.err
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ def test_every_command_is_in_the_command_table() -> None:
 
 def test_background_stop_is_explained() -> None:
     running = _section(_doc("running.md"), "In the background")
-    assert "setsid make run" in running and "kill -TERM -- -" in running
+    assert "setsid -f make run" in running and "sched stop" in running
 
 
 def test_configuration_table_lists_every_setting_with_its_default() -> None:

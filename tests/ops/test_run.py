@@ -1,15 +1,18 @@
 """``sched run`` as ``make run`` starts it: demo data, worker with beat, Flower, metrics;
-stopped by Ctrl-C in its terminal, or in the background by SIGTERM to its process group;
-found by the commands of a second terminal."""
+stopped by Ctrl-C in its terminal, in the background by SIGTERM to its process group or
+by ``sched stop``; found by the commands of a second terminal."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -245,7 +248,8 @@ def test_make_run_in_the_background_serves_a_second_shell_and_stops_on_sigterm(
             what=f"every process of the run to end after SIGTERM: {sorted(family)}",
         )
         print(f"everything stopped {time.monotonic() - stopped_at:.1f}s after SIGTERM")
-        assert process.wait(5) != 0  # ended by a signal, as make says
+        # A clean stop is a success: with-redis.sh exits with sched run's status.
+        assert process.wait(5) == 0
     finally:
         if process.poll() is None or not all(_gone(pid) for pid in family):
             for pid in family:
@@ -258,3 +262,110 @@ def test_make_run_in_the_background_serves_a_second_shell_and_stops_on_sigterm(
     text = out.read_text()
     assert "stopped everything `sched run` started." in text, text[-2000:]
     assert "Traceback" not in text
+
+
+class InteractiveShell:
+    """``bash -i`` on a terminal of its own (a pty it controls), as a user types into:
+    job control is on, so a background job leads a process group of its own."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.master, slave = os.openpty()
+        self.process = subprocess.Popen(
+            ["bash", "--norc", "--noprofile", "-i"],
+            cwd=cwd,
+            env={**child_env(), "PS1": "$ "},
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            # The pty becomes the new session's controlling terminal.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def run(self, line: str, timeout: float = 90) -> str:
+        """Type ``line`` and return its output once its exit status is printed."""
+        marker = f"status-{time.monotonic_ns()}"
+        os.write(self.master, f"{line}; echo {marker}=$?\n".encode())
+        deadline = time.monotonic() + timeout
+        start = len(self.seen)
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.5)
+            if ready:
+                self.seen += os.read(self.master, 65536)
+            # The echoed line shows "=$?": only the printed status has digits.
+            if re.search(rf"{marker}=\d+".encode(), self.seen[start:]):
+                return self.seen[start:].decode(errors="replace")
+        raise AssertionError(f"no answer to {line!r}:\n{self.seen[start:].decode()}")
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.write(self.master, b"exit\n")
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        os.close(self.master)
+
+
+def _status_of(output: str) -> int:
+    return int(re.findall(r"status-\d+=(\d+)", output)[-1])
+
+
+def _session(sid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_the_background_recipe_works_typed_into_an_interactive_shell(tmp_path: Path) -> None:
+    """`setsid -f make run > run.log 2>&1 < /dev/null`, later `sched stop`: typed into an
+    interactive shell (where `setsid make run &` forks, and $! names a process that is
+    gone), the run detaches, and `sched stop` stops all of it, private Redis included,
+    with a clean exit status."""
+    run = (
+        f"{REPO / 'scripts' / 'with-redis.sh'} {sys.executable} -m tasks.ops.cli run "
+        f"--no-demo --flower-port {free_port()} --metrics-port {free_port()}"
+    )
+    shell = InteractiveShell(tmp_path)
+    found_by = tmp_path / ".run" / "system.json"
+    sid = None
+    try:
+        # The exit status is written down to see it: `setsid -f` does not wait for it.
+        started = shell.run(
+            f"setsid -f bash -c '{run}; echo $? > exit-status' > run.log 2>&1 < /dev/null"
+        )
+        assert _status_of(started) == 0, started
+        wait_for(found_by.exists, timeout=90, what="system.json of the detached run")
+        pid = json.loads(found_by.read_text())["pid"]
+        sid = os.getsid(pid)
+        assert sid != os.getsid(shell.process.pid)  # detached from the shell's terminal
+        session = _session(sid)
+        assert len(session) >= 3, session  # bash, redis-server, sched run, its children
+
+        stopped = shell.run(f"{sys.executable} -m tasks stop")
+        assert _status_of(stopped) == 0, stopped
+        assert f"(pid {pid})" in stopped
+        wait_for(lambda: not _session(sid or 0), timeout=30, what="every process of the run")
+        wait_for((tmp_path / "exit-status").exists, timeout=10, what="the run's exit status")
+        assert (tmp_path / "exit-status").read_text().strip() == "0"
+        log = (tmp_path / "run.log").read_text()
+        assert "stopped everything `sched run` started." in log, log[-2000:]
+        assert "Traceback" not in log
+
+        nothing = shell.run(f"{sys.executable} -m tasks stop")
+        assert _status_of(nothing) == 1
+        assert "nothing to stop" in nothing
+    finally:
+        shell.close()
+        for pid_ in _session(sid) if sid else set():
+            with suppress(ProcessLookupError):
+                os.kill(pid_, signal.SIGKILL)

@@ -153,7 +153,7 @@ def quiet_batcher(configured: Settings) -> Iterator[None]:
     """The process's batcher, flushed and stopped at the end: its next touch starts
     it again with the flush interval in force then, not this test's."""
     yield
-    default_batcher.close()
+    default_batcher().close()
 
 
 @pytest.mark.usefixtures("quiet_batcher")

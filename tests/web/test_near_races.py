@@ -177,8 +177,8 @@ def test_a_redis_restart_empties_the_near_caches_trust(
 
 
 def held_or_none(near: Any, bucket: SchedulerBucket) -> int | None:
-    entry = near.state.entries.get(str(bucket))
-    return None if entry is None else int(entry.version)
+    held: int | None = near.state.version(str(bucket))
+    return held
 
 
 def activate_in_turn(url: str, rounds: int, go: Any, out: Any) -> None:
@@ -201,7 +201,7 @@ def touch_in_turn(settings: Settings, rounds: int, go: Any, out: Any) -> None:
         at = datetime.fromtimestamp(1_700_000_000 + n, UTC)
         out.put((time.time(), at))
         record_last_used(2, at)
-    default_batcher.close()
+    default_batcher().close()
 
 
 def test_another_processs_activation_and_touch_reach_list_schedulable_in_time(

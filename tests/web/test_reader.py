@@ -124,6 +124,9 @@ class StaleRead:
     def __init__(self, inner: SqlSource, cache: RedisSchedulerCache) -> None:
         self.inner, self.cache = inner, cache
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def accounts_for_bucket(self, bucket: SchedulerBucket, now: datetime) -> list[Account]:
         stale = self.inner.accounts_for_bucket(bucket, now)
         SqlWriter(self.inner).update_account(stale[0].id, status="disabled")
@@ -137,7 +140,7 @@ def test_a_fallback_cannot_activate_data_older_than_a_rebuild(
 ) -> None:
     group = seed_group(source, accounts=3)
     bucket = SchedulerBucket(group.id, "openai", "single")
-    runtime._source = StaleRead(source, task_cache)  # type: ignore[assignment]
+    runtime._source = StaleRead(source, task_cache)
 
     list_schedulable(group.id, "openai")
 

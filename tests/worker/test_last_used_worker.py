@@ -3,6 +3,7 @@ worker killed mid-flush, and the update_last_used task."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -243,3 +244,35 @@ def test_bad_update_last_used_arguments_fail_once_with_a_clear_error(
         assert len(failed) == 1
         assert named in failed[0]["exception"], failed[0]["exception"]
         assert not [e for e in events.of("task-retried") if e.get("uuid") == task_id]
+
+
+def test_a_bad_id_in_a_last_use_message_drops_alone_and_is_logged(
+    source: SqlSource, task_cache: RedisSchedulerCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = make_accounts(source, task_cache, 1)[0]
+    huge = str(2**70)
+    long_bad = "x" * 100_000
+
+    # The task's own function, as the worker runs it, on the message's JSON form.
+    result = update_last_used({huge: T0.timestamp(), str(good): T0.timestamp(), "7": long_bad})
+
+    assert result["accounts"] == 1
+    assert db_last_used(source, good) == T0
+    assert cached_last_used(task_cache, good) == T0
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(huge in line for line in warned), warned
+    assert any("100,000 characters" in line for line in warned), warned
+    assert all(len(line) < 1000 for line in warned)
+
+
+def test_a_mixed_last_use_message_through_a_worker_applies_every_good_value(
+    worker: WorkerProcess, source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    first, second = make_accounts(source, task_cache, 2)
+    app.send_task(
+        "tasks.update_last_used",
+        args=[{str(2**70): T0.timestamp(), str(first): T0.timestamp(), str(second): "soon"}],
+    )
+    wait_for(lambda: db_last_used(source, first) == T0, what="the good value in the database")
+    assert db_last_used(source, second) is None
+    assert cached_last_used(task_cache, first) == T0

@@ -6,6 +6,7 @@ buckets an event asks for; the worker tests run the same code through Celery.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -600,3 +601,63 @@ def test_a_first_poll_of_a_pruned_outbox_keeps_only_the_nearest_ids_as_gaps(
     assert min(gaps) == 3_000_000 - MAX_NEW_GAPS and max(gaps) == 2_999_999
     assert poller_cache.get_outbox_watermark() == 3_000_000
     assert "outbox ids 1..2989999 skipped" in caplog.text
+
+
+# -- one bad value inside an event ------------------------------------------------------
+def test_a_bad_pair_in_a_last_used_event_is_dropped_alone(
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    account = db.create_account(name="o", platform="openai", type="apikey")
+    poller = make_poller(source)
+    poller.poll_batch()
+    at = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+    huge = str(2**70)
+    insert_event(
+        source,
+        event_type="account_last_used",
+        payload={"last_used": {huge: at.timestamp(), str(account.id): at.timestamp(), "9": "x"}},
+    )
+
+    report = poller.poll_batch()
+
+    assert (report.applied, report.malformed) == (1, 0)
+    cached = poller_cache.get_account(account.id)
+    assert cached is not None and cached.last_used_at == at
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(huge in line for line in warned), warned
+    assert any("'x'" in line for line in warned), warned
+
+
+def test_a_bad_id_in_a_bulk_event_is_dropped_alone(
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = [db.create_account(name=f"o{i}", platform="openai", type="apikey") for i in range(2)]
+    poller = make_poller(source)
+    poller.poll_batch()
+    db.bulk_update_accounts([a.id for a in good], priority=7)  # its own event, then ours
+    long_bad = "9" * 5000
+    insert_event(
+        source,
+        event_type="account_bulk_changed",
+        payload={"account_ids": [good[0].id, 2**70, long_bad, good[1].id], "group_ids": [0, -4]},
+    )
+
+    report = poller.poll_batch()
+
+    assert (report.applied, report.malformed) == (2, 0)
+    for account in good:
+        cached = poller_cache.get_account(account.id)
+        assert cached is not None and cached.priority == 7
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(str(2**70) in line for line in warned), warned
+    assert any("-4" in line for line in warned), warned
+    # The long value is named, cut short.
+    assert all(len(line) < 1000 for line in warned), warned

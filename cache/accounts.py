@@ -1,0 +1,221 @@
+"""The shared account store: each account's newest payload, revision and digest, and
+tombstones of deleted ones; the only writer of those keys and of the bucket index."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cache.base import Wiring, raw, redis_errors, text
+from cache.codec import to_ms
+from cache.errors import CorruptPayload
+from cache.keys import INDEX_CHUNK, READ_CHUNK, WRITE_CHUNK
+from cache.models import Account, SchedulerBucket
+from cache.patches import DELETED, AccountPatcher, parse_index
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Staged:
+    """One account as a snapshot version holds it."""
+
+    id: str
+    revision: str
+    digest: str
+    payload: bytes
+
+
+def _newer(stored: bytes | None, revision: str) -> bool:
+    return stored is not None and float(stored) > float(revision)
+
+
+class AccountStore:
+    """Accounts by id, as new as any snapshot or change that reached the cache.
+
+    A payload never replaces a newer revision; a deletion leaves a tombstone (the
+    deleted revision + 0.5) that only a later revision passes. A change reaches every
+    snapshot version that lists the account (:class:`cache.patches.AccountPatcher`).
+    """
+
+    def __init__(self, wiring: Wiring, patcher: AccountPatcher) -> None:
+        self._w = wiring
+        self._patcher = patcher
+
+    def get_account(self, account_id: int) -> Account | None:
+        """The cached account, or None; raise :class:`CorruptPayload` if undecodable."""
+        k = self._w.keys
+        with redis_errors(f"get_account {account_id}", k.accounts):
+            pipe = self._w.client.pipeline(transaction=False)
+            pipe.hget(k.accounts, account_id)
+            pipe.hget(k.last_used, account_id)
+            payload, used = pipe.execute()
+        if payload is None:
+            return None
+        try:
+            return self._w.codec.decode(account_id, raw(payload), used and raw(used))
+        except CorruptPayload as exc:
+            self.forget_corrupt_payload(exc)
+            raise
+
+    def forget_corrupt_payload(self, exc: CorruptPayload) -> bool:
+        """Make the next write of the account in ``exc`` replace its undecodable payload
+        (see cache/lua/forget_payload.lua); True when it will."""
+        if exc.account_id is None or exc.payload is None:
+            return False
+        k = self._w.keys
+        with redis_errors(f"forget_corrupt_payload {exc.account_id}", k.accounts):
+            return bool(
+                self._w.scripts["forget_payload"](
+                    keys=[k.accounts, k.digests], args=[exc.account_id, exc.payload]
+                )
+            )
+
+    def set_account(self, account: Account) -> bool:
+        """Store ``account`` unless a newer revision is cached; True when stored.
+
+        Every snapshot version that lists the account gets the new payload too: one
+        push per bucket whose active version changed.
+        """
+        used = account.last_used_at
+        payload, payload_digest = self._w.codec.encode(account)
+        revision = -1 if account.revision is None else account.revision
+        k = self._w.keys
+        with redis_errors(f"set_account {account.id}", k.accounts):
+            stored, index = self._w.scripts["set_account"](
+                keys=[
+                    k.accounts,
+                    k.revisions,
+                    k.digests,
+                    k.last_used,
+                    k.last_used_log,
+                    k.last_used_seq,
+                    k.account_buckets(account.id),
+                ],
+                args=[
+                    account.id,
+                    revision,
+                    payload,
+                    payload_digest,
+                    "" if used is None else to_ms(used),
+                ],
+            )
+            if not stored:
+                return False
+            self._patcher.reach(
+                account.id, parse_index(index), str(revision), payload_digest, payload
+            )
+        return True
+
+    def delete_account(self, account_id: int, revision: int | None = None) -> bool:
+        """Forget an account; with ``revision``, only if nothing newer is cached.
+
+        A tombstone stays behind: a payload of the deleted revision or older (from a
+        rebuild that read the account just before it was deleted) is not stored again.
+        Snapshots that list the account miss from now until their next rebuild.
+        """
+        k = self._w.keys
+        with redis_errors(f"delete_account {account_id}", k.accounts):
+            deleted, tombstone, index = self._w.scripts["delete_account"](
+                keys=[
+                    k.accounts,
+                    k.revisions,
+                    k.digests,
+                    k.last_used,
+                    k.account_buckets(account_id),
+                ],
+                args=[account_id, "" if revision is None else revision],
+            )
+            if deleted or tombstone:
+                self._patcher.reach(
+                    account_id, parse_index(index), text(tombstone or b""), DELETED, b""
+                )
+        return bool(deleted)
+
+    # -- for the snapshot writer ---------------------------------------------------------
+    def take_newer(self, staged: list[Staged]) -> None:
+        """The store's payload where it holds a newer revision (or a deletion)."""
+        if not staged:
+            return
+        k = self._w.keys
+        pipe = self._w.client.pipeline(transaction=False)
+        for first in range(0, len(staged), READ_CHUNK):
+            pipe.hmget(k.revisions, [s.id for s in staged[first : first + READ_CHUNK]])
+        stored = [r for part in pipe.execute() for r in part]
+        newer = [(s, rev) for s, rev in zip(staged, stored, strict=True) if _newer(rev, s.revision)]
+        if newer:
+            self._fill(newer)
+
+    def _fill(self, newer: list[tuple[Staged, bytes]]) -> None:
+        k = self._w.keys
+        pipe = self._w.client.pipeline(transaction=False)
+        ids = [s.id for s, _ in newer]
+        for first in range(0, len(ids), READ_CHUNK):
+            pipe.hmget(k.accounts, ids[first : first + READ_CHUNK])
+            pipe.hmget(k.digests, ids[first : first + READ_CHUNK])
+        replies = pipe.execute()
+        payloads = [p for part in replies[0::2] for p in part]
+        digests = [d for part in replies[1::2] for d in part]
+        for (s, rev), payload, payload_digest in zip(newer, payloads, digests, strict=True):
+            s.revision = text(rev)
+            if payload is None or payload_digest is None:
+                s.digest, s.payload = DELETED, b""
+            else:
+                s.digest, s.payload = text(payload_digest), payload
+
+    def index(self, bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
+        """Note that ``version`` of ``bucket`` lists ``staged`` (accounts new to the bucket:
+        the others are indexed already); returns those the store holds newer revisions
+        of, filled with the store's payloads."""
+        k = self._w.keys
+        calls: list[tuple[list[str], list[Any]]] = []
+        for first in range(0, len(staged), INDEX_CHUNK):
+            part = staged[first : first + INDEX_CHUNK]
+            keys = [k.revisions, *(k.account_buckets(s.id) for s in part)]
+            args: list[Any] = [
+                str(bucket),
+                version,
+                ",".join(s.id for s in part),
+                ",".join(s.revision for s in part),
+            ]
+            calls.append((keys, args))
+        if not calls:
+            return []
+        newer_ids = {text(i) for part in self._w.run("index_accounts", calls) for i in part}
+        return self.newer([s for s in staged if s.id in newer_ids])
+
+    def newer(self, staged: list[Staged]) -> list[Staged]:
+        """Copies of those of ``staged`` the store holds newer revisions (or deletions)
+        of, filled with the store's payloads."""
+        copies = [Staged(s.id, s.revision, s.digest, s.payload) for s in staged]
+        self.take_newer(copies)
+        return [c for c, s in zip(copies, staged, strict=True) if c.revision != s.revision]
+
+    def store(self, staged: list[Staged]) -> list[Staged]:
+        """After an activation: bring the store up to the version's payloads; returns
+        those the store holds newer revisions of (changes the version may have missed:
+        see cache/snapshots.py), filled with the store's payloads."""
+        live = [s for s in staged if s.digest != DELETED]
+        if not live:
+            return self.newer(staged)
+        k = self._w.keys
+        keys = [k.accounts, k.revisions, k.digests]
+        calls = []
+        for first in range(0, len(live), WRITE_CHUNK):
+            part = live[first : first + WRITE_CHUNK]
+            args: list[Any] = [
+                ",".join(s.id for s in part),
+                ",".join(s.revision for s in part),
+                ",".join(s.digest for s in part),
+                *(s.payload for s in part),
+            ]
+            calls.append((keys, args))
+        newer_ids = {text(i) for part in self._w.run("store_accounts", calls) for i in part}
+        deleted = [s for s in staged if s.digest == DELETED]
+        return self.newer([s for s in live if s.id in newer_ids] + deleted)
+
+    def patch_version(self, bucket: SchedulerBucket, version: int, newer: list[Staged]) -> None:
+        """Put the store's newer revisions into a staged ``version`` of ``bucket``."""
+        for s in newer:
+            self._patcher.reach(int(s.id), {bucket: version}, s.revision, s.digest, s.payload)

@@ -1,0 +1,110 @@
+"""Putting one changed account into every snapshot version that lists it.
+
+Which versions list an account is the account's bucket index (``keys.account_buckets``):
+each snapshot writer notes its version there for every account it staged, before it
+activates (see cache/lua/index_accounts.lua). A change reads the index in the same step
+as it stores the payload, so it reaches every version indexed before it, and a version
+indexed after it picks the change up from the store by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cache.base import Wiring, text
+from cache.models import SchedulerBucket
+from cache.replies import Patch
+
+# What a version's entry holds for an account that has no payload (deleted).
+DELETED = "-"
+
+Target = tuple[SchedulerBucket, int]
+
+
+def parse_index(flat: list[bytes]) -> dict[SchedulerBucket, int]:
+    """HGETALL of an account's bucket index as buckets and versions; entries this
+    package did not write are skipped (they list no snapshot)."""
+    found: dict[SchedulerBucket, int] = {}
+    for i in range(0, len(flat) - 1, 2):
+        try:
+            found[SchedulerBucket.parse(text(flat[i]))] = int(flat[i + 1])
+        except ValueError:
+            continue
+    return found
+
+
+def _listing(version: int, listed: bool, active: int, active_listed: bool) -> int:
+    """The version an index entry should name after a change: the indexed one while it
+    lists the account and is not replaced (a staged version counts), else the active
+    one if that lists it, else none (0)."""
+    if active in (0, version):
+        return version if listed else 0  # active 0: staged in a new bucket
+    if version > active and listed:
+        return version  # staged by a writer that has not activated it yet
+    return active if active_listed else 0
+
+
+class AccountPatcher:
+    """Writes a changed account into snapshot versions; the only writer of the account
+    bucket index's corrections (the snapshot writer adds entries, this drops stale ones).
+    """
+
+    def __init__(self, wiring: Wiring) -> None:
+        self._w = wiring
+
+    def reach(
+        self,
+        account_id: int,
+        index: Mapping[SchedulerBucket, int],
+        revision: str,
+        digest: str,
+        payload: bytes,
+    ) -> None:
+        """Put the account's new payload (or deletion: ``digest`` ``-``) into each indexed
+        version and the active version of each indexed bucket; one push per bucket whose
+        active version changed. Entries naming a version that no longer lists the account
+        are corrected, unless a writer indexed a newer version meanwhile."""
+        targets = list(index.items())
+        if not targets:
+            return
+        replies = self._patch(account_id, targets, revision, digest, payload)
+        follow = [
+            (bucket, int(active))
+            for (bucket, version), (_, active) in zip(targets, replies, strict=True)
+            if int(active) > 0 and int(active) != version
+        ]
+        listed_active: dict[SchedulerBucket, bool] = {}
+        if follow:
+            again = self._patch(account_id, follow, revision, digest, payload)
+            listed_active = {
+                target[0]: int(status) != Patch.NOT_LISTED
+                for target, (status, _) in zip(follow, again, strict=True)
+            }
+        fixes: list[tuple[list[str], list[Any]]] = []
+        key = self._w.keys.account_buckets(account_id)
+        for (bucket, version), (status, active) in zip(targets, replies, strict=True):
+            listed = int(status) != Patch.NOT_LISTED
+            now = _listing(version, listed, int(active), listed_active.get(bucket, False))
+            if now != version:
+                fixes.append(([key], [str(bucket), version, now]))
+        if fixes:
+            self._w.run("reindex_account", fixes)
+
+    def _patch(
+        self,
+        account_id: int,
+        targets: list[Target],
+        revision: str,
+        digest: str,
+        payload: bytes,
+    ) -> list[list[Any]]:
+        k = self._w.keys
+        calls: list[tuple[list[str], list[Any]]] = [
+            (
+                [k.meta(bucket), k.payloads(bucket, version), k.entries(bucket, version)],
+                [version, account_id, revision, digest, payload, k.changes_channel, str(bucket)],
+            )
+            for bucket, version in targets
+        ]
+        return self._w.run("patch_account", calls)

@@ -1,0 +1,116 @@
+"""The read side of the snapshots, on its own: what a web process needs and no more."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from cache.base import redis_errors
+from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec, from_ms
+from cache.keys import KeySpace
+from cache.models import Account, BucketInfo, SchedulerBucket
+from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
+from cache.scripts import Scripts
+
+logger = logging.getLogger(__name__)
+
+# A version replaced and expired while being read is read again, this many times.
+READ_ATTEMPTS = 3
+# A read that expected another version than the active one asks again naming it; only
+# writers activating faster than a round trip make it ask more than once.
+MOVED_ATTEMPTS = 32
+
+
+class SnapshotReader:
+    """Reads buckets' active snapshots; writes nothing.
+
+    Build one over a client for a process that only reads (``SnapshotReader(client)``),
+    or share the writer's parts (:class:`cache.client.RedisSchedulerCache` does).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "sched",
+        cached_credentials: Iterable[str] = DEFAULT_CACHED_CREDENTIALS,
+        keys: KeySpace | None = None,
+        codec: AccountCodec | None = None,
+        scripts: Scripts[Script] | None = None,
+    ) -> None:
+        if client.get_encoder().decode_responses:
+            raise ValueError("the cache needs a client with decode_responses=False (bytes)")
+        self.client = client
+        self.keys = keys or KeySpace(prefix)
+        self.codec = codec or AccountCodec(cached_credentials)
+        self.scripts = scripts or Scripts(client)
+        self.hints = VersionHints()
+
+    def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+        """The active snapshot's accounts in order, or None on a miss.
+
+        A miss: no active version, an empty snapshot, a missing account payload, or a
+        corrupt one (logged). Each account's ``last_used_at`` is the cached last use.
+        Every account comes from one version (or is a newer revision put into it).
+        """
+        read = self.read_snapshot(bucket)
+        return read.accounts if read is not None and read.accounts else None
+
+    def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
+        """The active version with its number and ``gen``; None when there is none, or
+        an account payload is missing or corrupt. An empty version reads as no accounts.
+        """
+        with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
+            expired = moved = 0
+            while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
+                try:
+                    return self._read_once(ReadPlan(self.keys, self.codec, bucket, self.hints))
+                except Moved as exc:
+                    moved += 1
+                    logger.debug("reading again: %s", exc)
+                except Expired as exc:
+                    expired += 1
+                    logger.info("snapshot %s expired mid-read; reading again", exc)
+        return None
+
+    def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
+        keys, args = plan.first_call()
+        if not plan.absorb_first(self.scripts["read_snapshot"](keys=keys, args=args)):
+            return None
+        ranges = plan.rest_ranges()
+        if ranges:
+            pipe = self.client.pipeline(transaction=False)
+            for key, start, end in ranges:
+                pipe.lrange(key, start, end)
+            pipe = self._hmgets(plan.absorb_rest(pipe.execute()))
+            plan.absorb_entries(pipe.execute())
+        payloads, uses = plan.fetches()
+        pipe = self._hmgets(payloads + uses)
+        replies = pipe.execute()
+        return plan.finish(replies[: len(payloads)], replies[len(payloads) :])
+
+    def _hmgets(self, calls: list[tuple[str, list[bytes]]]) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in calls:
+            pipe.hmget(key, fields)
+        return pipe
+
+    def bucket_info(self, bucket: SchedulerBucket) -> BucketInfo:
+        """Active version, size, age and last rebuild time of one bucket."""
+        with redis_errors(f"bucket_info {bucket}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(self.keys.meta(bucket), ["active", "count", "built_at", "rebuild_ms"])
+            pipe.get(self.keys.version_counter(bucket))
+            (active, count, built_at, rebuild_ms), reserved = pipe.execute()
+        return BucketInfo(
+            bucket=bucket,
+            active_version=int(active) if active is not None else None,
+            reserved_version=int(reserved or 0),
+            account_count=int(count or 0),
+            built_at=from_ms(built_at) if built_at is not None else None,
+            rebuild_ms=float(rebuild_ms) if rebuild_ms is not None else None,
+        )
