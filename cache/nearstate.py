@@ -28,14 +28,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
-from cache.codec import to_ms, with_last_used
+from cache.codec import from_ms, to_ms, with_last_used
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
 from cache.nearcore import Stamp, Verdict
 from cache.nearentry import Entry
+from cache.pickindex import Choice, use_after
 from cache.reads import SnapshotRead
 
 NEVER = float("-inf")
@@ -109,15 +110,38 @@ class NearState:
         """``(HIT, accounts)``, or what to do first: CHECK (confirm the gen) or READ.
         Without ``now`` the hit is every account, else the schedulable."""
         with self._lock:
-            entry = self._entries.get(name)
-            if entry is None or entry.wanted > entry.gen:
-                return Verdict.READ, None
-            if self.monotonic() - entry.confirmed > self.trust_seconds:
-                return Verdict.CHECK, None
-            self._entries.move_to_end(name)
+            verdict, entry = self._trusted(name)
+            if entry is None:
+                return verdict, None
             if now is None:
                 return Verdict.HIT, list(entry.accounts)
             return Verdict.HIT, list(entry.schedulable_at(now))
+
+    def pick(
+        self, name: str, now: datetime, exclude: Collection[int]
+    ) -> tuple[Verdict, Choice | None]:
+        """``(HIT, choice)``: the pick at ``now``, its use laid over at once (in the
+        same lock, so two threads never pick the same account for one use); else what
+        to do first, as :meth:`serve`."""
+        with self._lock:
+            verdict, entry = self._trusted(name)
+            if entry is None:
+                return verdict, None
+            chosen = entry.pick(now, exclude)
+            if chosen is None:
+                return Verdict.HIT, Choice(None, now)
+            used = use_after(chosen, now)
+            self._used({chosen.id: used})
+            return Verdict.HIT, Choice(chosen, from_ms(used))
+
+    def _trusted(self, name: str) -> tuple[Verdict, Entry | None]:
+        entry = self._entries.get(name)
+        if entry is None or entry.wanted > entry.gen:
+            return Verdict.READ, None
+        if self.monotonic() - entry.confirmed > self.trust_seconds:
+            return Verdict.CHECK, None
+        self._entries.move_to_end(name)
+        return Verdict.HIT, entry
 
     # -- what Redis said ---------------------------------------------------------------
     def stamp(self) -> Stamp | None:
@@ -159,6 +183,7 @@ class NearState:
             fresh = Entry.of(read.version, read.gen, asked_at, accounts)
             if entry is not None:
                 fresh.wanted = entry.wanted
+                fresh.succeed(entry)
                 self._forget_members(name, entry)
             self._floors.pop(name, None)
             self._entries[name] = fresh
