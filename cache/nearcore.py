@@ -18,10 +18,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from cache.base import text
-from cache.codec import from_ms
 from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
-from cache.pickindex import Choice, scan, use_after
+from cache.pickindex import Choice, scan
 
 if TYPE_CHECKING:
     from cache.nearstate import NearState
@@ -168,11 +167,7 @@ def pick(
         accounts = found
     # Racing reads kept replacing the bucket: a scan of this request's own answer.
     chosen = scan(accounts, now, exclude)
-    if chosen is None:
-        return Choice(None, now)
-    used = use_after(chosen, now)
-    state.used({chosen.id: used})
-    return Choice(chosen, from_ms(used))
+    return Choice(None, now) if chosen is None else state.note_pick(chosen, now)
 
 
 # -- the check ---------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class NearState:
         self._touch_seq: int | None = None
         self._uses: dict[int, int] = {}
         self._members: dict[int, set[str]] = {}
+        self._last_pick = 0  # ms of the latest use laid by a pick
 
     # -- looking in ------------------------------------------------------------------
     @property
@@ -130,9 +131,21 @@ class NearState:
             chosen = entry.pick(now, exclude)
             if chosen is None:
                 return Verdict.HIT, Choice(None, now)
-            used = use_after(chosen, now)
-            self._used({chosen.id: used})
-            return Verdict.HIT, Choice(chosen, from_ms(used))
+            return Verdict.HIT, self._note_pick(chosen, now)
+
+    def note_pick(self, chosen: Account, now: datetime) -> Choice:
+        """Lay the use of a pick made apart from the index (a scan)."""
+        with self._lock:
+            return self._note_pick(chosen, now)
+
+    def _note_pick(self, chosen: Account, now: datetime) -> Choice:
+        # Later than every pick before it in this process: requests that asked at the
+        # same instant, or whose threads got the lock in another order than they asked,
+        # still go round the tier one account each.
+        used = use_after(chosen, now, self._last_pick)
+        self._last_pick = used
+        self._used({chosen.id: used})
+        return Choice(chosen, from_ms(used))
 
     def _trusted(self, name: str) -> tuple[Verdict, Entry | None]:
         entry = self._entries.get(name)

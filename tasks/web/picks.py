@@ -52,14 +52,16 @@ class RecentPicks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._uses: dict[int, int] = {}
+        self._last = 0
 
     def choose(self, accounts: list[Account], now: datetime, exclude: Collection[int]) -> Choice:
         with self._lock:
             chosen = scan(accounts, now, exclude, self._uses)
             if chosen is None:
                 return Choice(None, now)
-            used = use_after(chosen, now, self._uses.get(chosen.id, 0))
-            self._uses[chosen.id] = used
+            # Later than this process's previous pick, as the near cache's picks are.
+            used = use_after(chosen, now, max(self._uses.get(chosen.id, 0), self._last))
+            self._uses[chosen.id] = self._last = used
             if len(self._uses) > RECENT_MAX:
                 self._forget(to_ms(now) - RECENT_MS)
             return Choice(chosen, from_ms(used))

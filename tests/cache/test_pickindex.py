@@ -110,7 +110,7 @@ def test_a_window_that_ends_brings_the_account_back_first() -> None:
 
 def test_picks_in_a_row_go_round_the_tier_least_recently_used_first() -> None:
     tier = [account(i, last_used_at=from_ms(to_ms(T0) + i)) for i in range(1, 6)]
-    index = PickIndex(tier + [account(9, priority=11)])
+    index = PickIndex([*tier, account(9, priority=11)])
     order = []
     for n in range(10):
         now = T0 + timedelta(seconds=n + 1)
