@@ -7,7 +7,7 @@ store alone: a web process reads with :class:`cache.reader.SnapshotReader`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self
 
@@ -177,8 +177,16 @@ class RedisSchedulerCache:
     def request_rebuild(self, bucket: SchedulerBucket) -> bool:
         return self.rebuilds.request_rebuild(bucket)
 
-    def begin_rebuild(self, bucket: SchedulerBucket, *, force: bool = False) -> int | None:
-        return self.rebuilds.begin_rebuild(bucket, force=force)
+    def begin_rebuild(
+        self, bucket: SchedulerBucket, *, force: bool = False, lease_seconds: float = 60.0
+    ) -> int | None:
+        return self.rebuilds.begin_rebuild(bucket, force=force, lease_seconds=lease_seconds)
+
+    def extend_rebuild_lease(self, bucket: SchedulerBucket, countdown: float) -> None:
+        self.rebuilds.extend_lease(bucket, countdown)
+
+    def reclaim_rebuilds(self, send: Callable[[SchedulerBucket], None]) -> int:
+        return self.rebuilds.reclaim_expired(send)
 
     def finish_rebuild(self, bucket: SchedulerBucket, generation: int) -> int:
         return self.rebuilds.finish_rebuild(bucket, generation)

@@ -44,7 +44,7 @@ from tasks.runtime import default_buckets, get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import OutboxEvent, Source
 from tasks.worker.outbox_plan import BatchPlan, missing_ids, plan_batch
-from tasks.worker.rebuild import refresh_buckets
+from tasks.worker.rebuild import reclaim_lost_rebuilds, refresh_buckets
 from tasks.worker.retry import LockLost, RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)
@@ -381,9 +381,20 @@ def poll_outbox(self: Task) -> dict[str, Any]:
             logger.error("%s; re-establishing the outbox position from the source", exc)
             poller.recover_lost_state(corrupt=exc)
             report = poller.poll(_budget(config), renew=renew)
+        resent = _reclaim(cache)
     finally:
         _unlock(cache, token)
-    return {"status": "done", **vars(report)}
+    return {"status": "done", **vars(report), "rebuilds_resent": resent}
+
+
+def _reclaim(cache: RedisSchedulerCache) -> int:
+    # Here because the poll runs every second; after the outbox, whose position has
+    # moved already: a failure here must not apply the same events again.
+    try:
+        return reclaim_lost_rebuilds(cache)
+    except Exception as exc:  # the broker's errors too: none may fail the poll
+        logger.warning("could not re-send lost rebuilds, the next poll tries again: %s", exc)
+        return 0
 
 
 def _budget(config: Settings) -> float:

@@ -126,13 +126,13 @@ def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) ->
         delay = min(BUSY_RETRY_FIRST_SECONDS * 2**self.request.retries, BUSY_RETRY_MAX_SECONDS)
         # Never counted as done: the lock holder may have read the source before the
         # change that caused this request. The lock's TTL bounds the wait.
-        raise _wait(self, delay * random.uniform(0.5, 1.0))
+        raise _wait(self, cache, parsed, delay * random.uniform(0.5, 1.0))
     try:
         wait = _too_soon(cache, parsed)
         if wait > 0:
             # Not begun: the queued flag stays set, so requests meanwhile join this run.
             cache.record_stats({stats.REBUILDS_DEFERRED: 1})
-            raise _wait(self, wait)
+            raise _wait(self, cache, parsed, wait)
         return _rebuild_locked(cache, parsed)
     finally:
         try:
@@ -141,14 +141,19 @@ def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) ->
             logger.warning("bucket %s: unlock failed, the lock expires by itself: %s", parsed, exc)
 
 
-def _wait(task: Task, countdown: float) -> Retry:
-    """A retry for a wait that is not a failure, so no retry limit applies.
+def _wait(
+    task: Task, cache: RedisSchedulerCache, bucket: SchedulerBucket, countdown: float
+) -> Retry:
+    """A retry for a wait that is not a failure, so no retry limit applies; the
+    bucket's rebuild lease is extended over the countdown, so requests meanwhile join
+    this task rather than send another.
 
     ``max_retries=None`` would not do: to Celery it means "the task's default limit",
     and a rebuild waiting for a killed worker's lock (alive for the lock TTL) would give
     up after that many short waits, leaving the bucket stale until the killed task's
     message came back (the visibility timeout, minutes).
     """
+    cache.extend_rebuild_lease(bucket, countdown)
     return task.retry(countdown=countdown, max_retries=task.request.retries + 1)
 
 
@@ -168,7 +173,9 @@ def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
 
 def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     started = time.perf_counter()
-    generation = cache.begin_rebuild(bucket)
+    # The run's lease is its lock's: killed, its requests are sent again when a new
+    # task could take the lock anyway.
+    generation = cache.begin_rebuild(bucket, lease_seconds=runtime.settings().lock_ttl_seconds)
     if generation is None:
         cache.record_stats({stats.REBUILDS_SKIPPED: 1})
         return "skipped: every request was covered by a finished rebuild"
@@ -262,3 +269,17 @@ def _requeue_if_lost(
     with suppress(CacheError):
         cache.record_stats({stats.REBUILD_REQUESTS_REQUEUED: 1})
     return True
+
+
+def reclaim_lost_rebuilds(cache: RedisSchedulerCache) -> int:
+    """Send anew the rebuild of every bucket whose lease expired with requests still
+    outstanding: its task was lost with a killed worker (reserved, or waiting for its
+    countdown). Run by every outbox poll, so a bucket is rebuilt within seconds of a
+    change that coalesced into a lost task, not after the broker's visibility timeout.
+    Returns how many were sent."""
+    sent = cache.reclaim_rebuilds(lambda bucket: send_rebuild(cache, bucket))
+    if sent:
+        logger.warning("re-sent %d rebuilds whose queued task was lost (lease expired)", sent)
+        with suppress(CacheError):
+            cache.record_stats({stats.REBUILD_REQUESTS_REQUEUED: sent})
+    return sent
