@@ -4,6 +4,7 @@ tombstones of deleted ones; the only writer of those keys and of the bucket inde
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +73,15 @@ class AccountStore:
                 )
             )
 
-    def set_account(self, account: Account) -> bool:
+    def set_account(
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+    ) -> bool:
         """Store ``account`` unless a newer revision is cached; True when stored.
 
         Every snapshot version that lists the account gets the new payload too: one
-        push per bucket whose active version changed.
+        push per bucket whose active version changed. With ``belongs`` (the buckets
+        the account belongs to now, by the caller's rules), a version of any other
+        bucket that lists it has it removed instead (readers skip it).
         """
         used = account.last_used_at
         payload, payload_digest = self._w.codec.encode(account)
@@ -104,7 +109,7 @@ class AccountStore:
             if not stored:
                 return False
             self._patcher.reach(
-                account.id, parse_index(index), str(revision), payload_digest, payload
+                account.id, parse_index(index), str(revision), payload_digest, payload, belongs
             )
         return True
 

@@ -7,7 +7,7 @@ store alone: a web process reads with :class:`cache.reader.SnapshotReader`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self
 
@@ -106,8 +106,10 @@ class RedisSchedulerCache:
     def get_account(self, account_id: int) -> Account | None:
         return self.accounts.get_account(account_id)
 
-    def set_account(self, account: Account) -> bool:
-        return self.accounts.set_account(account)
+    def set_account(
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+    ) -> bool:
+        return self.accounts.set_account(account, belongs)
 
     def delete_account(self, account_id: int, revision: int | None = None) -> bool:
         return self.accounts.delete_account(account_id, revision)

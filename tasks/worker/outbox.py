@@ -322,7 +322,8 @@ class OutboxPoller:
             if new is not None:
                 # Many events name one account; after the first, the cache has its row.
                 if old is None or new.revision is None or old.revision != new.revision:
-                    self.cache.set_account(new)
+                    # Removed, not patched, from the buckets it left.
+                    self.cache.set_account(new, account_buckets(new, rules=self.config))
             else:
                 self.cache.delete_account(account_id, tombstones.get(account_id))
             buckets |= account_buckets(old, new, groups=groups, rules=self.config)
