@@ -7,7 +7,7 @@ store alone: a web process reads with :class:`cache.reader.SnapshotReader`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -122,6 +122,9 @@ class RedisSchedulerCache:
         self, updates: Mapping[int, datetime], *, record_pending: bool = False
     ) -> int:
         return self.last_use.update_last_used(updates, record_pending=record_pending)
+
+    def last_used_of(self, account_ids: Sequence[int]) -> dict[int, datetime]:
+        return self.last_use.last_used_of(account_ids)
 
     def pending_last_used(self) -> dict[int, datetime]:
         return self.last_use.pending_last_used()
