@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # One poller at a time: two beats, or a slow poll overlapping the next tick, would
 # otherwise apply the same batch twice at once.
 POLL_LOCK = "outbox-poller"
+# See poll_lock_ttl.
+POLL_LOCK_TTL_SECONDS = 2.0
 # Gap ids are looked up in chunks, so a hole of thousands of ids (a sequence jump)
 # stays within every database's limit on bound parameters.
 GAP_LOOKUP_CHUNK = 500
@@ -320,10 +322,11 @@ class OutboxPoller:
             old = self._cached(account_id)
             new = current.get(account_id)
             if new is not None:
-                # Many events name one account; after the first, the cache has its row.
-                if old is None or new.revision is None or old.revision != new.revision:
-                    # Removed, not patched, from the buckets it left.
-                    self.cache.set_account(new, account_buckets(new, rules=self.config))
+                # Even when the cache holds this revision already: a rebuild may have
+                # stored it (patching no other bucket's versions), or a poll killed
+                # between storing and patching. Patching again changes nothing where
+                # the revision is in; removed, not patched, from the buckets it left.
+                self.cache.set_account(new, account_buckets(new, rules=self.config))
             else:
                 self.cache.delete_account(account_id, tombstones.get(account_id))
             buckets |= account_buckets(old, new, groups=groups, rules=self.config)
@@ -404,13 +407,14 @@ def _budget(config: Settings) -> float:
 
 
 def poll_lock_ttl(config: Settings) -> float:
-    """The poll lock's lifetime: the poll's budget, renewed after every batch.
+    """The poll lock's lifetime: a couple of seconds, renewed after every batch.
 
-    Not the whole lock TTL: a killed poller would stop the outbox for that long. A
-    batch that outlives it lets a second poller apply the same events again, which is
-    safe (applying is idempotent); the first one stops at its next renewal.
+    Not the poll's budget, let alone the whole lock TTL: a killed poller stops the
+    outbox for as long as its lock lives, and every change meanwhile waits. A batch that
+    outlives it lets a second poller apply the same events again, which is safe
+    (applying is idempotent); the first one stops at its next renewal.
     """
-    return max(2.0, _budget(config))
+    return min(POLL_LOCK_TTL_SECONDS, max(1.0, _budget(config)))
 
 
 def _renew(cache: RedisSchedulerCache, token: str, ttl: float) -> None:
