@@ -138,6 +138,25 @@ class AccountStore:
                 )
         return bool(deleted)
 
+    def behind(self, accounts: list[Account]) -> list[Account]:
+        """Those of ``accounts`` (read from the source) whose stored payload is of an
+        older revision: a change not applied to the store yet, nor to the snapshot
+        versions that list the account."""
+        versioned = [a for a in accounts if a.revision is not None]
+        if not versioned:
+            return []
+        k = self._w.keys
+        with redis_errors("behind", k.revisions):
+            pipe = self._w.client.pipeline(transaction=False)
+            for first in range(0, len(versioned), READ_CHUNK):
+                pipe.hmget(k.revisions, [a.id for a in versioned[first : first + READ_CHUNK]])
+            stored = [r for part in pipe.execute() for r in part]
+        return [
+            a
+            for a, rev in zip(versioned, stored, strict=True)
+            if rev is not None and float(text(rev)) < (a.revision or 0)
+        ]
+
     # -- for the snapshot writer ---------------------------------------------------------
     def take_newer(self, staged: list[Staged]) -> None:
         """The store's payload where it holds a newer revision (or a deletion)."""

@@ -111,6 +111,9 @@ class RedisSchedulerCache:
     ) -> bool:
         return self.accounts.set_account(account, belongs)
 
+    def accounts_behind(self, accounts: list[Account]) -> list[Account]:
+        return self.accounts.behind(accounts)
+
     def delete_account(self, account_id: int, revision: int | None = None) -> bool:
         return self.accounts.delete_account(account_id, revision)
 

@@ -43,8 +43,9 @@ from tasks.requests import request_rebuild
 from tasks.runtime import default_buckets, get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import OutboxEvent, Source
+from tasks.worker.leases import reclaim_lost_rebuilds
 from tasks.worker.outbox_plan import BatchPlan, missing_ids, plan_batch
-from tasks.worker.rebuild import reclaim_lost_rebuilds, refresh_buckets
+from tasks.worker.rebuild import refresh_buckets
 from tasks.worker.retry import LockLost, RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,14 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from cache import CacheError, CorruptKey, RedisSchedulerCache, SchedulerBucket, brief
+from cache import (
+    Account,
+    CacheError,
+    CorruptKey,
+    RedisSchedulerCache,
+    SchedulerBucket,
+    brief,
+)
 from tasks import buckets, runtime, stats
 from tasks.celery import app
 from tasks.requests import request_rebuild, send_rebuild
@@ -157,6 +164,15 @@ def _wait(
     return task.retry(countdown=countdown, max_retries=task.request.retries + 1)
 
 
+def _reach_first(cache: RedisSchedulerCache, accounts: list[Account]) -> None:
+    """Put the changes this read found before the outbox did into every other bucket's
+    versions, before this one activates: else a reader could see an account's new
+    revision here, then its older one (or it in a group it left) in another bucket."""
+    rules = runtime.settings()
+    for account in cache.accounts_behind(accounts):
+        cache.set_account(account, buckets.account_buckets(account, rules=rules))
+
+
 def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
     """Seconds to wait before rebuilding ``bucket`` again; 0 after a quiet spell."""
     interval = runtime.settings().rebuild_min_interval_seconds
@@ -183,6 +199,7 @@ def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     version = cache.reserve_version(bucket)
     accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
     read_ms = (time.perf_counter() - started) * 1000
+    _reach_first(cache, accounts)
     activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms)
     activated_at = time.time()
     arrived = cache.finish_rebuild(bucket, generation)
@@ -269,17 +286,3 @@ def _requeue_if_lost(
     with suppress(CacheError):
         cache.record_stats({stats.REBUILD_REQUESTS_REQUEUED: 1})
     return True
-
-
-def reclaim_lost_rebuilds(cache: RedisSchedulerCache) -> int:
-    """Send anew the rebuild of every bucket whose lease expired with requests still
-    outstanding: its task was lost with a killed worker (reserved, or waiting for its
-    countdown). Run by every outbox poll, so a bucket is rebuilt within seconds of a
-    change that coalesced into a lost task, not after the broker's visibility timeout.
-    Returns how many were sent."""
-    sent = cache.reclaim_rebuilds(lambda bucket: send_rebuild(cache, bucket))
-    if sent:
-        logger.warning("re-sent %d rebuilds whose queued task was lost (lease expired)", sent)
-        with suppress(CacheError):
-            cache.record_stats({stats.REBUILD_REQUESTS_REQUEUED: sent})
-    return sent
