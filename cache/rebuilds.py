@@ -13,6 +13,7 @@ for the next change.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from cache.base import Wiring, redis_errors
@@ -27,6 +28,13 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _now_ms() -> int:
+    # The caller's clock, not the server's (TIME): a web process may run the request
+    # script under a role allowed no command beyond what it needs. Hosts keep their
+    # clocks within milliseconds; a skew of s only moves a lease by s.
+    return round(time.time() * 1000)
+
+
 class RebuildRequests:
     """The only writer of the buckets' rebuild request state and of the lease set."""
 
@@ -38,7 +46,7 @@ class RebuildRequests:
         key = self._w.keys.rebuild_state(bucket)
         with redis_errors(f"request_rebuild {bucket}", key):
             send, deadline = self._w.scripts["request_rebuild"](
-                keys=[key], args=[REBUILD_STATE_TTL_SECONDS, _ms(REBUILD_LEASE_SECONDS)]
+                keys=[key], args=[REBUILD_STATE_TTL_SECONDS, _ms(REBUILD_LEASE_SECONDS), _now_ms()]
             )
         self._note_lease(bucket, int(deadline))
         return bool(int(send))
@@ -50,7 +58,11 @@ class RebuildRequests:
         with redis_errors(f"extend_rebuild_lease {bucket}", key):
             deadline = self._w.scripts["extend_rebuild_lease"](
                 keys=[key],
-                args=[REBUILD_STATE_TTL_SECONDS, _ms(countdown + REBUILD_LEASE_SECONDS)],
+                args=[
+                    REBUILD_STATE_TTL_SECONDS,
+                    _ms(countdown + REBUILD_LEASE_SECONDS),
+                    _now_ms(),
+                ],
             )
         self._note_lease(bucket, int(deadline))
 
@@ -70,7 +82,12 @@ class RebuildRequests:
             generation = int(
                 self._w.scripts["begin_rebuild"](
                     keys=[key],
-                    args=["1" if force else "0", REBUILD_STATE_TTL_SECONDS, _ms(lease_seconds)],
+                    args=[
+                        "1" if force else "0",
+                        REBUILD_STATE_TTL_SECONDS,
+                        _ms(lease_seconds),
+                        _now_ms(),
+                    ],
                 )
             )
         return None if generation < 0 else generation
@@ -91,7 +108,9 @@ class RebuildRequests:
         many were sent. The caller of ``send`` holds the new lease."""
         leases = self._w.keys.rebuild_leases
         with redis_errors("due_rebuild_leases", leases):
-            due = self._w.scripts["due_rebuild_leases"](keys=[leases], args=[RECLAIM_CHUNK])
+            due = self._w.scripts["due_rebuild_leases"](
+                keys=[leases], args=[RECLAIM_CHUNK, _now_ms()]
+            )
         sent = 0
         for raw, seen in zip(due[::2], due[1::2], strict=True):
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -104,7 +123,8 @@ class RebuildRequests:
             key = self._w.keys.rebuild_state(bucket)
             with redis_errors(f"reclaim_rebuild {bucket}", key):
                 verdict, deadline = self._w.scripts["reclaim_rebuild"](
-                    keys=[key], args=[REBUILD_STATE_TTL_SECONDS, _ms(REBUILD_LEASE_SECONDS)]
+                    keys=[key],
+                    args=[REBUILD_STATE_TTL_SECONDS, _ms(REBUILD_LEASE_SECONDS), _now_ms()],
                 )
             if int(verdict) < 0:
                 self._release(name, float(seen))

@@ -40,8 +40,3 @@ local function announce(meta, channel, bucket, version)
   return gen
 end
 
--- The server's clock in ms: the one clock every caller of a lease agrees on.
-local function now_ms()
-  local time = redis.call('TIME')
-  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-end

@@ -3,13 +3,14 @@
 -- KEYS[1] - the bucket's rebuild state hash
 -- ARGV[1] - seconds to keep the state
 -- ARGV[2] - lease of a task enqueued now, in ms
+-- ARGV[3] - the caller's clock, ms since the epoch
 -- returns {1, deadline}: enqueue a task (the caller holds the lease until deadline);
 --         {0, deadline}: a queued task or a run holds a lease until deadline;
 --         {-1, 0}: every request is covered by a finished run (nothing to do)
 local ttl = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
 
-local now = now_ms()
 local requested = tonumber(redis.call('HGET', KEYS[1], 'req') or '0') or 0
 local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '-1') or -1
 if requested <= done then

@@ -4,12 +4,13 @@
 --           finished run, running: the lease deadline of the run in progress)
 -- ARGV[1] - seconds to keep the state of a bucket nobody asks about
 -- ARGV[2] - lease of a task enqueued now, in ms
+-- ARGV[3] - the caller's clock, ms since the epoch
 -- returns {1, deadline} when the caller must enqueue a rebuild (it holds the lease until
 -- deadline), {0, deadline} when a task whose lease runs until deadline is queued
 local ttl = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
 
-local now = now_ms()
 redis.call('HINCRBY', KEYS[1], 'req', 1)
 redis.call('EXPIRE', KEYS[1], ttl)
 -- A lease, not a flag: a task lost with the worker that held it (reserved, or waiting

@@ -8,8 +8,8 @@ import pytest
 
 from cache.scripts import PRELUDE, SCRIPT_NAMES, load_source
 
-# Commands whose first argument is not a key (TIME has none).
-NOT_KEYED = {"PUBLISH", "TIME"}
+# Commands whose first argument is not a key.
+NOT_KEYED = {"PUBLISH"}
 # Commands whose every argument is a key.
 ALL_KEYS = {"DEL", "UNLINK", "EXISTS"}
 CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*(?:,\s*([^,)]+(?:\([^)]*\))?))?([^)]*)\)")
