@@ -39,4 +39,3 @@ local function announce(meta, channel, bucket, version)
   redis.call('PUBLISH', channel, bucket .. ' ' .. version .. ' ' .. gen)
   return gen
 end
-
