@@ -1,9 +1,10 @@
-"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway]``: benchmark suites (all
-by default).
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick]``: benchmark
+suites (all by default).
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
-gateway suite its own Redis and uvicorn processes, loaded by wrk.
+gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
+Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SUITES = {
     "outbox": "benchmarks.tasks_outbox_bench",
     "cluster": "benchmarks.cluster_bench",
     "gateway": "benchmarks.gateway_bench",
+    "pick": "benchmarks.pick_bench",
 }
 
 

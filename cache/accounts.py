@@ -4,6 +4,7 @@ tombstones of deleted ones; the only writer of those keys and of the bucket inde
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +73,15 @@ class AccountStore:
                 )
             )
 
-    def set_account(self, account: Account) -> bool:
+    def set_account(
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+    ) -> bool:
         """Store ``account`` unless a newer revision is cached; True when stored.
 
         Every snapshot version that lists the account gets the new payload too: one
-        push per bucket whose active version changed.
+        push per bucket whose active version changed. With ``belongs`` (the buckets
+        the account belongs to now, by the caller's rules), a version of any other
+        bucket that lists it has it removed instead (readers skip it).
         """
         used = account.last_used_at
         payload, payload_digest = self._w.codec.encode(account)
@@ -104,7 +109,7 @@ class AccountStore:
             if not stored:
                 return False
             self._patcher.reach(
-                account.id, parse_index(index), str(revision), payload_digest, payload
+                account.id, parse_index(index), str(revision), payload_digest, payload, belongs
             )
         return True
 
@@ -132,6 +137,25 @@ class AccountStore:
                     account_id, parse_index(index), text(tombstone or b""), DELETED, b""
                 )
         return bool(deleted)
+
+    def behind(self, accounts: list[Account]) -> list[Account]:
+        """Those of ``accounts`` (read from the source) whose stored payload is of an
+        older revision: a change not applied to the store yet, nor to the snapshot
+        versions that list the account."""
+        versioned = [a for a in accounts if a.revision is not None]
+        if not versioned:
+            return []
+        k = self._w.keys
+        with redis_errors("behind", k.revisions):
+            pipe = self._w.client.pipeline(transaction=False)
+            for first in range(0, len(versioned), READ_CHUNK):
+                pipe.hmget(k.revisions, [a.id for a in versioned[first : first + READ_CHUNK]])
+            stored = [r for part in pipe.execute() for r in part]
+        return [
+            a
+            for a, rev in zip(versioned, stored, strict=True)
+            if rev is not None and float(text(rev)) < (a.revision or 0)
+        ]
 
     # -- for the snapshot writer ---------------------------------------------------------
     def take_newer(self, staged: list[Staged]) -> None:

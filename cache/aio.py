@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -23,8 +23,20 @@ from cache.connect import connect_async
 from cache.errors import CacheError
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS, KeySpace
 from cache.models import Account, SchedulerBucket
-from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, hit, serve
+from cache.nearcore import (
+    RETRY_SECONDS,
+    Backstop,
+    ReadBucket,
+    Request,
+    Steps,
+    check,
+    hit,
+    pick,
+    picked,
+    serve,
+)
 from cache.nearstate import NearState
+from cache.pickindex import Choice
 from cache.reader import MOVED_ATTEMPTS, READ_ATTEMPTS
 from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
 from cache.scripts import Scripts
@@ -165,6 +177,19 @@ class AsyncNearCache:
     async def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
         """As :meth:`cache.near.NearCache.get_snapshot`."""
         return await self._get(bucket, None) or None
+
+    async def pick(
+        self, bucket: SchedulerBucket, now: datetime, exclude: Collection[int] = ()
+    ) -> Choice | None:
+        """As :meth:`cache.near.NearCache.pick`."""
+        self._ensure_started()
+        choice = picked(self.state, str(bucket), now, exclude)
+        if choice is not None:
+            return choice
+        result: Choice | None = await self._drive(
+            pick(self.state, self.reader.keys, bucket, now, exclude, self.monotonic)
+        )
+        return result
 
     def note_last_used(self, updates: Mapping[int, datetime]) -> None:
         """As :meth:`cache.near.NearCache.note_last_used`."""

@@ -7,7 +7,7 @@ store alone: a web process reads with :class:`cache.reader.SnapshotReader`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -106,8 +106,13 @@ class RedisSchedulerCache:
     def get_account(self, account_id: int) -> Account | None:
         return self.accounts.get_account(account_id)
 
-    def set_account(self, account: Account) -> bool:
-        return self.accounts.set_account(account)
+    def set_account(
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+    ) -> bool:
+        return self.accounts.set_account(account, belongs)
+
+    def accounts_behind(self, accounts: list[Account]) -> list[Account]:
+        return self.accounts.behind(accounts)
 
     def delete_account(self, account_id: int, revision: int | None = None) -> bool:
         return self.accounts.delete_account(account_id, revision)
@@ -120,6 +125,9 @@ class RedisSchedulerCache:
         self, updates: Mapping[int, datetime], *, record_pending: bool = False
     ) -> int:
         return self.last_use.update_last_used(updates, record_pending=record_pending)
+
+    def last_used_of(self, account_ids: Sequence[int]) -> dict[int, datetime]:
+        return self.last_use.last_used_of(account_ids)
 
     def pending_last_used(self) -> dict[int, datetime]:
         return self.last_use.pending_last_used()
@@ -177,8 +185,16 @@ class RedisSchedulerCache:
     def request_rebuild(self, bucket: SchedulerBucket) -> bool:
         return self.rebuilds.request_rebuild(bucket)
 
-    def begin_rebuild(self, bucket: SchedulerBucket, *, force: bool = False) -> int | None:
-        return self.rebuilds.begin_rebuild(bucket, force=force)
+    def begin_rebuild(
+        self, bucket: SchedulerBucket, *, force: bool = False, lease_seconds: float = 60.0
+    ) -> int | None:
+        return self.rebuilds.begin_rebuild(bucket, force=force, lease_seconds=lease_seconds)
+
+    def extend_rebuild_lease(self, bucket: SchedulerBucket, countdown: float) -> None:
+        self.rebuilds.extend_lease(bucket, countdown)
+
+    def reclaim_rebuilds(self, send: Callable[[SchedulerBucket], None]) -> int:
+        return self.rebuilds.reclaim_expired(send)
 
     def finish_rebuild(self, bucket: SchedulerBucket, generation: int) -> int:
         return self.rebuilds.finish_rebuild(bucket, generation)

@@ -28,6 +28,12 @@ STAGE_TTL_SECONDS = 120
 # The rebuild request counters of a bucket nobody asked about for a day are dropped;
 # a request after that starts from zero, which only costs one rebuild.
 REBUILD_STATE_TTL_SECONDS = 86_400
+# A queued rebuild task coalesces requests for this long (plus any countdown it waits
+# for): a task lost with a killed worker (reserved, or waiting for its ETA) holds its
+# bucket's requests no longer, instead of until the broker's visibility timeout. Short,
+# so that the outbox poll (every second) re-sends it within seconds of a change; a
+# task merely slow to start costs one duplicate, which skips.
+REBUILD_LEASE_SECONDS = 2.0
 # Accounts per script call or command when a snapshot is written or read: about a
 # millisecond of server time each, so no call blocks other clients for long at any
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
@@ -119,7 +125,8 @@ class KeySpace:
         return self._join("lock", name)
 
     def rebuild_state(self, bucket: SchedulerBucket) -> str:
-        """Hash: rebuild request counter, queued flag, generation of the last rebuild."""
+        """Hash: rebuild request counter, lease deadlines of the queued task and of the
+        run in progress, generation of the last rebuild."""
         return self._bucket(bucket, "rebuild")
 
     # -- shared, all under one hash tag ----------------------------------------------
@@ -149,6 +156,14 @@ class KeySpace:
         at a cost that grows with those snapshots, not with the registry; an entry
         whose version no longer lists the account is dropped by the next change."""
         return self._shared("acc_in", str(account_id))
+
+    @property
+    def rebuild_leases(self) -> str:
+        """Sorted set: bucket -> deadline (ms) of its latest rebuild lease; what the
+        outbox poll looks at to re-send a lost rebuild, at a cost that grows with the
+        expired leases. Named like a bucket's rebuild state, so whoever may request a
+        rebuild may write it."""
+        return self._shared("rebuild")
 
     @property
     def last_used(self) -> str:

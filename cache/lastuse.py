@@ -5,7 +5,7 @@ a time forward, with the same rule, when an account arrives with one)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +65,14 @@ class LastUseStore:
         if len(sent) + len(fresh) > DECODED_ACCOUNTS_MAX:
             sent.clear()
         sent.update(fresh)
+
+    def last_used_of(self, account_ids: Sequence[int]) -> dict[int, datetime]:
+        """The cached last use of each of ``account_ids`` that has one."""
+        if not account_ids:
+            return {}
+        with redis_errors("last_used_of", self._w.keys.last_used):
+            held = self._w.client.hmget(self._w.keys.last_used, [str(i) for i in account_ids])
+        return {i: from_ms(ms) for i, ms in zip(account_ids, held, strict=True) if ms}
 
     def pending_last_used(self) -> dict[int, datetime]:
         """Last-use times not yet acknowledged as written to the source database.

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -36,8 +36,20 @@ from cache.client import RedisSchedulerCache
 from cache.errors import CacheError
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS
 from cache.models import Account, SchedulerBucket
-from cache.nearcore import RETRY_SECONDS, Backstop, ReadBucket, Request, Steps, check, hit, serve
+from cache.nearcore import (
+    RETRY_SECONDS,
+    Backstop,
+    ReadBucket,
+    Request,
+    Steps,
+    check,
+    hit,
+    pick,
+    picked,
+    serve,
+)
 from cache.nearstate import NearState
+from cache.pickindex import Choice
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +94,22 @@ class NearCache:
         """As :meth:`RedisSchedulerCache.get_snapshot` (every candidate, None for an
         empty snapshot), served from memory while trusted."""
         return self._get(bucket, None) or None
+
+    def pick(
+        self, bucket: SchedulerBucket, now: datetime, exclude: Collection[int] = ()
+    ) -> Choice | None:
+        """The account to send a request through at ``now``: the bucket's first
+        schedulable account in pick order (:mod:`cache.pickindex`) not in ``exclude``,
+        its use laid over at once; ``Choice(None, now)`` when none is left, None on a
+        miss. Served from the held index while the bucket is trusted."""
+        self._ensure_started()
+        choice = picked(self.state, str(bucket), now, exclude)
+        if choice is not None:
+            return choice
+        result: Choice | None = self._drive(
+            pick(self.state, self.cache.keys, bucket, now, exclude, self.monotonic)
+        )
+        return result
 
     def note_last_used(self, updates: Mapping[int, datetime]) -> None:
         """This process's own touches, visible to its reads at once (send them to Redis

@@ -11,7 +11,7 @@ how often to retry, and how long to wait all live here and in :mod:`cache.nearst
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cache.base import text
 from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
+from cache.pickindex import Choice, scan
 
 if TYPE_CHECKING:
     from cache.nearstate import NearState
@@ -135,6 +136,38 @@ def read_bucket(
         return None
     state.install(read, asked_at, stamp)
     return read.accounts
+
+
+# -- a pick ----------------------------------------------------------------------------
+def picked(state: NearState, name: str, now: datetime, exclude: Collection[int]) -> Choice | None:
+    """The pick from memory when ``name`` is trusted, else None (then :func:`pick`)."""
+    verdict, choice = state.pick(name, now, exclude)
+    return choice if verdict is Verdict.HIT else None
+
+
+def pick(
+    state: NearState,
+    keys: KeySpace,
+    bucket: SchedulerBucket,
+    now: datetime,
+    exclude: Collection[int],
+    clock: Callable[[], float],
+) -> Steps:
+    """The pick of ``bucket`` at ``now`` from its held index, the bucket read first
+    when it is not trusted; None on a miss."""
+    name = str(bucket)
+    accounts: list[Account] = []
+    for _ in range(SERVE_ATTEMPTS):
+        choice = picked(state, name, now, exclude)
+        if choice is not None:
+            return choice
+        found = yield from serve(state, keys, bucket, now, clock)
+        if found is None:
+            return None
+        accounts = found
+    # Racing reads kept replacing the bucket: a scan of this request's own answer.
+    chosen = scan(accounts, now, exclude)
+    return Choice(None, now) if chosen is None else state.note_pick(chosen, now)
 
 
 # -- the check ---------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from cache.codec import with_last_used
 from cache.models import Account
+from cache.pickindex import PickIndex
 
 
 def _boundaries(account: Account) -> Iterable[datetime | None]:
@@ -33,6 +34,9 @@ class Entry:
     valid_until: datetime | None = None
     schedulable: list[Account] = field(default_factory=list)
     schedulable_positions: dict[int, int] = field(default_factory=dict)
+    # The pick order, built on the first pick and carried to the entry that replaces
+    # this one, so a bucket only listed pays nothing for it.
+    index: PickIndex | None = None
 
     @classmethod
     def of(cls, version: int, gen: int, confirmed: float, accounts: list[Account]) -> Entry:
@@ -59,6 +63,20 @@ class Entry:
         n = self.positions[account_id]
         account = with_last_used(self.accounts[n], used)
         self.accounts[n] = account
+        if self.index is not None:
+            self.index.put(account)
         k = self.schedulable_positions.get(account_id)
         if k is not None and self.schedulable[k].id == account_id:
             self.schedulable[k] = account
+
+    def pick(self, now: datetime, exclude: Collection[int]) -> Account | None:
+        """The first account in pick order schedulable at ``now`` and not excluded."""
+        if self.index is None:
+            self.index = PickIndex(self.accounts)
+        return self.index.pick(now, exclude)
+
+    def succeed(self, older: Entry) -> None:
+        """Take over ``older``'s pick order, moving only the accounts that changed."""
+        if older.index is not None:
+            self.index = older.index
+            self.index.refresh(self.accounts)

@@ -28,14 +28,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
-from cache.codec import to_ms, with_last_used
+from cache.codec import from_ms, to_ms, with_last_used
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
 from cache.nearcore import Stamp, Verdict
 from cache.nearentry import Entry
+from cache.pickindex import Choice, use_after
 from cache.reads import SnapshotRead
 
 NEVER = float("-inf")
@@ -87,6 +88,7 @@ class NearState:
         self._touch_seq: int | None = None
         self._uses: dict[int, int] = {}
         self._members: dict[int, set[str]] = {}
+        self._last_pick = 0  # ms of the latest use laid by a pick
 
     # -- looking in ------------------------------------------------------------------
     @property
@@ -109,15 +111,50 @@ class NearState:
         """``(HIT, accounts)``, or what to do first: CHECK (confirm the gen) or READ.
         Without ``now`` the hit is every account, else the schedulable."""
         with self._lock:
-            entry = self._entries.get(name)
-            if entry is None or entry.wanted > entry.gen:
-                return Verdict.READ, None
-            if self.monotonic() - entry.confirmed > self.trust_seconds:
-                return Verdict.CHECK, None
-            self._entries.move_to_end(name)
+            verdict, entry = self._trusted(name)
+            if entry is None:
+                return verdict, None
             if now is None:
                 return Verdict.HIT, list(entry.accounts)
             return Verdict.HIT, list(entry.schedulable_at(now))
+
+    def pick(
+        self, name: str, now: datetime, exclude: Collection[int]
+    ) -> tuple[Verdict, Choice | None]:
+        """``(HIT, choice)``: the pick at ``now``, its use laid over at once (in the
+        same lock, so two threads never pick the same account for one use); else what
+        to do first, as :meth:`serve`."""
+        with self._lock:
+            verdict, entry = self._trusted(name)
+            if entry is None:
+                return verdict, None
+            chosen = entry.pick(now, exclude)
+            if chosen is None:
+                return Verdict.HIT, Choice(None, now)
+            return Verdict.HIT, self._note_pick(chosen, now)
+
+    def note_pick(self, chosen: Account, now: datetime) -> Choice:
+        """Lay the use of a pick made apart from the index (a scan)."""
+        with self._lock:
+            return self._note_pick(chosen, now)
+
+    def _note_pick(self, chosen: Account, now: datetime) -> Choice:
+        # Later than every pick before it in this process: requests that asked at the
+        # same instant, or whose threads got the lock in another order than they asked,
+        # still go round the tier one account each.
+        used = use_after(chosen, now, self._last_pick)
+        self._last_pick = used
+        self._used({chosen.id: used})
+        return Choice(chosen, from_ms(used))
+
+    def _trusted(self, name: str) -> tuple[Verdict, Entry | None]:
+        entry = self._entries.get(name)
+        if entry is None or entry.wanted > entry.gen:
+            return Verdict.READ, None
+        if self.monotonic() - entry.confirmed > self.trust_seconds:
+            return Verdict.CHECK, None
+        self._entries.move_to_end(name)
+        return Verdict.HIT, entry
 
     # -- what Redis said ---------------------------------------------------------------
     def stamp(self) -> Stamp | None:
@@ -159,6 +196,7 @@ class NearState:
             fresh = Entry.of(read.version, read.gen, asked_at, accounts)
             if entry is not None:
                 fresh.wanted = entry.wanted
+                fresh.succeed(entry)
                 self._forget_members(name, entry)
             self._floors.pop(name, None)
             self._entries[name] = fresh

@@ -9,17 +9,24 @@ indexed after it picks the change up from the store by itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from cache.base import Wiring, text
 from cache.models import SchedulerBucket
 from cache.replies import Patch
 
-# What a version's entry holds for an account that has no payload (deleted).
+# What a version's entry holds for an account that has no payload (deleted, or removed
+# from a bucket it no longer belongs to); readers skip such an entry.
 DELETED = "-"
+# A removal from a bucket is noted at the changed revision plus this: above the payload
+# of that revision (which must not come back into a bucket it is not in), below the next
+# revision (which may, when it belongs there again), and apart from a deletion's x.5.
+REMOVED_STEP = 0.25
 
 Target = tuple[SchedulerBucket, int]
+# What a version's entry becomes: revision, digest, payload.
+Content = tuple[str, str, bytes]
 
 
 def parse_index(flat: list[bytes]) -> dict[SchedulerBucket, int]:
@@ -60,15 +67,28 @@ class AccountPatcher:
         revision: str,
         digest: str,
         payload: bytes,
+        belongs: Collection[SchedulerBucket] | None = None,
     ) -> None:
         """Put the account's new payload (or deletion: ``digest`` ``-``) into each indexed
         version and the active version of each indexed bucket; one push per bucket whose
         active version changed. Entries naming a version that no longer lists the account
-        are corrected, unless a writer indexed a newer version meanwhile."""
+        are corrected, unless a writer indexed a newer version meanwhile.
+
+        With ``belongs`` (the buckets the account belongs to at this revision), a bucket
+        outside it gets a removal instead of the payload: a version must never serve an
+        account with a membership that excludes the bucket read. (Adding the account to
+        a bucket that does not list it yet takes a rebuild.)"""
         targets = list(index.items())
         if not targets:
             return
-        replies = self._patch(account_id, targets, revision, digest, payload)
+        removed: Content = (_removal(revision), DELETED, b"")
+        content = {
+            bucket: (revision, digest, payload)
+            if belongs is None or bucket in belongs or digest == DELETED
+            else removed
+            for bucket, _ in targets
+        }
+        replies = self._patch(account_id, targets, content)
         follow = [
             (bucket, int(active))
             for (bucket, version), (_, active) in zip(targets, replies, strict=True)
@@ -76,7 +96,7 @@ class AccountPatcher:
         ]
         listed_active: dict[SchedulerBucket, bool] = {}
         if follow:
-            again = self._patch(account_id, follow, revision, digest, payload)
+            again = self._patch(account_id, follow, content)
             listed_active = {
                 target[0]: int(status) != Patch.NOT_LISTED
                 for target, (status, _) in zip(follow, again, strict=True)
@@ -95,16 +115,21 @@ class AccountPatcher:
         self,
         account_id: int,
         targets: list[Target],
-        revision: str,
-        digest: str,
-        payload: bytes,
+        content: Mapping[SchedulerBucket, Content],
     ) -> list[list[Any]]:
         k = self._w.keys
         calls: list[tuple[list[str], list[Any]]] = [
             (
                 [k.meta(bucket), k.payloads(bucket, version), k.entries(bucket, version)],
-                [version, account_id, revision, digest, payload, k.changes_channel, str(bucket)],
+                [version, account_id, *content[bucket], k.changes_channel, str(bucket)],
             )
             for bucket, version in targets
         ]
         return self._w.run("patch_account", calls)
+
+
+def _removal(revision: str) -> str:
+    """The revision a removal is noted at; '' (whatever the version holds, marked as a
+    deletion) when the account has none."""
+    number = float(revision) if revision else -1.0
+    return "" if number < 0 else repr(number + REMOVED_STEP)

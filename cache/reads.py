@@ -30,6 +30,10 @@ from cache.models import Account, SchedulerBucket
 
 logger = logging.getLogger(__name__)
 
+# How an entry without a payload begins (cache.patches.DELETED): a deleted account, or
+# one removed from the bucket.
+REMOVED = b"-/"
+
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRead:
@@ -154,6 +158,8 @@ class ReadPlan:
         held = self.codec.held
         self._need = []
         for i, entry in zip(self.ids, self.entries, strict=True):
+            if entry is not None and entry.startswith(REMOVED):
+                continue  # deleted, or removed from this bucket: skipped, no payload
             account = None if entry is None else held(int(i), entry)
             if account is None:
                 self._need.append(i)
@@ -176,9 +182,14 @@ class ReadPlan:
         uses = [u for part in use_replies for u in part]
         decode = self.codec.decode
         accounts: list[Account] = []
+        uses_ms: list[int] = []
         for i, entry, used in zip(self.ids, self.entries, uses, strict=True):
+            if entry is not None and entry.startswith(REMOVED):
+                # Deleted, or moved out of this bucket, since the version was written:
+                # the version is still right about every other account, so not a miss.
+                continue
             payload = fetched.get(i)
-            if entry is None or entry.startswith(b"-/") or (i in fetched and payload is None):
+            if entry is None or (i in fetched and payload is None):
                 logger.info(
                     "snapshot miss for %s v%s: account %s has no payload",
                     self.bucket,
@@ -188,9 +199,9 @@ class ReadPlan:
                 return None
             try:
                 account = decode(int(i), payload and raw(payload), used, entry, self._held.get(i))
-                accounts.append(account)
             except CorruptPayload as exc:
                 logger.warning("snapshot miss for %s v%s: %s", self.bucket, self.version, exc)
                 return None
-        uses_ms = [int(u) if u else 0 for u in uses]
+            accounts.append(account)
+            uses_ms.append(int(used) if used else 0)
         return SnapshotRead(self.bucket, self.version, self.gen, accounts, uses_ms)

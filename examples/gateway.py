@@ -6,12 +6,13 @@ It reads the system `sched run` (`make run`) runs, found as `sched` finds it (it
 .run/system.json), or the servers of SCHED_REDIS_URL and SCHED_DATABASE_URL, with a
 worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
 
-- ``GET /pick?group=0&platform=openai[&force=true]``: the least recently used
-  schedulable account of the best priority, from the bucket's snapshot (held in the
-  process's near cache while Redis confirms it; no database read), awaited without
-  blocking the event loop; the touch is recorded with ``record_last_used`` (batched, no Celery
-  message per request). 400 for a platform not in ``SCHED_PLATFORMS``, 503 when the
-  bucket has no schedulable account.
+- ``GET /pick?group=0&platform=openai[&force=true][&exclude=7&exclude=9]``: the least
+  recently used schedulable account of the best priority, by ``pick_async`` from the
+  index the process's near cache keeps of the bucket (no database read, no scan),
+  awaited without blocking the event loop; the use is recorded on the way (batched, no
+  Celery message per request). ``exclude``: accounts this request already tried. 400 for
+  a platform not in ``SCHED_PLATFORMS``, 503 when the bucket has no schedulable account
+  left.
 - ``GET /healthz``: 200 when Redis answers, else 503 with a one-line JSON reason.
 - ``POST /admin/accounts/{id}``: an example of an admin hook, not an admin API: change an
   account's status, admin switch, priority or rate limit in the database, then enqueue
@@ -23,19 +24,18 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cache import Account, InvalidBucket
-from tasks import list_schedulable_async, record_last_used, request_rebuild, runtime
+from cache import InvalidBucket
+from tasks import pick_async, request_rebuild, runtime
 from tasks.buckets import account_buckets, bucket_for, check_platform
 from tasks.ops.errors import one_line, scrub
 from tasks.ops.reach import use_running_system
@@ -43,49 +43,6 @@ from tasks.source import SqlWriter
 from tasks.web import aio
 
 logger = logging.getLogger(__name__)
-
-EPOCH = datetime.min.replace(tzinfo=UTC)
-# Own picks are remembered until the cache surely has them (touches are flushed about
-# every half second); then the cache's time is as new and the entry can go.
-LOCAL_MEMORY = timedelta(seconds=10)
-
-
-class LeastRecentlyUsed:
-    """Picks the least recently used account of the best priority.
-
-    Touches reach the cache in batches, so requests served by this process within one
-    flush would all see the same least-recently-used account; the picker merges its
-    own recent picks with the cache's times to spread them at once. Other processes
-    see them after the next flush.
-    """
-
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._picked: dict[int, datetime] = {}
-        self._last = EPOCH
-
-    def pick(self, accounts: Sequence[Account]) -> tuple[Account, datetime] | None:
-        """The account to use and the time of this use; None when there is none."""
-        if not accounts:
-            return None
-        with self._lock:
-            best = min(account.priority for account in accounts)
-            tier = [account for account in accounts if account.priority == best]
-            chosen = min(tier, key=lambda a: (self._used(a), a.id))
-            # Strictly increasing, so two picks in one clock tick still order.
-            now = max(self._clock(), self._last + timedelta(microseconds=1))
-            self._last = now
-            self._picked[chosen.id] = now
-            if len(self._picked) > 10_000:
-                self._forget(now - LOCAL_MEMORY)
-            return chosen, now
-
-    def _used(self, account: Account) -> datetime:
-        return max(account.last_used_at or EPOCH, self._picked.get(account.id, EPOCH))
-
-    def _forget(self, before: datetime) -> None:
-        self._picked = {k: v for k, v in self._picked.items() if v >= before}
 
 
 class Picked(BaseModel):
@@ -144,7 +101,6 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="sched gateway example", lifespan=lifespan)
-picker = LeastRecentlyUsed()
 
 
 @app.get("/healthz", response_model=None)
@@ -162,20 +118,18 @@ async def pick(
     group: int = Query(ge=0, description="group id, 0 for accounts in no group"),
     platform: str = Query(min_length=1, max_length=64),
     force: bool = False,
+    exclude: Annotated[list[int] | None, Query(max_length=100)] = None,
 ) -> Picked:
     try:
         # An unknown platform is the caller's mistake, not an outage: 400, naming the
         # configured ones (UnknownPlatform is an InvalidBucket).
         check_platform(platform, runtime.settings())
-        accounts = await list_schedulable_async(group, platform, has_force=force)
+        account = await pick_async(group, platform, has_force=force, exclude=exclude or ())
     except InvalidBucket as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
-    chosen = picker.pick(accounts)
-    if chosen is None:
+    if account is None:
         detail = f"no schedulable {platform} account in group {group}"
         raise HTTPException(status_code=503, detail=detail)
-    account, used_at = chosen
-    record_last_used(account.id, used_at)
     return Picked(
         id=account.id,
         name=account.name,

@@ -2,7 +2,7 @@
 
 ``celery -A tasks worker`` and ``celery -A tasks beat`` find :data:`app` here; web apps
 use ``from tasks import list_schedulable, record_last_used, request_rebuild`` (asyncio
-apps ``list_schedulable_async``).
+apps ``list_schedulable_async``), and ``pick`` / ``pick_async`` for the account to use.
 
 The names load on first use, so that importing a part that needs no Celery (the source
 package, the bucket rules, the settings) does not build the Celery app.
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from tasks.web import (
         list_schedulable,
         list_schedulable_async,
+        pick,
+        pick_async,
         record_last_used,
         request_rebuild,
     )
@@ -25,6 +27,8 @@ __all__ = [
     "app",
     "list_schedulable",
     "list_schedulable_async",
+    "pick",
+    "pick_async",
     "record_last_used",
     "request_rebuild",
 ]
@@ -33,6 +37,8 @@ _HOMES = {
     "app": "tasks.celery",
     "list_schedulable": "tasks.web",
     "list_schedulable_async": "tasks.web",
+    "pick": "tasks.web",
+    "pick_async": "tasks.web",
     "record_last_used": "tasks.web",
     "request_rebuild": "tasks.web",
 }

@@ -10,6 +10,7 @@ local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '-1')
 if covered > done then
   redis.call('HSET', KEYS[1], 'done', covered)
 end
+redis.call('HDEL', KEYS[1], 'running')
 redis.call('EXPIRE', KEYS[1], ttl)
 local requested = tonumber(redis.call('HGET', KEYS[1], 'req') or '0')
 return math.max(requested - covered, 0)

@@ -109,6 +109,11 @@ class LastUsedBatcher:
         with self._lock:
             return len(self._batch)
 
+    def held(self) -> dict[int, datetime]:
+        """The touches not sent yet (the latest per account)."""
+        with self._lock:
+            return dict(self._batch)
+
     def touch(self, account_id: int, at: datetime | None = None) -> None:
         """Note that ``account_id`` was used at ``at`` (default: now)."""
         if not isinstance(account_id, int):

@@ -35,6 +35,7 @@ from tasks import runtime, stats
 from tasks.buckets import bucket_for, check_platform
 from tasks.settings import Settings
 from tasks.web.groups import KnownGroups
+from tasks.web.last_used import default_batcher, keep_latest
 from tasks.web.requests import request_rebuild
 
 logger = logging.getLogger(__name__)
@@ -130,10 +131,30 @@ def list_schedulable(
             if snapshot is not None:
                 return schedulable(snapshot, now)
     except CacheUnavailable as exc:
-        return schedulable(on_unavailable(bucket, s, exc), now)
+        return schedulable(latest_uses(None, on_unavailable(bucket, s, exc)), now)
     except CorruptKey as exc:
-        return schedulable(on_corrupt_key(cache, bucket, s, exc), now)
-    return schedulable(on_miss(cache, bucket, s), now)
+        return schedulable(latest_uses(cache, on_corrupt_key(cache, bucket, s, exc)), now)
+    return schedulable(latest_uses(cache, on_miss(cache, bucket, s)), now)
+
+
+def latest_uses(cache: RedisSchedulerCache | None, accounts: list[Account]) -> list[Account]:
+    """``accounts`` read from the source, each with the latest last use known here: the
+    source's lags Redis's by up to the flush interval, so answering with it alone would
+    show a reader last use going back between a cached read and a fallback."""
+    if not accounts:
+        return accounts
+    latest: dict[int, datetime] = {}
+    if cache is not None:
+        with suppress(CacheError):
+            latest = cache.last_used_of([a.id for a in accounts])
+    keep_latest(latest, default_batcher().held())
+    return [_used_at(account, latest.get(account.id)) for account in accounts]
+
+
+def _used_at(account: Account, latest: datetime | None) -> Account:
+    if latest is None or (account.last_used_at is not None and account.last_used_at >= latest):
+        return account
+    return account.model_copy(update={"last_used_at": latest})
 
 
 def resolve(

@@ -43,6 +43,7 @@ from tasks.requests import request_rebuild
 from tasks.runtime import default_buckets, get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import OutboxEvent, Source
+from tasks.worker.leases import reclaim_lost_rebuilds
 from tasks.worker.outbox_plan import BatchPlan, missing_ids, plan_batch
 from tasks.worker.rebuild import refresh_buckets
 from tasks.worker.retry import LockLost, RetryingTask, is_transient
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 # One poller at a time: two beats, or a slow poll overlapping the next tick, would
 # otherwise apply the same batch twice at once.
 POLL_LOCK = "outbox-poller"
+# See poll_lock_ttl.
+POLL_LOCK_TTL_SECONDS = 2.0
 # Gap ids are looked up in chunks, so a hole of thousands of ids (a sequence jump)
 # stays within every database's limit on bound parameters.
 GAP_LOOKUP_CHUNK = 500
@@ -320,9 +323,11 @@ class OutboxPoller:
             old = self._cached(account_id)
             new = current.get(account_id)
             if new is not None:
-                # Many events name one account; after the first, the cache has its row.
-                if old is None or new.revision is None or old.revision != new.revision:
-                    self.cache.set_account(new)
+                # Even when the cache holds this revision already: a rebuild may have
+                # stored it (patching no other bucket's versions), or a poll killed
+                # between storing and patching. Patching again changes nothing where
+                # the revision is in; removed, not patched, from the buckets it left.
+                self.cache.set_account(new, account_buckets(new, rules=self.config))
             else:
                 self.cache.delete_account(account_id, tombstones.get(account_id))
             buckets |= account_buckets(old, new, groups=groups, rules=self.config)
@@ -381,9 +386,20 @@ def poll_outbox(self: Task) -> dict[str, Any]:
             logger.error("%s; re-establishing the outbox position from the source", exc)
             poller.recover_lost_state(corrupt=exc)
             report = poller.poll(_budget(config), renew=renew)
+        resent = _reclaim(cache)
     finally:
         _unlock(cache, token)
-    return {"status": "done", **vars(report)}
+    return {"status": "done", **vars(report), "rebuilds_resent": resent}
+
+
+def _reclaim(cache: RedisSchedulerCache) -> int:
+    # Here because the poll runs every second; after the outbox, whose position has
+    # moved already: a failure here must not apply the same events again.
+    try:
+        return reclaim_lost_rebuilds(cache)
+    except Exception as exc:  # the broker's errors too: none may fail the poll
+        logger.warning("could not re-send lost rebuilds, the next poll tries again: %s", exc)
+        return 0
 
 
 def _budget(config: Settings) -> float:
@@ -392,13 +408,14 @@ def _budget(config: Settings) -> float:
 
 
 def poll_lock_ttl(config: Settings) -> float:
-    """The poll lock's lifetime: the poll's budget, renewed after every batch.
+    """The poll lock's lifetime: a couple of seconds, renewed after every batch.
 
-    Not the whole lock TTL: a killed poller would stop the outbox for that long. A
-    batch that outlives it lets a second poller apply the same events again, which is
-    safe (applying is idempotent); the first one stops at its next renewal.
+    Not the poll's budget, let alone the whole lock TTL: a killed poller stops the
+    outbox for as long as its lock lives, and every change meanwhile waits. A batch that
+    outlives it lets a second poller apply the same events again, which is safe
+    (applying is idempotent); the first one stops at its next renewal.
     """
-    return max(2.0, _budget(config))
+    return min(POLL_LOCK_TTL_SECONDS, max(1.0, _budget(config)))
 
 
 def _renew(cache: RedisSchedulerCache, token: str, ttl: float) -> None:

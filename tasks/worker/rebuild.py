@@ -27,7 +27,14 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from cache import CacheError, CorruptKey, RedisSchedulerCache, SchedulerBucket, brief
+from cache import (
+    Account,
+    CacheError,
+    CorruptKey,
+    RedisSchedulerCache,
+    SchedulerBucket,
+    brief,
+)
 from tasks import buckets, runtime, stats
 from tasks.celery import app
 from tasks.requests import request_rebuild, send_rebuild
@@ -126,13 +133,13 @@ def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) ->
         delay = min(BUSY_RETRY_FIRST_SECONDS * 2**self.request.retries, BUSY_RETRY_MAX_SECONDS)
         # Never counted as done: the lock holder may have read the source before the
         # change that caused this request. The lock's TTL bounds the wait.
-        raise _wait(self, delay * random.uniform(0.5, 1.0))
+        raise _wait(self, cache, parsed, delay * random.uniform(0.5, 1.0))
     try:
         wait = _too_soon(cache, parsed)
         if wait > 0:
             # Not begun: the queued flag stays set, so requests meanwhile join this run.
             cache.record_stats({stats.REBUILDS_DEFERRED: 1})
-            raise _wait(self, wait)
+            raise _wait(self, cache, parsed, wait)
         return _rebuild_locked(cache, parsed)
     finally:
         try:
@@ -141,15 +148,29 @@ def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) ->
             logger.warning("bucket %s: unlock failed, the lock expires by itself: %s", parsed, exc)
 
 
-def _wait(task: Task, countdown: float) -> Retry:
-    """A retry for a wait that is not a failure, so no retry limit applies.
+def _wait(
+    task: Task, cache: RedisSchedulerCache, bucket: SchedulerBucket, countdown: float
+) -> Retry:
+    """A retry for a wait that is not a failure, so no retry limit applies; the
+    bucket's rebuild lease is extended over the countdown, so requests meanwhile join
+    this task rather than send another.
 
     ``max_retries=None`` would not do: to Celery it means "the task's default limit",
     and a rebuild waiting for a killed worker's lock (alive for the lock TTL) would give
     up after that many short waits, leaving the bucket stale until the killed task's
     message came back (the visibility timeout, minutes).
     """
+    cache.extend_rebuild_lease(bucket, countdown)
     return task.retry(countdown=countdown, max_retries=task.request.retries + 1)
+
+
+def _reach_first(cache: RedisSchedulerCache, accounts: list[Account]) -> None:
+    """Put the changes this read found before the outbox did into every other bucket's
+    versions, before this one activates: else a reader could see an account's new
+    revision here, then its older one (or it in a group it left) in another bucket."""
+    rules = runtime.settings()
+    for account in cache.accounts_behind(accounts):
+        cache.set_account(account, buckets.account_buckets(account, rules=rules))
 
 
 def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
@@ -168,7 +189,9 @@ def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
 
 def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     started = time.perf_counter()
-    generation = cache.begin_rebuild(bucket)
+    # The run's lease is its lock's: killed, its requests are sent again when a new
+    # task could take the lock anyway.
+    generation = cache.begin_rebuild(bucket, lease_seconds=runtime.settings().lock_ttl_seconds)
     if generation is None:
         cache.record_stats({stats.REBUILDS_SKIPPED: 1})
         return "skipped: every request was covered by a finished rebuild"
@@ -176,6 +199,7 @@ def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     version = cache.reserve_version(bucket)
     accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
     read_ms = (time.perf_counter() - started) * 1000
+    _reach_first(cache, accounts)
     activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms)
     activated_at = time.time()
     arrived = cache.finish_rebuild(bucket, generation)

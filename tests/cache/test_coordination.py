@@ -259,3 +259,24 @@ def test_every_script_keeps_to_one_cluster_slot(
     assert calls
     for keys in calls:
         assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+
+
+def test_a_lost_queued_task_holds_its_bucket_only_for_its_lease(
+    cache: RedisSchedulerCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cache.rebuilds.REBUILD_LEASE_SECONDS", 0.2)
+    assert cache.request_rebuild(BUCKET)  # its task is then lost with its worker
+    assert not cache.request_rebuild(BUCKET)  # within the lease: coalesced
+    sent: list[SchedulerBucket] = []
+    assert cache.reclaim_rebuilds(sent.append) == 0  # not expired yet
+    time.sleep(0.3)
+    assert cache.reclaim_rebuilds(sent.append) == 1 and sent == [BUCKET]
+    assert not cache.request_rebuild(BUCKET)  # the re-sent task holds a new lease
+    time.sleep(0.3)
+    assert cache.request_rebuild(BUCKET)  # a request after it expires enqueues again
+    generation = cache.begin_rebuild(BUCKET)
+    assert generation is not None
+    cache.finish_rebuild(BUCKET, generation)
+    time.sleep(0.3)
+    assert cache.reclaim_rebuilds(sent.append) == 0  # settled: its lease is forgotten
+    assert cache.client.zcard(cache.keys.rebuild_leases) == 0

@@ -60,13 +60,24 @@ def test_a_small_bucket_reads_in_one_call_then_payloads_and_uses() -> None:
     assert again.finish([], [[None, None]]) is not None
 
 
-def test_a_missing_or_deleted_payload_is_a_miss() -> None:
+def test_a_missing_payload_is_a_miss() -> None:
     writer = AccountCodec()
     _, e1 = _payload(writer, 1)
     plan = ReadPlan(KEYS, AccountCodec(), BUCKET, VersionHints())
-    plan.absorb_first([4, 1, 2, [b"1", b"2"], [e1, b"-/1.5"]])
+    plan.absorb_first([4, 1, 2, [b"1", b"2"], [e1, None]])
     plan.fetches()
     assert plan.finish([[None, None]], [[None, None]]) is None
+
+
+def test_a_deleted_or_removed_account_is_skipped_not_a_miss() -> None:
+    writer = AccountCodec()
+    p1, e1 = _payload(writer, 1)
+    plan = ReadPlan(KEYS, AccountCodec(), BUCKET, VersionHints())
+    plan.absorb_first([4, 1, 3, [b"1", b"2", b"3"], [e1, b"-/1.5", b"-/2.25"]])
+    payloads, _ = plan.fetches()
+    assert [ids for _, ids in payloads] == [[b"1"]]  # no payload asked for the others
+    read = plan.finish([[p1]], [[b"7", b"8", b"9"]])
+    assert read is not None and [a.id for a in read.accounts] == [1] and read.uses == [7]
 
 
 def test_a_corrupt_payload_is_a_miss() -> None:

@@ -13,6 +13,7 @@ from tasks import runtime
 from tasks.settings import Settings
 from tasks.source import SqlSource, SqlWriter
 from tasks.web import reader
+from tasks.web.last_used import record_last_used
 from tasks.web.reader import TokenBucket, list_schedulable
 from tasks.web.requests import request_rebuild
 from tests.support import RedisServer, seed_group
@@ -228,3 +229,22 @@ def test_a_key_of_the_wrong_type_degrades_the_read_and_names_the_key(
     assert key in caplog.text
     assert task_cache.stats()["cache_read_errors"] == "1"
     assert rebuild_queued(task_cache, bucket)
+
+
+def test_a_fallback_answer_never_shows_a_last_use_older_than_redis_or_own_touches(
+    source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    group = seed_group(source, accounts=3)
+    bucket = SchedulerBucket(group.id, "openai", "single")
+    first, second, third = (a.id for a in list_schedulable(group.id, "openai"))
+    # The database lags: a use another process sent to Redis, and one this process has
+    # not sent yet; neither reached the source.
+    now = datetime.now(UTC).replace(microsecond=0)
+    task_cache.update_last_used({first: now})
+    record_last_used(second, now + timedelta(seconds=1))
+    task_cache.client.delete(task_cache.keys.meta(bucket))  # the next read misses
+
+    got = {a.id: a.last_used_at for a in list_schedulable(group.id, "openai")}
+
+    assert task_cache.stats()["fallback_reads"] == "2"
+    assert got == {first: now, second: now + timedelta(seconds=1), third: None}

@@ -7,6 +7,7 @@ buckets an event asks for; the worker tests run the same code through Celery.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from tasks.settings import Settings
 from tasks.source import OutboxEvent, SqlSource, SqlWriter
 from tasks.source.errors import SourceUnavailable
 from tasks.source.schema import scheduler_outbox
-from tasks.worker.outbox import OutboxPoller
+from tasks.worker.outbox import POLL_LOCK, OutboxPoller, poll_lock_ttl
 from tasks.worker.outbox_plan import MAX_NEW_GAPS
 from tests.support import RedisServer
 
@@ -206,7 +207,9 @@ def test_a_deletion_the_cache_never_saw_still_leaves_a_tombstone(
     poller_cache.set_snapshot(bucket, [read_before_deletion], version)  # ... then it lands
 
     assert poller_cache.get_account(account.id) is None
-    assert poller_cache.get_snapshot(bucket) is None  # a miss until the follow-up rebuild
+    # Skipped, not a miss (a miss would send readers to the source) until the rebuild.
+    read = poller_cache.read_snapshot(bucket)
+    assert read is not None and read.accounts == []
 
 
 def account_in_group_5_of_two(
@@ -233,6 +236,68 @@ def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
     poller.poll_batch()
 
     assert recorder.take() == GROUPS_5_AND_6_OPENAI
+
+
+def test_an_account_moved_out_of_a_group_is_removed_from_its_snapshots_not_patched(
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
+) -> None:
+    account, poller = account_in_group_5_of_two(source, make_poller, recorder)
+    db.set_account_groups(account.id, {5: 1, 6: 1})
+    poller.poll_batch()
+    now = datetime.now(UTC)
+    for group in (5, 6):
+        bucket = SchedulerBucket(group, "openai", "single")
+        accounts = source.accounts_for_bucket(bucket, now)
+        poller_cache.set_snapshot(bucket, accounts, poller_cache.reserve_version(bucket))
+    group_5 = SchedulerBucket(5, "openai", "single")
+    assert [a.id for a in poller_cache.get_snapshot(group_5) or ()] == [account.id]
+
+    moved = db.set_account_groups(account.id, {6: 1})  # out of 5; rebuilds not run yet
+    poller.poll_batch()
+
+    # Group 5's snapshot no longer serves it (not at its new revision, whose groups lack
+    # 5, nor at the old one), and the read is no miss; group 6's has the new revision.
+    read = poller_cache.read_snapshot(group_5)
+    assert read is not None and read.accounts == []
+    entry = poller_cache.client.hget(poller_cache.keys.entries(group_5, read.version), account.id)
+    assert entry is not None and str(entry).startswith(("-/", "b'-/"))  # by the patch
+    in_6 = poller_cache.get_snapshot(SchedulerBucket(6, "openai", "single")) or []
+    assert [(a.id, a.revision, a.group_ids) for a in in_6] == [(account.id, moved.revision, (6,))]
+    # Back into group 5 at a later revision: the next change puts it back in.
+    back = db.set_account_groups(account.id, {5: 1, 6: 1})
+    poller.poll_batch()
+    assert [(a.id, a.revision) for a in poller_cache.get_snapshot(group_5) or ()] == [
+        (account.id, back.revision)
+    ]
+
+
+def test_a_move_reaches_other_buckets_even_when_a_rebuild_stored_the_revision_first(
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
+) -> None:
+    account, poller = account_in_group_5_of_two(source, make_poller, recorder)
+    group_5, group_6 = (SchedulerBucket(g, "openai", "single") for g in (5, 6))
+    accounts = source.accounts_for_bucket(group_5, datetime.now(UTC))
+    poller_cache.set_snapshot(group_5, accounts, poller_cache.reserve_version(group_5))
+
+    moved = db.set_account_groups(account.id, {6: 1})
+    # A rebuild of group 6 reads the move before the outbox is polled, and stores the
+    # payload (its own bucket only); the cache now holds the revision the event names.
+    now = datetime.now(UTC)
+    accounts = source.accounts_for_bucket(group_6, now)
+    poller_cache.set_snapshot(group_6, accounts, poller_cache.reserve_version(group_6))
+    assert (poller_cache.get_account(account.id) or account).revision == moved.revision
+    poller.poll_batch()
+
+    read = poller_cache.read_snapshot(group_5)
+    assert read is not None and read.accounts == []
 
 
 def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in(
@@ -661,3 +726,16 @@ def test_a_bad_id_in_a_bulk_event_is_dropped_alone(
     assert any("-4" in line for line in warned), warned
     # The long value is named, cut short.
     assert all(len(line) < 1000 for line in warned), warned
+
+
+def test_a_killed_pollers_lock_stops_the_outbox_for_two_seconds_at_most(
+    configured: Settings, poller_cache: RedisSchedulerCache
+) -> None:
+    # Every change made while a killed poller's lock lives waits for it: with the
+    # default settings that must stay well within the 5 s a bucket may take to recover.
+    ttl = poll_lock_ttl(configured)
+    assert ttl <= 2.0
+    assert poller_cache.try_lock(POLL_LOCK, ttl, token="a-killed-poll")
+    assert poller_cache.try_lock(POLL_LOCK, ttl, token="the-next-poll") is None
+    time.sleep(ttl + 0.1)
+    assert poller_cache.try_lock(POLL_LOCK, ttl, token="the-next-poll")

@@ -1,0 +1,128 @@
+"""The pick index against a brute-force reference: the same account, at every step of
+random buckets, touches, patches, new snapshots, exclusions and time windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cache import Account
+from cache.codec import from_ms, to_ms, with_last_used
+from cache.pickindex import PickIndex, tiebreak, use_after
+from tests.cache.factories import T0, account
+
+IDS = st.integers(min_value=1, max_value=12)
+OFFSETS = st.integers(min_value=-2_000, max_value=20_000)  # ms from the start
+
+
+def reference(accounts: dict[int, Account], now: datetime, exclude: set[int]) -> Account | None:
+    """Every account looked at: the lowest (priority, last use or never, tie, id)."""
+    best: tuple[Any, ...] | None = None
+    chosen = None
+    for a in accounts.values():
+        if a.id in exclude or not a.is_schedulable(now):
+            continue
+        used = float("-inf") if a.last_used_at is None else a.last_used_at.timestamp()
+        key = (a.priority, used, tiebreak(a.id), a.id)
+        if best is None or key < best:
+            best, chosen = key, a
+    return chosen
+
+
+def at(offset: int | None) -> datetime | None:
+    return None if offset is None else T0 + timedelta(milliseconds=offset)
+
+
+@st.composite
+def an_account(draw: st.DrawFn, account_id: int | None = None) -> Account:
+    return account(
+        draw(IDS) if account_id is None else account_id,
+        priority=draw(st.integers(min_value=0, max_value=2)),
+        status=draw(st.sampled_from(["active", "active", "active", "disabled"])),
+        last_used_at=at(draw(st.none() | OFFSETS)),
+        rate_limit_reset_at=at(draw(st.none() | OFFSETS)),
+        overload_until=at(draw(st.none() | OFFSETS)),
+        auto_pause_on_expired=draw(st.booleans()),
+        expires_at=at(draw(st.none() | OFFSETS)),
+    )
+
+
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("pick"), st.integers(-50, 3_000), st.sets(IDS, max_size=4)),
+        st.tuples(st.just("touch"), IDS, OFFSETS),
+        st.tuples(st.just("patch"), an_account()),
+        st.tuples(st.just("snapshot"), st.lists(an_account(), max_size=12)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.lists(an_account(), max_size=12), steps=STEPS)
+def test_the_pick_is_the_brute_force_pick(first: list[Account], steps: list[Any]) -> None:
+    model = {a.id: a for a in first}
+    index = PickIndex(model.values())
+    now = T0
+    for step in steps:
+        if step[0] == "pick":
+            now += timedelta(milliseconds=step[1])
+            chosen = index.pick(now, step[2])
+            assert chosen is reference(model, now, step[2]) or chosen == reference(
+                model, now, step[2]
+            )
+            if chosen is not None:  # the use, laid over as the near cache does
+                model[chosen.id] = with_last_used(chosen, use_after(chosen, now))
+                index.put(model[chosen.id])
+        elif step[0] == "touch":
+            held = model.get(step[1])
+            if held is not None and (
+                held.last_used_at is None or to_ms(held.last_used_at) < step[2] + to_ms(T0)
+            ):
+                model[held.id] = with_last_used(held, step[2] + to_ms(T0))
+                index.put(model[held.id])
+        elif step[0] == "patch":
+            if step[1].id in model:
+                model[step[1].id] = step[1]
+                index.put(step[1])
+        else:
+            model = {a.id: a for a in step[1]}
+            index.refresh(list(model.values()))
+        assert len(index) == len(model)
+
+
+def test_a_window_that_ends_brings_the_account_back_first() -> None:
+    index = PickIndex(
+        [
+            account(1, last_used_at=None, rate_limit_reset_at=T0 + timedelta(seconds=5)),
+            account(2, last_used_at=T0),
+        ]
+    )
+    assert [index.pick(T0 + timedelta(seconds=s)) for s in (0, 4)] == [
+        account(2, last_used_at=T0)
+    ] * 2
+    returned = index.pick(T0 + timedelta(seconds=5))
+    assert returned is not None and returned.id == 1
+
+
+def test_picks_in_a_row_go_round_the_tier_least_recently_used_first() -> None:
+    tier = [account(i, last_used_at=from_ms(to_ms(T0) + i)) for i in range(1, 6)]
+    index = PickIndex([*tier, account(9, priority=11)])
+    order = []
+    for n in range(10):
+        now = T0 + timedelta(seconds=n + 1)
+        chosen = index.pick(now)
+        assert chosen is not None
+        order.append(chosen.id)
+        index.put(with_last_used(chosen, use_after(chosen, now)))
+    assert order == [1, 2, 3, 4, 5] * 2
+
+
+def test_an_excluded_account_is_skipped_and_kept() -> None:
+    index = PickIndex([account(1), account(2, last_used_at=T0)])
+    assert index.pick(T0, {1}) == account(2, last_used_at=T0)
+    assert index.pick(T0, {1, 2}) is None
+    assert index.pick(T0) == account(1)
