@@ -100,7 +100,7 @@ def test_the_readme_shows_a_gateway_call_in_about_ten_lines() -> None:
     assert blocks, "no Python example"
     code = [line for line in blocks[0].splitlines() if line.strip()]
     assert len(code) <= 12
-    assert "list_schedulable(" in blocks[0] and "record_last_used(" in blocks[0]
+    assert "list_schedulable(" in blocks[0] and "pick(" in blocks[0]
     compile(blocks[0], "README.md", "exec")
     assert "sched env" in gateway and "pip install" in gateway
 
