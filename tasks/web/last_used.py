@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -31,6 +32,14 @@ from tasks.runtime import get_web_cache, settings
 from tasks.web import aio
 
 logger = logging.getLogger(__name__)
+
+# Touches that reached Redis are remembered this much longer than the database flush
+# interval: the worker's flush may start late or take a while.
+REMEMBER_MARGIN_SECONDS = 5.0
+# ... and the epoch is looked at this often while some are remembered (one GET): a loss
+# is noticed long before what it took ages out of memory.
+EPOCH_LOOK_SECONDS = 1.0
+_UNSEEN = object()
 
 # A fork waits at most this long for a flush in progress (a Redis call that may be
 # waiting for its socket timeout) before it goes ahead anyway.
@@ -53,6 +62,15 @@ class LastUsedBatcher:
     one ``update_last_used(batch, record_pending=True)`` call, so one Redis round trip.
     While Redis is unreachable the batch is kept, merged with newer touches (memory stays
     one entry per account), retried every tick, and the outage is logged once.
+
+    A batch that reached Redis is owed to the database until a worker's next flush
+    (``SCHED_LAST_USED_DB_FLUSH_SECONDS``); a Redis that loses its state in between (a
+    restart empty, FLUSHALL) loses it with them. So the batcher remembers what it sent
+    for longer than that flush interval, watches the epoch (which every loss of state
+    changes), and sends those touches again when it changes::
+
+        touch t -> Redis pending ... Redis restarted empty ... worker flush (t missing)
+                                     epoch X -> none: t sent again -> pending -> database
     """
 
     def __init__(
@@ -94,6 +112,13 @@ class LastUsedBatcher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._failing = False
+        # Touches sent in this remembering period and in the one before, and the epoch
+        # the last flush saw (_UNSEEN before the first).
+        self._sent_now: dict[int, datetime] = {}
+        self._sent_before: dict[int, datetime] = {}
+        self._period_started = time.monotonic()
+        self._epoch: object = _UNSEEN
+        self._epoch_read_at = -EPOCH_LOOK_SECONDS
 
     def _before_fork(self) -> None:
         self._held_for_fork = self._flush_lock.acquire(timeout=FORK_WAIT_SECONDS)
@@ -158,6 +183,8 @@ class LastUsedBatcher:
             with self._lock:
                 batch, self._batch = self._batch, {}
             if not batch:
+                if self._sent_now or self._sent_before:
+                    self._resend_if_lost(self._cache or self._cache_factory())
                 return 0
             try:
                 # Asked each time, not kept: the process's cache may be replaced.
@@ -184,7 +211,51 @@ class LastUsedBatcher:
                 logger.warning("last-used batches reach the cache again (%d accounts)", len(batch))
             self.flushes += 1
             self.sent += len(batch)
+            self._remember(batch)
+            self._resend_if_lost(cache)
             return len(batch)
+
+    def _remember(self, batch: Mapping[int, datetime]) -> None:
+        """Keep what reached Redis for at least one database flush interval and a margin:
+        two periods of that length, the older dropped as a whole (no per-entry sweep)."""
+        period = settings().last_used_db_flush_seconds + REMEMBER_MARGIN_SECONDS
+        now = time.monotonic()
+        elapsed = now - self._period_started
+        if elapsed >= period:
+            self._sent_before = {} if elapsed >= 2 * period else self._sent_now
+            self._sent_now = {}
+            self._period_started = now
+        keep_latest(self._sent_now, batch)
+
+    def _resend_if_lost(self, cache: LastUsedSink) -> None:
+        """Send the remembered touches again when the epoch moved since the last look:
+        Redis lost its state, and with it the uses it still owed the database."""
+        read_epoch = getattr(cache, "epoch", None)
+        now = time.monotonic()
+        if read_epoch is None or now - self._epoch_read_at < EPOCH_LOOK_SECONDS:
+            return
+        self._epoch_read_at = now
+        try:
+            epoch = read_epoch()
+        except Exception:
+            return  # looked at again on the next tick
+        seen, self._epoch = self._epoch, epoch
+        if seen is _UNSEEN or seen == epoch:
+            return
+        lost = dict(self._sent_before)
+        keep_latest(lost, self._sent_now)
+        if not lost:
+            return
+        logger.warning(
+            "redis lost its state (epoch %s -> %s): %d recent last uses sent again",
+            seen,
+            epoch,
+            len(lost),
+        )
+        try:
+            cache.update_last_used(lost, record_pending=True)
+        except Exception:
+            self._keep(lost)  # the next flush sends them with the batch
 
     def _keep(self, batch: Mapping[int, datetime]) -> None:
         with self._lock:

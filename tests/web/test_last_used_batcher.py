@@ -236,3 +236,52 @@ def test_the_flusher_thread_sends_without_being_asked_and_close_sends_the_rest(
     slow.touch(2, T0)
     slow.close()  # as at interpreter exit
     assert last_used(cache, 2) == T0
+
+
+def test_touches_owed_to_the_database_are_sent_again_when_redis_loses_its_state(
+    redis_url: str,
+    redis_client: redis.Redis,
+    batchers: Callable[..., LastUsedBatcher],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A touch reached Redis's pending hash; before a worker moved it into the database,
+    # Redis lost everything (FLUSHALL here; a restart empty is the same to the batcher).
+    from tasks.web import last_used as module
+
+    monkeypatch.setattr(module, "EPOCH_LOOK_SECONDS", 0.0)
+    cache = RedisSchedulerCache.from_url(redis_url)
+    known(cache, 7, 8)
+    assert cache.reestablish(None, 0)  # the outbox poller's epoch: state established
+    batcher = batchers(cache, interval_seconds=3600)
+    batcher.touch(7, T0)
+    batcher.touch(8, T0 + timedelta(seconds=1))
+    assert batcher.flush() == 2
+    assert set(cache.pending_last_used()) == {7, 8}
+
+    redis_client.flushall()
+    assert cache.pending_last_used() == {}
+    batcher.touch(8, T0 + timedelta(seconds=2))  # a newer touch meanwhile: it wins
+    batcher.flush()
+
+    assert cache.pending_last_used() == {7: T0, 8: T0 + timedelta(seconds=2)}
+    # Seen once: the same epoch again sends nothing more.
+    cache.ack_pending_last_used(cache.pending_last_used())
+    batcher.flush()
+    assert cache.pending_last_used() == {}
+
+
+def test_a_batcher_that_never_saw_a_loss_sends_nothing_twice(
+    redis_url: str, batchers: Callable[..., LastUsedBatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.web import last_used as module
+
+    monkeypatch.setattr(module, "EPOCH_LOOK_SECONDS", 0.0)
+    cache = RedisSchedulerCache.from_url(redis_url)
+    known(cache, 7)
+    cache.reestablish(None, 0)
+    batcher = batchers(cache, interval_seconds=3600)
+    batcher.touch(7, T0)
+    batcher.flush()
+    cache.ack_pending_last_used(cache.pending_last_used())
+    batcher.flush()
+    assert cache.pending_last_used() == {}
