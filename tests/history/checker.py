@@ -170,6 +170,11 @@ class ReadChecks:
         if not committed.eligible_in(read.group):
             self.after_commit.append(read.t0 - committed.t)
             return f"revision: that revision is {_describe(committed)}"
+        if committed.t > read.t0:
+            # A commit in flight when the read began (the writer notes a commit once
+            # it returned): the read shows something newer than the state at t0, and
+            # that revision is eligible, so it cannot be a stale one.
+            return None
         out = self._out_since(account_id, read.group, read.t0)
         if out is not None and read.t0 > self.report.bounds.deadline(out.t, self.faults):
             now = self.timeline.state_at(account_id, read.t0) or out

@@ -129,6 +129,19 @@ def test_a_stale_removal_is_impossible_only_past_the_propagation_window() -> Non
                          shown=shown)) == {}  # fmt: skip
 
 
+def test_a_revision_committed_while_the_read_ran_is_not_stale() -> None:
+    # Disabled at 3 s (rev 2), enabled again by a commit that returned at 6.05 s
+    # (rev 3); a read from 6.0 s that shows rev 3 saw the commit in flight.
+    def shown(t: float) -> list[tuple[int, int, float | None]]:
+        used = 2.0 if t >= 2.6 else None
+        if t < 3.15:
+            return [(1, 1, used), (2, 1, None)]
+        return [(1, 1, used)] if t < 5.95 else [(1, 1, used), (2, 3, None)]
+
+    ops = base(commit(3.0, 2, 2, status="disabled"), commit(6.05, 2, 3), shown=shown)
+    assert findings(ops).get("impossible_reads", 0) == 0
+
+
 def test_a_revision_never_committed_is_impossible() -> None:
     def shown(t: float) -> list[tuple[int, int, float | None]]:
         return [(1, 1, 2.0 if t >= 2.6 else None), (2, 9 if 5.0 <= t < 5.15 else 1, None)]
