@@ -21,6 +21,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 import cache
+from tasks.source.capture_postgres import postgres_capture_triggers
+from tasks.source.capture_sqlite import sqlite_capture_triggers
 from tasks.source.engine import as_engine, db_errors, mask_url, writing
 from tasks.source.errors import SourceError
 
@@ -158,6 +160,19 @@ scheduler_outbox = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# The open transaction's account events, while a write helper asks for one event per
+# account (tasks.source.capture): rows live only inside that transaction.
+scheduler_outbox_open = sa.Table(
+    "scheduler_outbox_open",
+    metadata,
+    sa.Column("account_id", sa.BigInteger, nullable=True),
+    sa.Column("event_id", sa.BigInteger, nullable=True),
+    # Created in this transaction: it was in no bucket before, so group 0 is named
+    # only if it ends in no group.
+    sa.Column("fresh", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_scheduler_outbox_open_account", "account_id"),
+)
+
 # Columns whose change does not make a new revision: the per-request touch, and the
 # bookkeeping the trigger itself writes.
 _UNVERSIONED = frozenset({"last_used_at", "revision", "updated_at"})
@@ -244,9 +259,10 @@ def _postgres_revision_trigger() -> list[str]:
 
 
 def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
-    """Create the tables, indexes and the revision trigger; safe to run again.
+    """Create the tables, indexes, the revision triggers and the triggers that write
+    the outbox (:mod:`tasks.source.capture`); safe to run again.
 
-    Returns the engine used, so a caller that passed a URL can keep it.
+        Returns the engine used, so a caller that passed a URL can keep it.
     """
     engine = as_engine(url_or_engine)
     with db_errors(engine, "init_schema"), writing(engine).begin() as conn:
@@ -254,8 +270,10 @@ def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
             # Two `db init` at once would race on CREATE TABLE IF NOT EXISTS.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
             statements = _postgres_revision_trigger()
+            statements += postgres_capture_triggers(VERSIONED_COLUMNS)
         elif conn.dialect.name == "sqlite":
             statements = _sqlite_revision_trigger() + _sqlite_membership_triggers()
+            statements += sqlite_capture_triggers(VERSIONED_COLUMNS)
         else:
             raise SourceError(
                 f"unsupported database {mask_url(engine.url)}: use sqlite or postgresql"
