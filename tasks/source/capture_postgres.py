@@ -9,6 +9,7 @@ statement inserted".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from tasks.source.capture import ACCOUNT_CHANGED, GROUP_CHANGED, GROUP_COLUMNS, GROUPS_CHANGED
@@ -141,6 +142,36 @@ BEGIN
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql"""
+
+
+# The channel a committed outbox insert notifies (SCHED_OUTBOX_NOTIFY_CHANNEL).
+DEFAULT_NOTIFY_CHANNEL = "sched_outbox"
+_CHANNEL = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def postgres_notify_trigger(channel: str) -> list[str]:
+    """NOTIFY ``channel`` once per statement that inserts outbox rows: delivered at
+    commit, never for a rollback, and PostgreSQL folds a transaction's equal
+    notifications into one."""
+    if not _CHANNEL.match(channel):
+        raise ValueError(
+            f"invalid notify channel {channel[:80]!r}: expected lowercase letters, digits"
+            " and _, at most 63, not starting with a digit"
+        )
+    return [
+        f"""CREATE OR REPLACE FUNCTION scheduler_outbox_notify() RETURNS trigger AS $$
+        BEGIN
+            PERFORM pg_notify('{channel}', '');
+            RETURN NULL;
+        END
+        $$ LANGUAGE plpgsql""",
+        *_trigger(
+            "scheduler_outbox_notify",
+            "scheduler_outbox",
+            "AFTER INSERT ON scheduler_outbox FOR EACH STATEMENT"
+            " EXECUTE FUNCTION scheduler_outbox_notify()",
+        ),
+    ]
 
 
 def _trigger(name: str, table: str, definition: str) -> list[str]:

@@ -21,7 +21,11 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 import cache
-from tasks.source.capture_postgres import postgres_capture_triggers
+from tasks.source.capture_postgres import (
+    DEFAULT_NOTIFY_CHANNEL,
+    postgres_capture_triggers,
+    postgres_notify_trigger,
+)
 from tasks.source.capture_sqlite import sqlite_capture_triggers
 from tasks.source.engine import as_engine, db_errors, mask_url, writing
 from tasks.source.errors import SourceError
@@ -258,11 +262,25 @@ def _postgres_revision_trigger() -> list[str]:
     ]
 
 
-def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
+def _notifies(conn: sa.Connection) -> bool:
+    """Whether this schema's outbox notifies a channel already."""
+    query = sa.text(
+        "SELECT 1 FROM pg_proc WHERE proname = 'scheduler_outbox_notify'"
+        " AND pronamespace = current_schema()::regnamespace"
+    )
+    return conn.execute(query).first() is not None
+
+
+def init_schema(
+    url_or_engine: str | sa.URL | Engine, *, notify_channel: str | None = None
+) -> Engine:
     """Create the tables, indexes, the revision triggers and the triggers that write
     the outbox (:mod:`tasks.source.capture`); safe to run again.
 
-        Returns the engine used, so a caller that passed a URL can keep it.
+        On PostgreSQL every outbox insert also notifies ``notify_channel``
+    (``SCHED_OUTBOX_NOTIFY_CHANNEL``), so listeners wake on commit; None keeps the
+    channel a previous run set (``sched_outbox`` on a new database).
+    Returns the engine used, so a caller that passed a URL can keep it.
     """
     engine = as_engine(url_or_engine)
     with db_errors(engine, "init_schema"), writing(engine).begin() as conn:
@@ -271,6 +289,8 @@ def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
             statements = _postgres_revision_trigger()
             statements += postgres_capture_triggers(VERSIONED_COLUMNS)
+            if notify_channel is not None or not _notifies(conn):
+                statements += postgres_notify_trigger(notify_channel or DEFAULT_NOTIFY_CHANNEL)
         elif conn.dialect.name == "sqlite":
             statements = _sqlite_revision_trigger() + _sqlite_membership_triggers()
             statements += sqlite_capture_triggers(VERSIONED_COLUMNS)

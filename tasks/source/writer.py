@@ -10,7 +10,7 @@ here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -45,9 +45,13 @@ class SqlWriter:
     connections of a :class:`SqlSource` (whose decoded-row cache stays consistent: it
     only ever holds committed states)."""
 
-    def __init__(self, source: SqlSource) -> None:
+    def __init__(self, source: SqlSource, *, on_commit: Callable[[], object] | None = None) -> None:
+        """``on_commit``: called after each change commits, e.g. a nudge that sends the
+        outbox poll at once (:mod:`tasks.wakeup`; what SQLite, with no notifications,
+        has instead of PostgreSQL's wake-up on commit)."""
         self.source = source
         self.store = source
+        self.on_commit = on_commit
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source.url!r})"
@@ -181,7 +185,7 @@ class SqlWriter:
         if not batch:
             return None
         seconds = {str(item["b_id"]): round(item["b_at"].timestamp(), 3) for item in batch}
-        with self.store.write("record_last_used_event") as conn:
+        with self._change("record_last_used_event") as conn:
             self.store.apply_last_used(conn, batch)
             return self.store.emit(
                 conn, OutboxEventType.ACCOUNT_LAST_USED, payload={"last_used": seconds}
@@ -225,7 +229,7 @@ class SqlWriter:
 
     def request_full_rebuild(self) -> int:
         """Ask the pollers to rebuild every bucket; returns the event id."""
-        with self.store.write("request_full_rebuild") as conn:
+        with self._change("request_full_rebuild") as conn:
             return self.store.emit(conn, OutboxEventType.FULL_REBUILD)
 
     @contextmanager
@@ -235,6 +239,8 @@ class SqlWriter:
             open_capture(conn)
             yield conn
             close_capture(conn)
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _set_memberships(self, conn: Connection, account_id: int, new: Mapping[int, int]) -> None:
         if not new:

@@ -170,3 +170,17 @@ def test_a_concurrent_plain_change_never_merges_into_an_open_helper_change(
         (11, {"group_ids": []}),
         (11, {"group_ids": []}),
     ]
+
+
+def test_helpers_call_on_commit_once_per_committed_change(source: SqlSource) -> None:
+    commits: list[int] = []
+    db = SqlWriter(source, on_commit=lambda: commits.append(source.max_outbox_id()))
+
+    group = db.create_group("g", "openai")
+    account = db.create_account(name="a", platform="openai", type="apikey", group_ids=[group.id])
+    db.update_account(account.id, priority=1)
+    with pytest.raises(ValueError, match="unknown group"):
+        db.set_account_groups(account.id, [999])
+
+    # Called after the commit: the change's event is visible to a poll it sends.
+    assert len(commits) == 3 and commits[-1] == source.max_outbox_id()
