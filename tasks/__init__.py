@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from tasks.web import (
         list_schedulable,
         list_schedulable_async,
+        mark_unschedulable,
+        mark_unschedulable_async,
         record_last_used,
         request_rebuild,
     )
@@ -25,6 +27,8 @@ __all__ = [
     "app",
     "list_schedulable",
     "list_schedulable_async",
+    "mark_unschedulable",
+    "mark_unschedulable_async",
     "record_last_used",
     "request_rebuild",
 ]
@@ -33,6 +37,8 @@ _HOMES = {
     "app": "tasks.celery",
     "list_schedulable": "tasks.web",
     "list_schedulable_async": "tasks.web",
+    "mark_unschedulable": "tasks.web",
+    "mark_unschedulable_async": "tasks.web",
     "record_last_used": "tasks.web",
     "request_rebuild": "tasks.web",
 }

@@ -1,0 +1,152 @@
+"""mark_unschedulable: a gateway's verdict, written durably with its event, picked up
+by a woken poll, and honoured at once by the calling process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cache import RedisSchedulerCache, SchedulerBucket
+from tasks import list_schedulable, mark_unschedulable, mark_unschedulable_async, runtime
+from tasks.settings import Settings
+from tasks.source import AccountNotFound, SqlSource, SqlWriter
+from tasks.web.marks import forget_marks
+from tests.processes import WorkerProcess, wait_for
+
+BUCKET = SchedulerBucket.parse("0:openai:single")
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def marked_world(configured: Settings, db: SqlWriter, task_cache: RedisSchedulerCache) -> list[int]:
+    runtime.reset(configured.model_copy(update={"near_cache": False, "fallback_enabled": False}))
+    forget_marks()  # ids repeat from one test's database to the next
+    ids = [db.create_account(name=n, platform="openai", type="apikey").id for n in "ab"]
+    publish(task_cache, db.source)
+    return ids
+
+
+def publish(cache: RedisSchedulerCache, source: SqlSource) -> None:
+    """Write the bucket's snapshot from the source, as a rebuild would."""
+    version = cache.reserve_version(BUCKET)
+    cache.set_snapshot(BUCKET, source.accounts_for_bucket(BUCKET, NOW), version)
+
+
+def ids_listed(now: datetime | None = None) -> list[int]:
+    return [a.id for a in list_schedulable(0, "openai", now=now)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "column"),
+    [
+        ("rate_limited", "rate_limit_reset_at"),
+        ("overloaded", "overload_until"),
+        ("auth failed: 401", "temp_unschedulable_until"),
+    ],
+)
+def test_the_verdict_is_written_in_its_column_with_one_event(
+    marked_world: list[int], source: SqlSource, reason: str, column: str
+) -> None:
+    until = NOW + timedelta(minutes=5)
+    mark = source.max_outbox_id()
+
+    written = mark_unschedulable(marked_world[0], until=until, reason=reason)
+
+    assert getattr(written, column) == until
+    assert not written.is_schedulable(NOW)
+    events = source.outbox_after(mark, 10)
+    assert [(e.event_type, e.account_id) for e in events] == [("account_changed", marked_world[0])]
+    if column == "temp_unschedulable_until":
+        assert written.temp_unschedulable_reason == reason
+    # A shorter verdict afterwards does not shorten the block.
+    again = mark_unschedulable(marked_world[0], until=NOW + timedelta(seconds=30), reason=reason)
+    assert getattr(again, column) == until
+
+
+def test_the_calling_process_stops_picking_the_account_at_once(
+    marked_world: list[int], source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    first, second = marked_world
+    assert ids_listed() == [first, second]
+
+    mark_unschedulable(first, until=NOW + timedelta(minutes=5), reason="overloaded")
+
+    assert ids_listed() == [second]  # the snapshot still lists it: the mark holds it back
+    publish(task_cache, source)  # the change arrives through the cache
+    assert ids_listed() == [second]
+    assert ids_listed(now=NOW + timedelta(minutes=6)) == [first, second]
+
+
+def test_an_expired_mark_lets_the_account_back(marked_world: list[int]) -> None:
+    first, second = marked_world
+    mark_unschedulable(first, until=datetime.now(UTC) + timedelta(seconds=60))
+
+    assert ids_listed(now=datetime.now(UTC) + timedelta(seconds=61)) == [first, second]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0,), "invalid account id 0"),
+        (("seven",), "'seven'"),
+        ((1,), "has passed already"),
+        ((1,), "more than 30 days ahead"),
+        ((1,), "not a datetime"),
+        ((1,), "invalid reason ''"),
+    ],
+)
+def test_bad_input_is_refused_by_name_and_writes_nothing(
+    marked_world: list[int], source: SqlSource, args: tuple[object], message: str
+) -> None:
+    until: object = NOW + timedelta(minutes=1)
+    reason = "x"
+    if message == "has passed already":
+        until = NOW - timedelta(seconds=1)
+    elif "30 days" in message:
+        until = NOW + timedelta(days=31)
+    elif message == "not a datetime":
+        until = "tomorrow"
+    elif "reason" in message:
+        reason = ""
+    mark = source.max_outbox_id()
+
+    with pytest.raises(ValueError, match=message):
+        mark_unschedulable(args[0], until=until, reason=reason)  # type: ignore[arg-type]
+
+    assert source.outbox_after(mark, 10) == []
+
+
+def test_an_unknown_account_is_not_found(marked_world: list[int]) -> None:
+    with pytest.raises(AccountNotFound, match="account 999"):
+        mark_unschedulable(999)
+
+
+def test_the_async_twin_marks_too(marked_world: list[int]) -> None:
+    written = asyncio.run(mark_unschedulable_async(marked_world[1], reason="rate_limited"))
+
+    assert written.rate_limit_reset_at is not None
+    assert ids_listed() == [marked_world[0]]
+
+
+def test_on_sqlite_the_mark_reaches_the_cache_by_its_nudge(
+    start_worker: Callable[..., WorkerProcess],
+    process_env: dict[str, str],
+    db: SqlWriter,
+    task_cache: RedisSchedulerCache,
+) -> None:
+    start_worker(process_env)  # no beat: only the nudge sends a poll
+    account = db.create_account(name="a", platform="openai", type="apikey")
+
+    mark_unschedulable(account.id, reason="overloaded")
+
+    wait_for(
+        lambda: (
+            (cached := task_cache.get_account(account.id)) is not None
+            and cached.overload_until is not None
+        ),
+        what="the mark in the cache",
+        timeout=10,
+    )
