@@ -46,9 +46,9 @@ class SqlWriter:
     only ever holds committed states)."""
 
     def __init__(self, source: SqlSource, *, on_commit: Callable[[], object] | None = None) -> None:
-        """``on_commit``: called after each change commits, e.g. a nudge that sends the
-        outbox poll at once (:mod:`tasks.wakeup`; what SQLite, with no notifications,
-        has instead of PostgreSQL's wake-up on commit)."""
+        """``on_commit``: called after each change commits, e.g. a nudge that sends
+        the outbox poll at once (:mod:`tasks.worker.wakeup`): what SQLite, with no
+        notifications, has instead of PostgreSQL's wake-up on commit."""
         self.source = source
         self.store = source
         self.on_commit = on_commit

@@ -67,7 +67,7 @@ def mark_unschedulable(
     account_id, until, reason = _checked(account_id, until, reason, now)
     from tasks.source.reader import SqlSource
     from tasks.source.writer import SqlWriter
-    from tasks.wakeup import poll_nudger
+    from tasks.worker.wakeup import poll_nudger
 
     source = runtime.get_source()
     if not isinstance(source, SqlSource):

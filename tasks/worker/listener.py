@@ -1,8 +1,9 @@
 """Wake on commit: a thread in each worker LISTENs on the outbox's channel.
 
 PostgreSQL delivers the outbox trigger's NOTIFY when the writing transaction commits;
-the listener then sends the outbox poll at once (coalesced, :mod:`tasks.wakeup`), so a
-change reaches the snapshots in a poll's time rather than a beat interval. Nothing
+the listener then sends the outbox poll at once (coalesced,
+:mod:`tasks.worker.wakeup`), so a change reaches the snapshots in a poll's time rather
+than a beat interval. Nothing
 depends on a notification arriving: beat still polls every
 ``outbox_backstop_seconds``; while the listener is not connected it polls every
 ``outbox_interval_seconds`` itself, and a (re)connect polls once, for whatever
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 from celery import signals
 
 from tasks.source.engine import POSTGRES_CONNECT_TIMEOUT_SECONDS, mask_url
-from tasks.wakeup import PollNudger, poll_nudger
+from tasks.worker.wakeup import PollNudger, poll_nudger
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tasks.wakeup import PollNudger
+from tasks.worker.wakeup import PollNudger
 from tests.processes import wait_for
 
 

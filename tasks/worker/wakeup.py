@@ -6,6 +6,9 @@ commit on SQLite) calls :meth:`PollNudger.nudge`, which returns at once; one thr
 per process sends the poll. A burst of nudges costs one poll now and one more after
 the window, never one per commit, and a nudge is always followed by a poll sent after
 it, so the last commit of a burst is never left for beat.
+
+It sends by task name and imports no task module, so a web process that marks an
+account (:mod:`tasks.web.marks`) can use it without loading the worker's tasks.
 """
 
 from __future__ import annotations
