@@ -68,6 +68,10 @@ BEGIN
 END
 $$ LANGUAGE plpgsql"""
 
+# Every group the account is in: their snapshots carry its payload, so each is rebuilt
+# when its group ids change.
+_MEMBERS = "ARRAY(SELECT m.group_id FROM account_groups m WHERE m.account_id = {account})"
+
 _MEMBERS_INSERTED = f"""
 CREATE OR REPLACE FUNCTION account_groups_capture_insert() RETURNS trigger AS $$
 DECLARE
@@ -75,7 +79,8 @@ DECLARE
 BEGIN
     FOR r IN SELECT i.account_id, array_agg(i.group_id) AS joined, count(*) AS n
                FROM inserted i GROUP BY i.account_id ORDER BY i.account_id LOOP
-        PERFORM sched_capture_account('{GROUPS_CHANGED}', r.account_id, r.joined ||
+        PERFORM sched_capture_account('{GROUPS_CHANGED}', r.account_id, r.joined
+            || {_MEMBERS.format(account="r.account_id")} ||
             CASE WHEN (SELECT count(*) FROM account_groups m WHERE m.account_id = r.account_id)
                       = r.n THEN ARRAY[0::bigint] ELSE '{{}}'::bigint[] END);
     END LOOP;
@@ -93,7 +98,8 @@ BEGIN
                FROM deleted d
               WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.id = d.account_id)
               GROUP BY d.account_id ORDER BY d.account_id LOOP
-        PERFORM sched_capture_account('{GROUPS_CHANGED}', r.account_id, r.left_groups ||
+        PERFORM sched_capture_account('{GROUPS_CHANGED}', r.account_id, r.left_groups
+            || {_MEMBERS.format(account="r.account_id")} ||
             CASE WHEN EXISTS (SELECT 1 FROM account_groups m WHERE m.account_id = r.account_id)
                  THEN '{{}}'::bigint[] ELSE ARRAY[0::bigint] END);
     END LOOP;
@@ -109,12 +115,12 @@ CREATE OR REPLACE FUNCTION account_groups_capture_update() RETURNS trigger AS $$
 BEGIN
     IF NEW.account_id = OLD.account_id THEN
         PERFORM sched_capture_account('{GROUPS_CHANGED}', NEW.account_id,
-            ARRAY[OLD.group_id, NEW.group_id]);
+            ARRAY[OLD.group_id] || {_MEMBERS.format(account="NEW.account_id")});
     ELSE
         PERFORM sched_capture_account('{GROUPS_CHANGED}', OLD.account_id,
-            ARRAY[OLD.group_id, 0]);
+            ARRAY[OLD.group_id, 0] || {_MEMBERS.format(account="OLD.account_id")});
         PERFORM sched_capture_account('{GROUPS_CHANGED}', NEW.account_id,
-            ARRAY[NEW.group_id, 0]);
+            ARRAY[0::bigint] || {_MEMBERS.format(account="NEW.account_id")});
     END IF;
     RETURN NULL;
 END

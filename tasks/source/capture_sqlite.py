@@ -46,16 +46,17 @@ def _members(account: str) -> str:
 
 
 def _joined(account: str, group: str) -> str:
-    # Group 0 too when this is the account's only group now: it left the "no group" buckets.
+    # Every group it is in (their snapshots carry its payload), and group 0 too when
+    # this is its only group now: it left the "no group" buckets.
     return (
-        f"SELECT {group} AS g UNION ALL SELECT 0 AS g"
+        f"{_members(account)} UNION ALL SELECT {group} AS g UNION ALL SELECT 0 AS g"
         f" WHERE (SELECT count(*) FROM account_groups WHERE account_id = {account}) = 1"
     )
 
 
 def _left(account: str, group: str) -> str:
     return (
-        f"SELECT {group} AS g UNION ALL SELECT 0 AS g"
+        f"{_members(account)} UNION ALL SELECT {group} AS g UNION ALL SELECT 0 AS g"
         f" WHERE NOT EXISTS (SELECT 1 FROM account_groups WHERE account_id = {account})"
     )
 
@@ -124,7 +125,7 @@ def sqlite_capture_triggers(columns: Sequence[str]) -> list[str]:
             _sqlite_account_event(
                 GROUPS_CHANGED,
                 "NEW.account_id",
-                "SELECT OLD.group_id AS g UNION ALL SELECT NEW.group_id AS g",
+                f"{_members('NEW.account_id')} UNION ALL SELECT OLD.group_id AS g",
             ),
             when=f"{same_account} AND (NEW.group_id IS NOT OLD.group_id"
             " OR NEW.priority IS NOT OLD.priority)",

@@ -89,14 +89,15 @@ def test_membership_changes_name_the_groups_and_group_zero_at_the_edges(
     first = "INSERT INTO account_groups (account_id, group_id) VALUES (11, 2)"
     assert plain(world, first) == [("account_groups_changed", 11, None, {"group_ids": [0, 2]})]
     second = "INSERT INTO account_groups (account_id, group_id) VALUES (11, 1)"
-    assert plain(world, second) == [("account_groups_changed", 11, None, {"group_ids": [1]})]
+    # Every group it is in: their snapshots carry its payload, and its group ids.
+    assert plain(world, second) == [("account_groups_changed", 11, None, {"group_ids": [1, 2]})]
     moved = "UPDATE account_groups SET priority = 3 WHERE account_id = 11 AND group_id = 1"
-    assert plain(world, moved) == [("account_groups_changed", 11, None, {"group_ids": [1]})]
+    assert plain(world, moved) == [("account_groups_changed", 11, None, {"group_ids": [1, 2]})]
     assert plain(world, "UPDATE account_groups SET priority = 3 WHERE group_id = 1") == [
         ("account_groups_changed", 10, None, {"group_ids": [1]})
     ]
     left = "DELETE FROM account_groups WHERE account_id = 11 AND group_id = 1"
-    assert plain(world, left) == [("account_groups_changed", 11, None, {"group_ids": [1]})]
+    assert plain(world, left) == [("account_groups_changed", 11, None, {"group_ids": [1, 2]})]
     last = "DELETE FROM account_groups WHERE account_id = 11"
     assert plain(world, last) == [("account_groups_changed", 11, None, {"group_ids": [0, 2]})]
 

@@ -17,7 +17,6 @@ from tasks.web.marks import forget_marks
 from tests.processes import WorkerProcess, wait_for
 
 BUCKET = SchedulerBucket.parse("0:openai:single")
-NOW = datetime.now(UTC)
 
 
 @pytest.fixture
@@ -29,10 +28,14 @@ def marked_world(configured: Settings, db: SqlWriter, task_cache: RedisScheduler
     return ids
 
 
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 def publish(cache: RedisSchedulerCache, source: SqlSource) -> None:
     """Write the bucket's snapshot from the source, as a rebuild would."""
     version = cache.reserve_version(BUCKET)
-    cache.set_snapshot(BUCKET, source.accounts_for_bucket(BUCKET, NOW), version)
+    cache.set_snapshot(BUCKET, source.accounts_for_bucket(BUCKET, now()), version)
 
 
 def ids_listed(now: datetime | None = None) -> list[int]:
@@ -50,19 +53,19 @@ def ids_listed(now: datetime | None = None) -> list[int]:
 def test_the_verdict_is_written_in_its_column_with_one_event(
     marked_world: list[int], source: SqlSource, reason: str, column: str
 ) -> None:
-    until = NOW + timedelta(minutes=5)
+    until = now() + timedelta(minutes=5)
     mark = source.max_outbox_id()
 
     written = mark_unschedulable(marked_world[0], until=until, reason=reason)
 
     assert getattr(written, column) == until
-    assert not written.is_schedulable(NOW)
+    assert not written.is_schedulable(now())
     events = source.outbox_after(mark, 10)
     assert [(e.event_type, e.account_id) for e in events] == [("account_changed", marked_world[0])]
     if column == "temp_unschedulable_until":
         assert written.temp_unschedulable_reason == reason
     # A shorter verdict afterwards does not shorten the block.
-    again = mark_unschedulable(marked_world[0], until=NOW + timedelta(seconds=30), reason=reason)
+    again = mark_unschedulable(marked_world[0], until=now() + timedelta(seconds=30), reason=reason)
     assert getattr(again, column) == until
 
 
@@ -72,12 +75,12 @@ def test_the_calling_process_stops_picking_the_account_at_once(
     first, second = marked_world
     assert ids_listed() == [first, second]
 
-    mark_unschedulable(first, until=NOW + timedelta(minutes=5), reason="overloaded")
+    mark_unschedulable(first, until=now() + timedelta(minutes=5), reason="overloaded")
 
     assert ids_listed() == [second]  # the snapshot still lists it: the mark holds it back
     publish(task_cache, source)  # the change arrives through the cache
     assert ids_listed() == [second]
-    assert ids_listed(now=NOW + timedelta(minutes=6)) == [first, second]
+    assert ids_listed(now=now() + timedelta(minutes=6)) == [first, second]
 
 
 def test_an_expired_mark_lets_the_account_back(marked_world: list[int]) -> None:
@@ -101,12 +104,12 @@ def test_an_expired_mark_lets_the_account_back(marked_world: list[int]) -> None:
 def test_bad_input_is_refused_by_name_and_writes_nothing(
     marked_world: list[int], source: SqlSource, args: tuple[object], message: str
 ) -> None:
-    until: object = NOW + timedelta(minutes=1)
+    until: object = now() + timedelta(minutes=1)
     reason = "x"
     if message == "has passed already":
-        until = NOW - timedelta(seconds=1)
+        until = now() - timedelta(seconds=1)
     elif "30 days" in message:
-        until = NOW + timedelta(days=31)
+        until = now() + timedelta(days=31)
     elif message == "not a datetime":
         until = "tomorrow"
     elif "reason" in message:
