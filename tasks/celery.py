@@ -129,8 +129,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "poll-outbox": {
             "task": "tasks.poll_outbox",
-            "schedule": settings.outbox_interval_seconds,
-            "options": {"expires": max(settings.outbox_interval_seconds * 5, 5.0)},
+            "schedule": settings.outbox_poll_seconds,
+            "options": {"expires": max(settings.outbox_poll_seconds * 5, 5.0)},
         },
         "prune-outbox": {
             "task": "tasks.prune_outbox",
@@ -168,6 +168,7 @@ app = Celery(
         "tasks.worker.outbox",
         "tasks.worker.prune",
         "tasks.worker.last_used",
+        "tasks.worker.listener",
     ],
 )
 # Read on first use, not at import: importing the app reads no settings, so a tool can

@@ -119,6 +119,16 @@ class Settings(BaseSettings):
     outbox_gap_timeout_seconds: float = Field(default=60.0, gt=0)
     # Applied outbox rows older than this are deleted (tasks.prune_outbox); 0 keeps all.
     outbox_retention_seconds: float = Field(default=86_400.0, ge=0)
+    # Wake-up on commit (PostgreSQL): the outbox trigger NOTIFYs this channel and a
+    # listener in each worker sends a poll at once. Polls then run from beat only every
+    # outbox_backstop_seconds, the bound on a change whose notification was lost; while
+    # a listener is not connected it polls every outbox_interval_seconds itself.
+    # SQLite has no notifications: beat keeps polling every outbox_interval_seconds.
+    outbox_wakeup: bool = True
+    outbox_notify_channel: str = Field(default="sched_outbox", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    outbox_backstop_seconds: float = Field(default=10.0, gt=0)
+    # Wake-ups within this long of a sent poll coalesce into one more poll at its end.
+    outbox_wakeup_window_seconds: float = Field(default=0.1, gt=0)
 
     # -- last used -------------------------------------------------------------------
     last_used_cache_flush_seconds: float = Field(default=0.5, gt=0)
@@ -233,6 +243,18 @@ class Settings(BaseSettings):
                 "task that is still waiting or running would be delivered a second time"
             )
         return self
+
+    @property
+    def wakes_on_commit(self) -> bool:
+        """Whether commits wake the pollers (PostgreSQL's NOTIFY), so beat only backs up."""
+        return self.outbox_wakeup and self.database_url.startswith("postgresql")
+
+    @property
+    def outbox_poll_seconds(self) -> float:
+        """Seconds between two beat-driven outbox polls."""
+        return (
+            self.outbox_backstop_seconds if self.wakes_on_commit else self.outbox_interval_seconds
+        )
 
     @property
     def effective_broker_url(self) -> str:

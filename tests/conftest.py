@@ -15,6 +15,7 @@ For tests that run the system's processes:
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -103,7 +104,20 @@ def configured(process_env: dict[str, str]) -> Iterator[Settings]:
     try:
         yield settings
     finally:
+        _leave_nothing_behind()
         runtime.reset()
+
+
+def _leave_nothing_behind() -> None:
+    """What a test left in this process's web state goes with it: the default batcher's
+    touches (sent to the test's own Redis) and the accounts it marked unschedulable."""
+    from tasks.web import last_used, marks
+
+    batcher = last_used._default
+    if batcher is not None:
+        with contextlib.suppress(Exception):
+            batcher.flush()
+    marks.forget_marks()
 
 
 @pytest.fixture

@@ -212,7 +212,7 @@ def db_init() -> None:
 
     use_running_system(required=False)
     settings = runtime.settings()
-    init_schema(settings.database_url).dispose()
+    init_schema(settings.database_url, notify_channel=settings.outbox_notify_channel).dispose()
     click.echo(f"schema ready in {mask_url(absolute_database_url(settings.database_url))}")
 
 

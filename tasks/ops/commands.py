@@ -75,7 +75,7 @@ def seed_database(settings: Settings, *, scale: float = 1.0, seed: int = 7) -> S
     from tasks.source import SqlSource, SqlWriter
     from tasks.source.schema import init_schema
 
-    init_schema(settings.database_url).dispose()
+    init_schema(settings.database_url, notify_channel=settings.outbox_notify_channel).dispose()
     source = SqlSource.from_settings(settings)
     try:
         return seed_demo(SqlWriter(source), scale=scale, seed=seed)

@@ -290,7 +290,7 @@ def run_system(settings: Settings, options: RunOptions) -> None:
     port = choose_port(settings, options.flower_port, "flower")
     metrics_port = choose_port(settings, options.metrics_port, "metrics")
     database_url = system.absolute_database_url(settings.database_url)
-    init_schema(settings.database_url).dispose()
+    init_schema(settings.database_url, notify_channel=settings.outbox_notify_channel).dispose()
     if options.demo and count_accounts(settings.database_url) == 0:
         console.print(f"seeding the demo data set into {mask_url(database_url)} ...")
         summary = seed_database(settings)

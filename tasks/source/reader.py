@@ -2,8 +2,8 @@
 
 Write helpers live in :mod:`tasks.source.writer` (built on a reader), connections and
 shared queries in :mod:`tasks.source.store`. Another application may also write plain
-SQL (the revision triggers keep the cache's ordering honest), but then it writes its own
-outbox rows.
+SQL: the triggers bump the revisions and write the outbox rows
+(:mod:`tasks.source.capture`) whoever writes.
 """
 
 from __future__ import annotations

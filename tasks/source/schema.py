@@ -21,6 +21,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 import cache
+from tasks.source.capture_postgres import (
+    DEFAULT_NOTIFY_CHANNEL,
+    postgres_capture_triggers,
+    postgres_notify_trigger,
+)
+from tasks.source.capture_sqlite import sqlite_capture_triggers
 from tasks.source.engine import allow_create, as_engine, db_errors, mask_url, writing
 from tasks.source.errors import SourceError
 
@@ -158,6 +164,19 @@ scheduler_outbox = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# The open transaction's account events, while a write helper asks for one event per
+# account (tasks.source.capture): rows live only inside that transaction.
+scheduler_outbox_open = sa.Table(
+    "scheduler_outbox_open",
+    metadata,
+    sa.Column("account_id", sa.BigInteger, nullable=True),
+    sa.Column("event_id", sa.BigInteger, nullable=True),
+    # Created in this transaction: it was in no bucket before, so group 0 is named
+    # only if it ends in no group.
+    sa.Column("fresh", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_scheduler_outbox_open_account", "account_id"),
+)
+
 # Columns whose change does not make a new revision: the per-request touch, and the
 # bookkeeping the trigger itself writes.
 _UNVERSIONED = frozenset({"last_used_at", "revision", "updated_at"})
@@ -243,9 +262,24 @@ def _postgres_revision_trigger() -> list[str]:
     ]
 
 
-def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
-    """Create the tables, indexes and the revision trigger; safe to run again.
+def _notifies(conn: sa.Connection) -> bool:
+    """Whether this schema's outbox notifies a channel already."""
+    query = sa.text(
+        "SELECT 1 FROM pg_proc WHERE proname = 'scheduler_outbox_notify'"
+        " AND pronamespace = current_schema()::regnamespace"
+    )
+    return conn.execute(query).first() is not None
 
+
+def init_schema(
+    url_or_engine: str | sa.URL | Engine, *, notify_channel: str | None = None
+) -> Engine:
+    """Create the tables, indexes, the revision triggers and the triggers that write
+    the outbox (:mod:`tasks.source.capture`); safe to run again.
+
+        On PostgreSQL every outbox insert also notifies ``notify_channel``
+    (``SCHED_OUTBOX_NOTIFY_CHANNEL``), so listeners wake on commit; None keeps the
+    channel a previous run set (``sched_outbox`` on a new database).
     Returns the engine used, so a caller that passed a URL can keep it.
     """
     engine = as_engine(url_or_engine)
@@ -255,8 +289,12 @@ def init_schema(url_or_engine: str | sa.URL | Engine) -> Engine:
             # Two `db init` at once would race on CREATE TABLE IF NOT EXISTS.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_INIT_LOCK_KEY)))
             statements = _postgres_revision_trigger()
+            statements += postgres_capture_triggers(VERSIONED_COLUMNS)
+            if notify_channel is not None or not _notifies(conn):
+                statements += postgres_notify_trigger(notify_channel or DEFAULT_NOTIFY_CHANNEL)
         elif conn.dialect.name == "sqlite":
             statements = _sqlite_revision_trigger() + _sqlite_membership_triggers()
+            statements += sqlite_capture_triggers(VERSIONED_COLUMNS)
         else:
             raise SourceError(
                 f"unsupported database {mask_url(engine.url)}: use sqlite or postgresql"

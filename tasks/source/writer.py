@@ -1,13 +1,17 @@
 """Write helpers of the SQL source, for tests, the demo and admin applications.
 
-Every helper writes its outbox event in the same transaction as its change: a change
-that fails (a bad value, a missing account) rolls back and leaves no event, and an
-event is never visible without its change.
+The triggers write the outbox events of table changes (:mod:`tasks.source.capture`), in
+the same transaction: a change that fails (a bad value, a missing account) rolls back
+and leaves no event, and an event is never visible without its change. Each helper asks
+them for one event per account, however many rows it touches. Only the events with no
+table change behind them (a full rebuild, the original's last-use batches) are written
+here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from cache import Account
 from cache.models import validate_token
+from tasks.source.capture import close_capture, open_capture
 from tasks.source.errors import AccountNotFound, GroupNotFound
 from tasks.source.protocol import Group, OutboxEventType
 from tasks.source.reader import SqlSource
@@ -36,13 +41,17 @@ def check_fields(given: Iterable[str], allowed: frozenset[str], what: str) -> No
 
 
 class SqlWriter:
-    """Changes to accounts and groups, each with its outbox event, written through the
+    """Changes to accounts and groups (their outbox events by the triggers), written through the
     connections of a :class:`SqlSource` (whose decoded-row cache stays consistent: it
     only ever holds committed states)."""
 
-    def __init__(self, source: SqlSource) -> None:
+    def __init__(self, source: SqlSource, *, on_commit: Callable[[], object] | None = None) -> None:
+        """``on_commit``: called after each change commits, e.g. a nudge that sends
+        the outbox poll at once (:mod:`tasks.worker.wakeup`): what SQLite, with no
+        notifications, has instead of PostgreSQL's wake-up on commit."""
         self.source = source
         self.store = source
+        self.on_commit = on_commit
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source.url!r})"
@@ -55,15 +64,13 @@ class SqlWriter:
         missing = sorted({"name", "platform", "type"} - set(fields))
         if missing:
             raise ValueError(f"create_account needs {missing}")
-        with self.store.write("create_account") as conn:
+        with self._change("create_account") as conn:
             result = conn.execute(accounts.insert().values(**fields))
             account_id = inserted_id(result)
             if "id" in fields:
                 self._catch_up_sequence(conn, accounts)
             self._set_memberships(conn, account_id, memberships)
-            account = self._load_one(conn, account_id)
-            self._account_changed(conn, account)
-        return account
+            return self._load_one(conn, account_id)
 
     def update_account(self, account_id: int, **changes: Any) -> Account:
         """Change an account's fields; its revision grows (by the trigger)."""
@@ -71,7 +78,7 @@ class SqlWriter:
         if not changes:
             raise ValueError(f"update_account({account_id!r}) was given no changes")
         account_id = as_account_id(account_id)
-        with self.store.write("update_account") as conn:
+        with self._change("update_account") as conn:
             result = conn.execute(
                 accounts.update()
                 .where(accounts.c.id == account_id, accounts.c.deleted_at.is_(None))
@@ -79,14 +86,12 @@ class SqlWriter:
             )
             if result.rowcount == 0:
                 raise AccountNotFound(f"account {account_id} does not exist or is deleted")
-            account = self._load_one(conn, account_id)
-            self._account_changed(conn, account)
-        return account
+            return self._load_one(conn, account_id)
 
     def delete_account(self, account_id: int) -> bool:
         """Soft-delete an account; False (and no event) when it was deleted already."""
         account_id = as_account_id(account_id)
-        with self.store.write("delete_account") as conn:
+        with self._change("delete_account") as conn:
             row = conn.execute(
                 sa.select(accounts.c.deleted_at).where(accounts.c.id == account_id)
             ).first()
@@ -99,13 +104,6 @@ class SqlWriter:
                 .where(accounts.c.id == account_id)
                 .values(deleted_at=self.store.clock())
             )
-            group_ids = sorted(self.store.memberships(conn, [account_id]).get(account_id, []))
-            self.store.emit(
-                conn,
-                OutboxEventType.ACCOUNT_CHANGED,
-                account_id=account_id,
-                payload={"group_ids": group_ids},
-            )
         return True
 
     def set_account_groups(
@@ -113,39 +111,56 @@ class SqlWriter:
     ) -> Account:
         """Replace the account's groups with ``{group_id: membership priority}``.
 
-        The event names every group the account left or joined; it adds group 0 when
-        the account joins its first group or leaves its last, since that moves it into
-        or out of the "no group" buckets.
+        Only the memberships that differ are written, so the event names just the groups
+        the account left, joined or changed its priority in (and group 0 when it joins
+        its first group or leaves its last); no change, no event.
         """
         account_id = as_account_id(account_id)
         new = _memberships_arg(memberships)
-        with self.store.write("set_account_groups") as conn:
+        with self._change("set_account_groups") as conn:
             self._load_one(conn, account_id)
-            old = set(self.store.memberships(conn, [account_id]).get(account_id, []))
-            conn.execute(account_groups.delete().where(account_groups.c.account_id == account_id))
-            self._set_memberships(conn, account_id, new)
-            affected = old | set(new)
-            if affected and not (old and new):
-                affected.add(0)
-            account = self._load_one(conn, account_id)
-            self.store.emit(
-                conn,
-                OutboxEventType.ACCOUNT_GROUPS_CHANGED,
-                account_id=account_id,
-                payload={"group_ids": sorted(affected)},
+            old = dict(
+                conn.execute(
+                    sa.select(account_groups.c.group_id, account_groups.c.priority).where(
+                        account_groups.c.account_id == account_id
+                    )
+                ).all()
             )
-        return account
+            # Joins before leaves: a move between groups never passes through "no group"
+            # (group 0), which would name group 0 in the event.
+            joined = {g: p for g, p in new.items() if g not in old}
+            self._set_memberships(conn, account_id, joined)
+            left = sorted(set(old) - set(new))
+            if left:
+                conn.execute(
+                    account_groups.delete().where(
+                        account_groups.c.account_id == account_id,
+                        account_groups.c.group_id.in_(left),
+                    )
+                )
+            for group_id, priority in sorted(new.items()):
+                if group_id in old and old[group_id] != priority:
+                    conn.execute(
+                        account_groups.update()
+                        .where(
+                            account_groups.c.account_id == account_id,
+                            account_groups.c.group_id == group_id,
+                        )
+                        .values(priority=priority)
+                    )
+            return self._load_one(conn, account_id)
 
     def bulk_update_accounts(self, account_ids: Iterable[int], **changes: Any) -> int:
-        """Change the same fields of many accounts in one transaction and one event.
+        """Change the same fields of many accounts in one transaction (an event per
+        account whose row changed: the poller folds a batch of them into one plan).
 
-        Returns how many (not deleted) accounts changed; no event when none did.
+        Returns how many (not deleted) accounts matched.
         """
         check_fields(changes, ACCOUNT_FIELDS, "account")
         if not changes:
             raise ValueError("bulk_update_accounts was given no changes")
         ids = sorted({as_account_id(i) for i in account_ids})
-        with self.store.write("bulk_update_accounts") as conn:
+        with self._change("bulk_update_accounts") as conn:
             changed: list[int] = []
             for part in chunks(ids):
                 result = conn.execute(
@@ -155,18 +170,9 @@ class SqlWriter:
                     .returning(accounts.c.id)
                 )
                 changed.extend(result.scalars())
-            if not changed:
-                return 0
-            changed.sort()
-            loaded = self.store.load_accounts(conn, changed, strict=True)
-            group_ids = {g for account in loaded.values() for g in account.group_ids}
-            if any(not account.group_ids for account in loaded.values()):
-                group_ids.add(0)
-            self.store.emit(
-                conn,
-                OutboxEventType.ACCOUNT_BULK_CHANGED,
-                payload={"account_ids": changed, "group_ids": sorted(group_ids)},
-            )
+            if changed:
+                # Validates the new values: a bad one rolls the whole change back.
+                self.store.load_accounts(conn, sorted(changed), strict=True)
         return len(changed)
 
     def record_last_used_event(self, updates: Mapping[int, datetime]) -> int | None:
@@ -179,7 +185,7 @@ class SqlWriter:
         if not batch:
             return None
         seconds = {str(item["b_id"]): round(item["b_at"].timestamp(), 3) for item in batch}
-        with self.store.write("record_last_used_event") as conn:
+        with self._change("record_last_used_event") as conn:
             self.store.apply_last_used(conn, batch)
             return self.store.emit(
                 conn, OutboxEventType.ACCOUNT_LAST_USED, payload={"last_used": seconds}
@@ -193,59 +199,48 @@ class SqlWriter:
         values: dict[str, Any] = {"name": name, "platform": platform, "status": status}
         if id is not None:
             values["id"] = as_account_id(id)
-        with self.store.write("create_group") as conn:
+        with self._change("create_group") as conn:
             group_id = inserted_id(conn.execute(groups.insert().values(**values)))
             if id is not None:
                 self._catch_up_sequence(conn, groups)
-            self.store.emit(
-                conn,
-                OutboxEventType.GROUP_CHANGED,
-                group_id=group_id,
-                payload={"platforms": [platform]},
-            )
         return Group(id=group_id, name=name, platform=platform, status=status)
 
     def update_group(self, group_id: int, **changes: Any) -> Group:
-        """Change a group; the event names its old and new platform."""
+        """Change a group; a new platform or status writes an event naming its old and
+        new platform (a new name alone schedules nothing differently: no event)."""
         check_fields(changes, GROUP_FIELDS, "group")
         if not changes:
             raise ValueError(f"update_group({group_id!r}) was given no changes")
         if "platform" in changes:
             validate_token(changes["platform"], "group platform")
         group_id = as_account_id(group_id)
-        with self.store.write("update_group") as conn:
-            before = conn.execute(sa.select(groups).where(groups.c.id == group_id)).first()
-            if before is None:
-                raise GroupNotFound(f"group {group_id} does not exist")
-            conn.execute(
+        with self._change("update_group") as conn:
+            result = conn.execute(
                 groups.update()
                 .where(groups.c.id == group_id)
                 .values(**changes, updated_at=self.store.clock())
             )
+            if result.rowcount == 0:
+                raise GroupNotFound(f"group {group_id} does not exist")
             after = conn.execute(sa.select(groups).where(groups.c.id == group_id)).one()
-            platforms = sorted({p for p in (before.platform, after.platform) if p})
-            self.store.emit(
-                conn,
-                OutboxEventType.GROUP_CHANGED,
-                group_id=group_id,
-                payload={"platforms": platforms},
-            )
         return Group(
             id=after.id, name=after.name, platform=after.platform or "", status=after.status
         )
 
     def request_full_rebuild(self) -> int:
         """Ask the pollers to rebuild every bucket; returns the event id."""
-        with self.store.write("request_full_rebuild") as conn:
+        with self._change("request_full_rebuild") as conn:
             return self.store.emit(conn, OutboxEventType.FULL_REBUILD)
 
-    def _account_changed(self, conn: Connection, account: Account) -> None:
-        self.store.emit(
-            conn,
-            OutboxEventType.ACCOUNT_CHANGED,
-            account_id=account.id,
-            payload={"group_ids": list(account.group_ids)},
-        )
+    @contextmanager
+    def _change(self, action: str) -> Iterator[Connection]:
+        """A write transaction whose triggers write one event per account."""
+        with self.store.write(action) as conn:
+            open_capture(conn)
+            yield conn
+            close_capture(conn)
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _set_memberships(self, conn: Connection, account_id: int, new: Mapping[int, int]) -> None:
         if not new:

@@ -25,12 +25,13 @@ import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cache import Account, AsyncNearCache, AsyncSchedulerReader, CacheUnavailable, CorruptKey
 from tasks import runtime
 from tasks.connections import cache_options
 from tasks.settings import Settings
+from tasks.web.marks import without_marked
 from tasks.web.reader import on_corrupt_key, on_miss, on_unavailable, resolve, schedulable
 
 
@@ -77,6 +78,13 @@ async def list_schedulable_async(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
 ) -> list[Account]:
     """As :func:`tasks.web.reader.list_schedulable`, awaited."""
+    now = now or datetime.now(UTC)
+    return without_marked(await _list_schedulable(group_id, platform, has_force, now), now)
+
+
+async def _list_schedulable(
+    group_id: int, platform: str, has_force: bool, now: datetime
+) -> list[Account]:
     s, bucket, now = resolve(group_id, platform, has_force, now)
     held = await reading()
     try:

@@ -30,6 +30,7 @@ from cache.pickindex import Choice, scan, use_after
 from tasks import runtime
 from tasks.web.aio import list_schedulable_async, reading
 from tasks.web.last_used import record_last_used
+from tasks.web.marks import marked
 from tasks.web.reader import (
     list_schedulable,
     on_corrupt_key,
@@ -89,6 +90,7 @@ def pick(
     (:func:`tasks.record_last_used`). A platform that is not configured raises
     :class:`tasks.buckets.UnknownPlatform`, as ``list_schedulable`` does."""
     s, bucket, now = resolve(group_id, platform, has_force, now)
+    exclude = _with_marked(exclude, now)
     near = runtime.get_near_cache()
     if near is None:
         accounts = list_schedulable(group_id, platform, has_force, now=now)
@@ -117,6 +119,7 @@ async def pick_async(
 ) -> Account | None:
     """As :func:`pick`, awaited: Redis only when the bucket is not held and trusted."""
     s, bucket, now = resolve(group_id, platform, has_force, now)
+    exclude = _with_marked(exclude, now)
     held = await reading()
     if held.near is None:
         accounts = await list_schedulable_async(group_id, platform, has_force, now=now)
@@ -133,6 +136,12 @@ async def pick_async(
             return _recorded(choice)
         found = await asyncio.to_thread(on_miss, cache, bucket, s)
     return _recorded(_recent.choose(schedulable(found, now), now, exclude))
+
+
+def _with_marked(exclude: Collection[int], now: datetime) -> Collection[int]:
+    """``exclude`` and the accounts this process marked unschedulable (still in force)."""
+    held = marked(now)
+    return held.union(exclude) if held else exclude
 
 
 def _recorded(choice: Choice) -> Account | None:

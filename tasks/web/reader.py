@@ -36,6 +36,7 @@ from tasks.buckets import bucket_for, check_platform
 from tasks.settings import Settings
 from tasks.web.groups import KnownGroups
 from tasks.web.last_used import default_batcher, keep_latest
+from tasks.web.marks import without_marked
 from tasks.web.requests import request_rebuild
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,16 @@ def knows_group(group_id: int, s: Settings) -> bool:
 
 
 def list_schedulable(
+    group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
+) -> list[Account]:
+    """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order,
+    less those this process marked unschedulable (:mod:`tasks.web.marks`) until the
+    cache shows the mark."""
+    now = now or datetime.now(UTC)
+    return without_marked(_list_schedulable(group_id, platform, has_force, now=now), now)
+
+
+def _list_schedulable(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
 ) -> list[Account]:
     """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order.

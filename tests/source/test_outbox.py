@@ -1,4 +1,5 @@
-"""Every helper writes exactly its outbox event, in the same transaction as its change."""
+"""Every helper's change writes exactly one outbox event per account (by the triggers),
+in the same transaction as its change."""
 
 from __future__ import annotations
 
@@ -125,9 +126,7 @@ def test_update_group_writes_group_changed_with_old_and_new_platforms(
     assert (changed.platform, changed.status) == ("openai", "disabled")
 
 
-def test_bulk_update_writes_one_event_with_accounts_and_groups(
-    world: SqlSource, db: SqlWriter
-) -> None:
+def test_bulk_update_writes_one_event_per_changed_account(world: SqlSource, db: SqlWriter) -> None:
     db.create_account(id=12, name="x", platform="openai", type="apikey", group_ids=[3])
     db.delete_account(12)
     mark = world.max_outbox_id()
@@ -135,12 +134,11 @@ def test_bulk_update_writes_one_event_with_accounts_and_groups(
     changed = db.bulk_update_accounts([11, 10, 12, 99], schedulable=False)
 
     assert changed == 2
-    assert only_event(world, mark) == (
-        "account_bulk_changed",
-        None,
-        None,
-        {"account_ids": [10, 11], "group_ids": [0, 1, 2]},
-    )
+    facts = [(e.event_type, e.account_id, e.payload) for e in events_after(world, mark)]
+    assert facts == [
+        ("account_changed", 10, {"group_ids": [1, 2]}),
+        ("account_changed", 11, {"group_ids": []}),
+    ]
     assert world.get_accounts([10, 11])[10].schedulable is False
     mark = world.max_outbox_id()
     assert db.bulk_update_accounts([99], priority=1) == 0

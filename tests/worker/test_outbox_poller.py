@@ -337,7 +337,7 @@ def test_bulk_changes_refresh_every_named_account(
     db.bulk_update_accounts(ids, priority=7)
     report = poller.poll_batch()
 
-    assert report.applied == 1
+    assert report.applied == len(ids)  # an event per account, applied as one plan
     for account_id in ids:
         cached = poller_cache.get_account(account_id)
         assert cached is not None and cached.priority == 7
@@ -707,7 +707,7 @@ def test_a_bad_id_in_a_bulk_event_is_dropped_alone(
     good = [db.create_account(name=f"o{i}", platform="openai", type="apikey") for i in range(2)]
     poller = make_poller(source)
     poller.poll_batch()
-    db.bulk_update_accounts([a.id for a in good], priority=7)  # its own event, then ours
+    db.bulk_update_accounts([a.id for a in good], priority=7)  # an event each, then ours
     long_bad = "9" * 5000
     insert_event(
         source,
@@ -717,7 +717,7 @@ def test_a_bad_id_in_a_bulk_event_is_dropped_alone(
 
     report = poller.poll_batch()
 
-    assert (report.applied, report.malformed) == (2, 0)
+    assert (report.applied, report.malformed) == (3, 0)
     for account in good:
         cached = poller_cache.get_account(account.id)
         assert cached is not None and cached.priority == 7
