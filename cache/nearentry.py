@@ -1,4 +1,5 @@
-"""One bucket as a near cache holds it (see :mod:`cache.nearstate`, its only writer)."""
+"""One bucket as a near cache holds it (see :mod:`cache.nearstate`, its only writer,
+under its lock, with :mod:`cache.nearpick`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """What a near cache holds and when it may serve it, without any I/O.
 
 Shared by the threaded :class:`cache.near.NearCache` and the asyncio
-:class:`cache.aio.AsyncNearCache`. Its fields are private: every change is one method
-that takes the lock, so request threads and the checker never see half a change.
+:class:`cache.aio.AsyncNearCache`. Its fields are private (the last uses and picks among
+them, kept by :class:`cache.nearpick.NearUses`): every change is one method that takes
+the lock, so request threads and the checker never see half a change.
 
 Trust: a bucket is served from memory only while Redis confirmed its ``gen`` (the
 counter every activation and patch moves) within ``trust_seconds``, and no push
@@ -31,19 +32,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
-from cache.codec import from_ms, to_ms, with_last_used
+from cache.codec import to_ms
 from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
 from cache.nearcore import Stamp, Verdict
 from cache.nearentry import Entry
-from cache.pickindex import Choice, use_after
+from cache.nearpick import NearUses
+from cache.pickindex import Choice
 from cache.reads import SnapshotRead
 
 NEVER = float("-inf")
-
-# Last uses kept per process: every account of a large source, while a stray id from a
-# bad caller cannot grow the map without bound (past it, accounts no bucket holds go).
-USES_MAX = 200_000
 
 
 class NearState:
@@ -86,9 +84,8 @@ class NearState:
         self._era = 0
         # Touch log position seen up to; None until the first look in an era.
         self._touch_seq: int | None = None
-        self._uses: dict[int, int] = {}
-        self._members: dict[int, set[str]] = {}
-        self._last_pick = 0  # ms of the latest use laid by a pick
+        # Changed only under self._lock, like every field here (see cache.nearpick).
+        self._uses = NearUses(self._entries)
 
     # -- looking in ------------------------------------------------------------------
     @property
@@ -128,24 +125,12 @@ class NearState:
             verdict, entry = self._trusted(name)
             if entry is None:
                 return verdict, None
-            chosen = entry.pick(now, exclude)
-            if chosen is None:
-                return Verdict.HIT, Choice(None, now)
-            return Verdict.HIT, self._note_pick(chosen, now)
+            return Verdict.HIT, self._uses.pick(entry, now, exclude)
 
     def note_pick(self, chosen: Account, now: datetime) -> Choice:
         """Lay the use of a pick made apart from the index (a scan)."""
         with self._lock:
-            return self._note_pick(chosen, now)
-
-    def _note_pick(self, chosen: Account, now: datetime) -> Choice:
-        # Later than every pick before it in this process: requests that asked at the
-        # same instant, or whose threads got the lock in another order than they asked,
-        # still go round the tier one account each.
-        used = use_after(chosen, now, self._last_pick)
-        self._last_pick = used
-        self._used({chosen.id: used})
-        return Choice(chosen, from_ms(used))
+            return self._uses.note_pick(chosen, now)
 
     def _trusted(self, name: str) -> tuple[Verdict, Entry | None]:
         entry = self._entries.get(name)
@@ -189,19 +174,15 @@ class NearState:
             if entry is not None and read.gen == entry.gen:
                 entry.confirmed = max(entry.confirmed, asked_at)
                 return True
-            self._take_uses(read)
-            accounts = [
-                self._laid_over(a, used) for a, used in zip(read.accounts, read.uses, strict=True)
-            ]
+            accounts = self._uses.take(read)
             fresh = Entry.of(read.version, read.gen, asked_at, accounts)
             if entry is not None:
                 fresh.wanted = entry.wanted
                 fresh.succeed(entry)
-                self._forget_members(name, entry)
+                self._uses.leave(name, entry)
             self._floors.pop(name, None)
             self._entries[name] = fresh
-            for account in accounts:
-                self._members.setdefault(account.id, set()).add(name)
+            self._uses.join(name, accounts)
             while len(self._entries) > self.max_buckets:
                 old_name, old = self._entries.popitem(last=False)
                 self._remove(old_name, old, old.gen)
@@ -260,7 +241,7 @@ class NearState:
         with self._lock:
             if stamp.era != self._era or self._touch_seq is None:
                 return
-            self._used(uses)
+            self._uses.lay(uses)
             self._touch_seq = max(self._touch_seq, next_since)
 
     def lost_touches(self, stamp: Stamp) -> None:
@@ -283,14 +264,13 @@ class NearState:
     def _drop_all(self, epoch: str | None) -> None:
         self._entries.clear()
         self._floors.clear()
-        self._members.clear()
+        self._uses.leave_all()
         self._epoch = epoch
         self._era += 1
         self._touch_seq = None
-        self._bound_uses()
 
     def _remove(self, name: str, entry: Entry, floor: int) -> None:
-        self._forget_members(name, entry)
+        self._uses.leave(name, entry)
         self._floors[name] = floor
         while len(self._floors) > self.max_buckets:
             self._floors.popitem(last=False)
@@ -299,46 +279,7 @@ class NearState:
     def used(self, uses: Mapping[int, int]) -> None:
         """Lay last uses (integer ms) over the held accounts; older ones change nothing."""
         with self._lock:
-            self._used(uses)
+            self._uses.lay(uses)
 
     def used_at(self, updates: Mapping[int, datetime]) -> None:
         self.used({int(i): to_ms(t) for i, t in updates.items()})
-
-    def _used(self, uses: Mapping[int, int]) -> None:
-        for account_id, used in uses.items():
-            if used <= self._uses.get(account_id, 0):
-                continue
-            self._uses[account_id] = used
-            for name in self._members.get(account_id, ()):
-                self._entries[name].lay_over(account_id, used)
-        self._bound_uses()
-
-    def _take_uses(self, read: SnapshotRead) -> None:
-        """The read's last uses that are newer than known, laid over every other held
-        bucket listing the account too: no bucket lags behind the one just read."""
-        newer = {
-            a.id: used
-            for a, used in zip(read.accounts, read.uses, strict=True)
-            if used > self._uses.get(a.id, 0)
-        }
-        if newer:
-            self._used(newer)
-
-    def _laid_over(self, account: Account, read_use: int) -> Account:
-        """``account`` with the newest last use known here (its own, as read, or newer)."""
-        used = self._uses.get(account.id, 0)
-        return account if used <= read_use else with_last_used(account, used)
-
-    def _bound_uses(self) -> None:
-        if len(self._uses) > USES_MAX:
-            for account_id in [i for i in self._uses if i not in self._members]:
-                del self._uses[account_id]
-
-    def _forget_members(self, name: str, entry: Entry) -> None:
-        for account_id in entry.positions:
-            names = self._members.get(account_id)
-            if names is None:
-                continue
-            names.discard(name)
-            if not names:
-                del self._members[account_id]
