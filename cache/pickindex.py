@@ -201,7 +201,15 @@ class Choice:
     used_at: datetime
 
 
+# How far past ``now`` a pick still notes its use just after the latest one known.
+AHEAD_MS = 1_000
+
+
 def use_after(account: Account, now: datetime, known: int = 0) -> int:
     """The time (ms) to note for a use of ``account`` at ``now`` (``known``: a later
-    use known apart from the account's)."""
-    return max(to_ms(now), use_ms(account) + 1, known + 1)
+    use known apart from the account's): just after the latest use known, so picks in
+    a row go round the tier, unless that is further ahead of ``now`` than a clock skew
+    explains (a use noted for a time to come): then ``now``, never chasing it."""
+    at = to_ms(now)
+    after = max(use_ms(account), known) + 1
+    return after if at < after <= at + AHEAD_MS else at

@@ -119,6 +119,9 @@ class LastUsedBatcher:
         self._period_started = time.monotonic()
         self._epoch: object = _UNSEEN
         self._epoch_read_at = -EPOCH_LOOK_SECONDS
+        # The cache the remembered touches went to: another one (the process's runtime
+        # pointed elsewhere) has its own epoch and owes nothing of them.
+        self._remembered_in: object = None
 
     def _before_fork(self) -> None:
         self._held_for_fork = self._flush_lock.acquire(timeout=FORK_WAIT_SECONDS)
@@ -184,7 +187,7 @@ class LastUsedBatcher:
                 batch, self._batch = self._batch, {}
             if not batch:
                 if self._sent_now or self._sent_before:
-                    self._resend_if_lost(self._cache or self._cache_factory())
+                    self._resend_if_lost(self._same_cache(self._cache or self._cache_factory()))
                 return 0
             try:
                 # Asked each time, not kept: the process's cache may be replaced.
@@ -211,11 +214,19 @@ class LastUsedBatcher:
                 logger.warning("last-used batches reach the cache again (%d accounts)", len(batch))
             self.flushes += 1
             self.sent += len(batch)
-            self._remember(batch)
+            self._remember(self._same_cache(cache), batch)
             self._resend_if_lost(cache)
             return len(batch)
 
-    def _remember(self, batch: Mapping[int, datetime]) -> None:
+    def _same_cache(self, cache: LastUsedSink) -> LastUsedSink:
+        """``cache``, after forgetting what was remembered for another one."""
+        if cache is not self._remembered_in:
+            self._sent_now, self._sent_before = {}, {}
+            self._epoch = _UNSEEN
+            self._remembered_in = cache
+        return cache
+
+    def _remember(self, cache: LastUsedSink, batch: Mapping[int, datetime]) -> None:
         """Keep what reached Redis for at least one database flush interval and a margin:
         two periods of that length, the older dropped as a whole (no per-entry sweep)."""
         period = settings().last_used_db_flush_seconds + REMEMBER_MARGIN_SECONDS
@@ -246,7 +257,9 @@ class LastUsedBatcher:
         keep_latest(lost, self._sent_now)
         if not lost:
             return
-        logger.warning(
+        # From no epoch to one is also the first start of a system: said quietly.
+        logger.log(
+            logging.INFO if seen is None else logging.WARNING,
             "redis lost its state (epoch %s -> %s): %d recent last uses sent again",
             seen,
             epoch,

@@ -157,3 +157,19 @@ def test_pick_async_goes_round_the_tier(seeded: Settings) -> None:
             await aio.aclose()
 
     assert sorted(asyncio.run(main())) == list(range(1, TIER + 1))
+
+
+@pytest.mark.parametrize("near_cache", [True, False])
+def test_a_pick_for_a_time_to_come_does_not_drag_later_uses_with_it(
+    seeded: Settings, near_cache: bool
+) -> None:
+    runtime.reset(seeded.model_copy(update={"near_cache": near_cache}))
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    assert pick(0, "openai", now=ahead) is not None
+    default_batcher().flush()
+
+    before = datetime.now(UTC) - timedelta(milliseconds=1)  # uses are noted in ms
+    account = pick(0, "openai")
+    assert account is not None
+    noted = default_batcher().held()[account.id]
+    assert before <= noted <= datetime.now(UTC) + timedelta(seconds=1)
