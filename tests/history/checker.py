@@ -12,7 +12,9 @@ covers ``[t0, t]``, from the call to its return. B is :attr:`Bounds.staleness`
 A change committed at time c is in a fault's *window* when ``start - B <= c <= end + G``;
 in a *quiet period* when it is in no fault's window. Its *deadline*, by when every
 reader must show it, is ``c + B`` in a quiet period, else the latest
-``max(c, end) + R`` over the faults whose window it is in (:meth:`Bounds.deadline`).
+``max(c, end) + R`` over the faults whose window it is in; a fault that begins (less B)
+before that deadline has passed extends it to the fault's ``end + R`` in turn: it can
+hold the change up, a worker paused with the bucket's lock say (:meth:`Bounds.deadline`).
 
 What is reported (each a count with examples; the targets are all zero):
 

@@ -39,9 +39,21 @@ class Bounds:
 
     def deadline(self, t: float, faults: Sequence[Fault]) -> float:
         """When every reader must show a change committed at ``t``: B after it in a quiet
-        period; R after the later of it and the end of each fault whose window it is in."""
+        period; R after the later of it and the end of each fault whose window it is in,
+        or that begins before that deadline has passed."""
         windows = [max(t, f.end) + self.recovery for f in faults if self.near(t, f)]
-        return max(windows) if windows else t + self.staleness
+        deadline = max(windows) if windows else t + self.staleness
+        # A fault that begins while the change is still within its allowance can hold
+        # it up until the fault is over (a worker paused with the bucket's lock): its
+        # window reaches the change too, until no further fault does.
+        reached = True
+        while reached:
+            reached = False
+            for f in faults:
+                later = f.end + self.recovery
+                if f.start - self.staleness <= deadline < later and t <= f.end + self.fault_grace:
+                    deadline, reached = later, True
+        return deadline
 
 
 @dataclass

@@ -192,6 +192,21 @@ def test_a_change_not_current_within_the_recovery_bound_of_a_worker_kill_is_late
     assert findings(ops, recovery=6.0) == {}
 
 
+def test_a_fault_that_begins_within_a_changes_allowance_extends_it() -> None:
+    # Killed at 3.0, change at 3.2 (its deadline 8.2); a pause from 6.0 to 7.0 begins
+    # before that deadline and holds the change until 7.0 + R = 12.0: seen at 9.5 is
+    # in time. Without the pause, 9.5 is late.
+    def shown(t: float) -> list[tuple[int, int, float | None]]:
+        return [(1, 1, 2.0 if t >= 2.6 else None), (2, 2 if t >= 9.45 else 1, None)]
+
+    ops = base(commit(3.2, 2, 2, kind="priority"), fault("worker_kill", 3.0), shown=shown)
+    ops[5] = final({1: (1, 2.0), 2: (2, None)}, redis={"1": 2.0})
+    assert findings(ops) == {"late_after_worker_kill": 1}
+    assert findings([*ops, fault("worker_pause", 6.0, 7.0)]) == {}
+    # A fault that begins after the deadline passed extends nothing.
+    assert findings([*ops, fault("worker_pause", 9.3, 9.35)]) == {"late_after_worker_kill": 1}
+
+
 def test_a_reader_that_never_agrees_with_the_source_has_not_converged() -> None:
     def late(t: float) -> list[tuple[int, int, float | None]]:
         return [(1, 1, 2.0 if t >= 2.6 else None), (2, 2 if t >= 9.75 else 1, None)]

@@ -125,7 +125,8 @@ class TimeChecks:
                 took = None if seen.by is None else seen.by - since
                 if took is not None:
                     worst[fault.kind] = max(worst.get(fault.kind, 0.0), took)
-                if took is None or took > self.bounds.recovery:
+                deadline = self.bounds.deadline(commit.t, self.history.faults)
+                if seen.by is None or seen.by > deadline:
                     late.add(
                         f"{fault.kind} at {self._at(fault.start)}..{self._at(fault.end)}: "
                         + self._describe(commit, seen)
