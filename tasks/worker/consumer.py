@@ -15,11 +15,23 @@ index; the visibility timeout delivers them again.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
+import warnings
 from typing import Any
 
+from celery.exceptions import CPendingDeprecationWarning
+from celery.utils.threads import bound_open_broker_sockets
+from celery.utils.time import humanize_seconds
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.consumer.consumer import (
+    COLLECT_SOCKET_TIMEOUT,
+    CONNECTION_ERROR,
+    CONNECTION_FAILOVER,
+    CONNECTION_RETRY_STEP,
+)
+from celery.worker.consumer.consumer import logger as celery_consumer_logger
+from celery.worker.state import maybe_shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -31,29 +43,85 @@ RECONNECT_MAX_SECONDS = 5.0
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """``worker_consumer`` of the app: Celery's consumer with shorter reconnect waits."""
 
+    # Set by Celery's consumer; declared for the type checker.
+    connection: Any
+    first_connection_attempt: bool
+    broker_connection_retry_attempt: int
+
     def ensure_connected(self, conn: Any) -> Any:
-        conn.ensure_connection = functools.partial(
-            conn.ensure_connection,
+        # Celery's own body; only the interval arguments of ensure_connection differ.
+        def _error_handler(
+            exc: Exception, interval: float, next_step: str = CONNECTION_RETRY_STEP
+        ) -> None:
+            if getattr(conn, "alt", None) and interval == 0:
+                next_step = CONNECTION_FAILOVER
+            elif interval > 0:
+                self.broker_connection_retry_attempt += 1
+            next_step = next_step.format(
+                when=humanize_seconds(interval, "in", " "),
+                retries=self.broker_connection_retry_attempt,
+                max_retries=self.app.conf.broker_connection_max_retries,
+            )
+            celery_consumer_logger.error(CONNECTION_ERROR, conn.as_uri(), exc, next_step)
+
+        retry_disabled = False
+        if self.app.conf.broker_connection_retry_on_startup is None:
+            retry_disabled = not self.app.conf.broker_connection_retry
+            if retry_disabled:
+                warnings.warn(
+                    CPendingDeprecationWarning(
+                        "The broker_connection_retry configuration setting will no longer "
+                        "determine\nwhether broker connection retries are made during startup "
+                        "in Celery 6.0 and above.\nIf you wish to refrain from retrying "
+                        "connections on startup,\nyou should set "
+                        "broker_connection_retry_on_startup to False instead."
+                    ),
+                    stacklevel=2,
+                )
+        elif self.first_connection_attempt:
+            retry_disabled = not self.app.conf.broker_connection_retry_on_startup
+        else:
+            retry_disabled = not self.app.conf.broker_connection_retry
+
+        if retry_disabled:
+            conn.connect()
+            self.first_connection_attempt = False
+            return conn
+
+        conn = conn.ensure_connection(
+            _error_handler,
+            self.app.conf.broker_connection_max_retries,
             interval_start=RECONNECT_FIRST_SECONDS,
             interval_step=RECONNECT_STEP_SECONDS,
             interval_max=RECONNECT_MAX_SECONDS,
+            callback=maybe_shutdown,
         )
-        return super().ensure_connected(conn)
+        self.first_connection_attempt = False
+        self.broker_connection_retry_attempt = 0
+        return conn
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        connection = self.connection
+        # Celery's teardown of the lost connection (bound its sockets, collect, close),
+        # done here so the close can tolerate kombu's AttributeError; Celery's method
+        # then finds no connection left to close and does the rest (the warning,
+        # cancelling late-acked tasks, the prefetch reduction).
+        connection, self.connection = self.connection, None
         if connection is not None:
-            close = connection.close
-
-            def close_what_can_be_closed() -> None:
-                try:
-                    close()
-                except AttributeError as error:
-                    logger.warning(
-                        "the lost broker connection did not close cleanly (%s); its "
-                        "unacknowledged messages come back after the visibility timeout",
-                        error,
-                    )
-
-            connection.close = close_what_can_be_closed
+            bound_open_broker_sockets(connection, COLLECT_SOCKET_TIMEOUT)
+            with contextlib.suppress(Exception):  # as Celery: any failure here is moot
+                connection.collect(socket_timeout=COLLECT_SOCKET_TIMEOUT)
+            self.close_lost_connection(connection)
         super().on_connection_error_after_connected(exc)
+
+    def close_lost_connection(self, connection: Any) -> None:
+        """Close a collected broker connection; kombu's AttributeError is not fatal."""
+        try:
+            connection.close()
+        except connection.connection_errors + connection.channel_errors:
+            pass
+        except AttributeError as error:
+            logger.warning(
+                "the lost broker connection did not close cleanly (%s); its "
+                "unacknowledged messages come back after the visibility timeout",
+                error,
+            )
