@@ -5,6 +5,16 @@ defaults). A Sentinel failover or a restarted Redis is usually back within a sec
 two, so the second wait alone would keep the worker idle for seconds after the broker
 is back. This consumer starts at a quarter second and backs off to five.
 
+It also survives acknowledging on a lost connection. With the Redis transport, a task
+acknowledged late (``acks_late``) that finishes after the consumer collected its lost
+connection acknowledges through a channel whose client is gone: kombu rebuilds a pool
+from no connection and raises AttributeError, which ``Message.ack_log_error`` lets
+through (it catches only the consumer's ``connection_errors``), and the worker stops
+with "Unrecoverable error" on a Redis restart that finds it with a task in hand. That
+AttributeError is counted among this consumer's connection errors: the ack is logged as
+not made (the message is redelivered by the broker, or was lost with Redis's state), and
+the consumer reconnects.
+
 It also survives closing the lost connection. With a ``sentinel://`` broker, kombu's
 channel, closed after Celery collected the connection, tries to give back its
 unacknowledged messages through a pool it can no longer build and raises
@@ -45,6 +55,14 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     # Set by Celery's consumer; declared for the type checker.
     connection: Any
+    connection_errors: tuple[type[BaseException], ...]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Before the task strategies are built: each request takes this tuple as the
+        # errors its late acknowledgement may meet (see the module's docstring).
+        self.connection_errors = with_lost_channel_errors(self.connection_errors)
+
     first_connection_attempt: bool
     broker_connection_retry_attempt: int
 
@@ -125,3 +143,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 "unacknowledged messages come back after the visibility timeout",
                 error,
             )
+
+
+def with_lost_channel_errors(
+    errors: tuple[type[BaseException], ...],
+) -> tuple[type[BaseException], ...]:
+    """``errors`` and the AttributeError kombu raises acknowledging on a channel whose
+    connection was collected (see the module's docstring)."""
+    return errors if AttributeError in errors else (*errors, AttributeError)
