@@ -214,7 +214,8 @@ class LastUsedBatcher:
                 logger.warning("last-used batches reach the cache again (%d accounts)", len(batch))
             self.flushes += 1
             self.sent += len(batch)
-            self._remember(self._same_cache(cache), batch)
+            self._same_cache(cache)
+            self._remember(batch)
             self._resend_if_lost(cache)
             return len(batch)
 
@@ -226,7 +227,7 @@ class LastUsedBatcher:
             self._remembered_in = cache
         return cache
 
-    def _remember(self, cache: LastUsedSink, batch: Mapping[int, datetime]) -> None:
+    def _remember(self, batch: Mapping[int, datetime]) -> None:
         """Keep what reached Redis for at least one database flush interval and a margin:
         two periods of that length, the older dropped as a whole (no per-entry sweep)."""
         period = settings().last_used_db_flush_seconds + REMEMBER_MARGIN_SECONDS
