@@ -200,7 +200,8 @@ def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
     read_ms = (time.perf_counter() - started) * 1000
     _reach_first(cache, accounts)
-    activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms)
+    belongs = buckets.belongs_in(bucket, runtime.settings())
+    activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms, belongs=belongs)
     activated_at = time.time()
     arrived = cache.finish_rebuild(bucket, generation)
     total_ms = (time.perf_counter() - started) * 1000
