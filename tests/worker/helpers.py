@@ -36,7 +36,9 @@ def change_reaches_snapshot(source: SqlSource, cache: RedisSchedulerCache) -> No
     assert info.account_count == 2
     assert info.rebuild_ms is not None
     wait_for(lambda: int(cache.stats().get("rebuilds", 0)) >= 2, what="rebuilds counted")
-    assert cache.stats()["last_rebuild_bucket"] == str(bucket)
+    # Not necessarily this bucket: a worker that wakes on commit (PostgreSQL) may
+    # rebuild every warm bucket at its first poll, in any order.
+    assert cache.stats()["last_rebuild_bucket"] in {str(b) for b in cache.list_buckets()}
 
 
 class SlowSource:
