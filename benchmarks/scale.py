@@ -2,8 +2,8 @@
 Redis, and the worker's write path, each figure next to a baseline of the same run.
 
 ``python -m benchmarks scale [--sizes 1000,10000,100000]`` (``make bench`` runs it with
-every size): a private redis-server and a SQLite file per size; about three minutes for
-the three sizes on two cores.
+every size): a private redis-server and a SQLite file per size; about 80 s for the three
+sizes on two cores at a load average of 3, twice that on a busier machine.
 
 Per size, the bucket written through the cache API (``set_snapshot``; its cost is not
 what is measured here):
@@ -11,20 +11,24 @@ what is measured here):
 - Redis memory per account: ``INFO memory`` used_memory after the write less before,
   over N; and ``MEMORY USAGE`` of the version's keys (id list, payloads, entries) and of
   the shared stores the write filled (payloads by id, revisions, digests, bucket index).
-- In a fresh process each (median of a few): the cold first ``tasks.list_schedulable``
-  (connect, read, decode, hold) next to the floor, the same payloads fetched with raw
-  redis-py calls and ``json.loads`` into plain dicts; the resident memory that first read
-  adds (RSS delta over N; after the first pick too, which builds the pick index), and
-  what tracemalloc counts for it in another fresh process.
-- In the first of those processes, warm: ``tasks.pick`` median and p99 next to the
-  gateway's old way, ``tasks.list_schedulable`` and two ``min()`` scans.
+- In a fresh process each (median of COLD_RUNS; wall and CPU time): the cold first
+  ``tasks.list_schedulable`` (connect, read, decode, hold) next to the floor, the same
+  payloads fetched with raw redis-py calls and ``json.loads`` into plain dicts; the
+  resident memory that first read adds (RSS delta over N; after the first pick too,
+  which builds the pick index), and what tracemalloc counts for it in another fresh
+  process.
+- In the first of those processes, warm: ``tasks.pick`` median and p99 (and the near
+  cache's own ``pick`` under it) next to the gateway's old way, ``tasks.list_schedulable``
+  and two ``min()`` scans.
 
 Then the worker's side, with the SQLite source holding N accounts: Redis CPU (``INFO
 cpu`` used_cpu_user + used_cpu_sys of the server) and the longest command (SLOWLOG,
 threshold 0) of a full rebuild of the emptied bucket through the rebuild task
 (``tasks.worker.rebuild.rebuild_bucket``, run in this process), and of one account's
 change applied by :class:`tasks.worker.outbox.OutboxPoller` on its one outbox event
-(the rebuild request it makes is noted, not sent: that rebuild is the line above).
+(the rebuild request it makes is noted in Redis, not sent: that rebuild is the line
+above). SLOWLOG times commands by the wall clock, so the total of its durations is
+printed next to the server's CPU: far above it, the server was descheduled mid-command.
 """
 
 from __future__ import annotations
