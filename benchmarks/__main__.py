@@ -1,10 +1,11 @@
-"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick]``: benchmark
-suites (all by default).
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick] [scale]
+[--sizes 1000,10000]``: benchmark suites (all by default); ``--sizes`` is the scale
+suite's.
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
 gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
-Redis.
+Redis; the scale suite its own Redis, SQLite files and fresh processes per bucket size.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ SUITES = {
     "cluster": "benchmarks.cluster_bench",
     "gateway": "benchmarks.gateway_bench",
     "pick": "benchmarks.pick_bench",
+    "scale": "benchmarks.scale",
 }
 
 
 def main(argv: list[str]) -> int:
-    chosen = argv or list(SUITES)
+    options = [arg for arg in argv if arg.startswith("-")]
+    # A flag's value follows it: "--sizes 1000" as well as "--sizes=1000".
+    for n, arg in enumerate(argv[:-1]):
+        if arg == "--sizes":
+            options.append(argv[n + 1])
+    names = [arg for arg in argv if arg not in options]
+    chosen = names or list(SUITES)
     unknown = [name for name in chosen if name not in SUITES]
     if unknown:
         print(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
@@ -35,6 +43,8 @@ def main(argv: list[str]) -> int:
         print(f"== {name} ==", flush=True)
         if name == "cache":
             module.main(Settings().redis_url)
+        elif name == "scale":
+            module.main(options)
         else:
             module.main()
     return 0

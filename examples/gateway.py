@@ -13,6 +13,13 @@ worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
   Celery message per request). ``exclude``: accounts this request already tried. 400 for
   a platform not in ``SCHED_PLATFORMS``, 503 when the bucket has no schedulable account
   left.
+- ``GATEWAY_PICK=scan``: ``/pick`` the way this example picked before ``pick_async``,
+  kept for comparison (``python -m benchmarks gateway`` loads both): the whole
+  schedulable list by ``list_schedulable_async``, two ``min()`` scans over it (best
+  priority, then least recently used, this process's own recent picks laid over the
+  cache's times), the use recorded with ``record_last_used``. Its cost grows with the
+  bucket; the default (``GATEWAY_PICK=index``) does not. Accounts marked with
+  ``mark_unschedulable`` are left out by ``pick_async`` only.
 - ``GET /healthz``: 200 when Redis answers, else 503 with a one-line JSON reason.
 - ``POST /admin/accounts/{id}``: an example of an admin hook, not an admin API: change an
   account's status, admin switch, priority or rate limit in the database, then enqueue
@@ -24,7 +31,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -34,8 +42,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cache import InvalidBucket
-from tasks import pick_async, request_rebuild, runtime
+from cache import Account, InvalidBucket
+from tasks import list_schedulable_async, pick_async, record_last_used, request_rebuild, runtime
 from tasks.buckets import account_buckets, bucket_for, check_platform
 from tasks.ops.errors import one_line, scrub
 from tasks.ops.reach import use_running_system
@@ -43,6 +51,54 @@ from tasks.source import SqlWriter
 from tasks.web import aio
 
 logger = logging.getLogger(__name__)
+
+EPOCH = datetime.min.replace(tzinfo=UTC)
+# Own picks are remembered until the cache surely has them (touches are flushed about
+# every half second); then the cache's time is as new and the entry can go.
+LOCAL_MEMORY = timedelta(seconds=10)
+
+
+class LeastRecentlyUsed:
+    """The scan (``GATEWAY_PICK=scan``): the least recently used account of the best
+    priority, from the whole list.
+
+    Touches reach the cache in batches, so requests served by this process within one
+    flush would all see the same least-recently-used account; the picker merges its
+    own recent picks with the cache's times to spread them at once. Other processes
+    see them after the next flush.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._picked: dict[int, datetime] = {}
+        self._last = EPOCH
+
+    def pick(
+        self, accounts: Sequence[Account], exclude: Collection[int] = ()
+    ) -> tuple[Account, datetime] | None:
+        """The account to use and the time of this use; None when there is none."""
+        if exclude:
+            accounts = [account for account in accounts if account.id not in exclude]
+        if not accounts:
+            return None
+        with self._lock:
+            best = min(account.priority for account in accounts)
+            tier = [account for account in accounts if account.priority == best]
+            chosen = min(tier, key=lambda a: (self._used(a), a.id))
+            # Strictly increasing, so two picks in one clock tick still order.
+            now = max(self._clock(), self._last + timedelta(microseconds=1))
+            self._last = now
+            self._picked[chosen.id] = now
+            if len(self._picked) > 10_000:
+                self._forget(now - LOCAL_MEMORY)
+            return chosen, now
+
+    def _used(self, account: Account) -> datetime:
+        return max(account.last_used_at or EPOCH, self._picked.get(account.id, EPOCH))
+
+    def _forget(self, before: datetime) -> None:
+        self._picked = {k: v for k, v in self._picked.items() if v >= before}
 
 
 class Picked(BaseModel):
@@ -68,12 +124,14 @@ class AdminChange(BaseModel):
 
 
 class GatewaySettings(BaseSettings):
-    """The example's own setting, apart from the system's SCHED_* ones."""
+    """The example's own settings, apart from the system's SCHED_* ones."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
 
     # The bearer token of the admin endpoint; unset, the endpoint refuses every call.
     admin_token: SecretStr | None = None
+    # How /pick chooses: pick_async's index, or the scan it replaced (for comparison).
+    pick: Literal["index", "scan"] = "index"
 
 
 def require_admin(authorization: str | None = Header(default=None)) -> None:
@@ -101,6 +159,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="sched gateway example", lifespan=lifespan)
+# Read once: /pick asks for every request.
+pick_mode = GatewaySettings().pick
+picker = LeastRecentlyUsed()
 
 
 @app.get("/healthz", response_model=None)
@@ -124,7 +185,10 @@ async def pick(
         # An unknown platform is the caller's mistake, not an outage: 400, naming the
         # configured ones (UnknownPlatform is an InvalidBucket).
         check_platform(platform, runtime.settings())
-        account = await pick_async(group, platform, has_force=force, exclude=exclude or ())
+        if pick_mode == "scan":
+            account = await scan_pick(group, platform, force, exclude or ())
+        else:
+            account = await pick_async(group, platform, has_force=force, exclude=exclude or ())
     except InvalidBucket as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     if account is None:
@@ -139,6 +203,19 @@ async def pick(
         previous_use=account.last_used_at,
         bucket=str(bucket_for(group, platform, force, runtime.settings())),
     )
+
+
+async def scan_pick(
+    group: int, platform: str, force: bool, exclude: Collection[int]
+) -> Account | None:
+    """``GATEWAY_PICK=scan``: the list, two ``min()`` scans, the use recorded."""
+    accounts = await list_schedulable_async(group, platform, has_force=force)
+    chosen = picker.pick(accounts, exclude)
+    if chosen is None:
+        return None
+    account, used_at = chosen
+    record_last_used(account.id, used_at)
+    return account
 
 
 @app.post(

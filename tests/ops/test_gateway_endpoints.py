@@ -1,20 +1,28 @@
-"""The example gateway's health and admin endpoints, in process against real servers:
-health says 503 in one JSON line when Redis is down; admin needs its token."""
+"""The example gateway's endpoints, in process against real servers: both ways of
+picking (the index, and the scan GATEWAY_PICK=scan keeps for comparison) answer the
+least recently used account of the best tier; health says 503 in one JSON line when
+Redis is down; admin needs its token."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
+from cache import Account, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
 from tasks.settings import Settings
 from tasks.source import SqlWriter
+from tasks.web import aio
 from tests.processes import REPO, settings_from_env
 from tests.support import free_port
 
@@ -34,6 +42,70 @@ def gateway() -> Iterator[ModuleType]:
 def client(gateway: ModuleType) -> TestClient:
     # No `with`: the lifespan's discovery of a running system is not for this test.
     return TestClient(gateway.app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("mode", ["index", "scan"])
+def test_both_ways_of_picking_answer_the_least_recently_used_of_the_best_tier(
+    gateway: ModuleType,
+    task_cache: RedisSchedulerCache,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    monkeypatch.setattr(gateway, "pick_mode", mode)
+    monkeypatch.setattr(gateway, "picker", gateway.LeastRecentlyUsed())
+    bucket = SchedulerBucket.parse("0:openai:single")
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+
+    def account(account_id: int, priority: int, used_minutes_before: int) -> Account:
+        used = hour_ago - timedelta(minutes=used_minutes_before)
+        return Account(
+            id=account_id,
+            name=f"a{account_id}",
+            platform="openai",
+            type="apikey",
+            priority=priority,
+            last_used_at=used,
+        )
+
+    # 1 is the least recently used but of a worse priority; 4 is excluded by the request.
+    accounts = [account(1, 9, 50), account(2, 1, 1), account(3, 1, 10), account(4, 1, 20)]
+    task_cache.set_snapshot(bucket, accounts, task_cache.reserve_version(bucket))
+
+    async def requests() -> tuple[list[httpx.Response], httpx.Response]:
+        # One event loop for every request, as a uvicorn worker has (the TestClient
+        # runs each request outside a `with` in a loop of its own).
+        transport = httpx.ASGITransport(app=gateway.app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+                query: dict[str, int | str | list[int]] = {
+                    "group": 0,
+                    "platform": "openai",
+                    "exclude": [4],
+                }
+                picks = [await http.get("/pick", params=query) for _ in range(3)]
+                unknown = await http.get("/pick", params={"group": 0, "platform": "nosuch"})
+        finally:
+            await aio.aclose()
+        return picks, unknown
+
+    picks, unknown = asyncio.run(requests())
+    for reply in picks:
+        assert reply.status_code == 200, (mode, reply.text)
+        assert reply.json()["bucket"] == str(bucket) and "credentials" not in reply.json()
+    # The oldest of the tier, then the other (the first was just used), then round again.
+    assert [reply.json()["id"] for reply in picks] == [3, 2, 3], mode
+    assert unknown.status_code == 400, (mode, unknown.text)
+
+
+def test_the_way_of_picking_is_read_from_gateway_pick(
+    gateway: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert gateway.GatewaySettings().pick == "index"
+    monkeypatch.setenv("GATEWAY_PICK", "scan")
+    assert gateway.GatewaySettings().pick == "scan"
+    monkeypatch.setenv("GATEWAY_PICK", "fast")
+    with pytest.raises(ValidationError):
+        gateway.GatewaySettings()
 
 
 def test_health_is_ok_with_redis(client: TestClient, configured: Settings) -> None:
