@@ -1,10 +1,10 @@
-"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick]``: benchmark
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick] [nearmem]``: benchmark
 suites (all by default).
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
-gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
-Redis.
+gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick and
+nearmem suites their own Redis.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ SUITES = {
     "cluster": "benchmarks.cluster_bench",
     "gateway": "benchmarks.gateway_bench",
     "pick": "benchmarks.pick_bench",
+    "nearmem": "benchmarks.near_memory_bench",
 }
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -21,11 +21,18 @@ from cache.base import redis_errors, text
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
 from cache.connect import connect_async
 from cache.errors import CacheError
-from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS, KeySpace
+from cache.keys import (
+    NEAR_ACCOUNTS_MAX,
+    NEAR_BUCKETS_MAX,
+    NEAR_CHECK_SECONDS,
+    NEAR_TRUST_SECONDS,
+    KeySpace,
+)
 from cache.models import Account, SchedulerBucket
 from cache.nearcore import (
     RETRY_SECONDS,
     Backstop,
+    Push,
     ReadBucket,
     Request,
     Steps,
@@ -35,10 +42,11 @@ from cache.nearcore import (
     picked,
     serve,
 )
+from cache.nearpatch import patch
 from cache.nearstate import NearState
 from cache.pickindex import Choice
 from cache.reader import MOVED_ATTEMPTS, READ_ATTEMPTS
-from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
+from cache.reads import Expired, HeldRows, Moved, ReadPlan, RowRead, SnapshotRead, VersionHints
 from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -87,18 +95,31 @@ class AsyncSchedulerReader:
         )
         return cls(client, **kwargs)
 
-    async def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+    async def get_snapshot(self, bucket: SchedulerBucket) -> Sequence[Account] | None:
         """As :meth:`cache.client.RedisSchedulerCache.get_snapshot`."""
         read = await self.read_snapshot(bucket)
         return read.accounts if read is not None and read.accounts else None
 
     async def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
         """As :meth:`cache.client.RedisSchedulerCache.read_snapshot`."""
+        read = await self._read(bucket, None)
+        assert read is None or isinstance(read, SnapshotRead)
+        return read
+
+    async def read_rows(self, bucket: SchedulerBucket, held: HeldRows) -> RowRead | None:
+        """As :meth:`cache.reader.SnapshotReader.read_rows`."""
+        read = await self._read(bucket, held)
+        assert read is None or isinstance(read, RowRead)
+        return read
+
+    async def _read(
+        self, bucket: SchedulerBucket, held: HeldRows | None
+    ) -> SnapshotRead | RowRead | None:
         with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
             expired = moved = 0
             while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
                 try:
-                    plan = ReadPlan(self.keys, self.codec, bucket, self.hints)
+                    plan = ReadPlan(self.keys, self.codec, bucket, self.hints, held)
                     return await self._read_once(plan)
                 except Moved as exc:
                     moved += 1
@@ -108,7 +129,7 @@ class AsyncSchedulerReader:
                     logger.info("snapshot %s expired mid-read; reading again", exc)
         return None
 
-    async def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
+    async def _read_once(self, plan: ReadPlan) -> SnapshotRead | RowRead | None:
         keys, args = plan.first_call()
         if not plan.absorb_first(await self._scripts["read_snapshot"](keys=keys, args=args)):
             return None
@@ -121,7 +142,7 @@ class AsyncSchedulerReader:
             plan.absorb_entries(await self._hmgets(calls))
         payloads, uses = plan.fetches()
         replies = await self._hmgets(payloads + uses)
-        return plan.finish(replies[: len(payloads)], replies[len(payloads) :])
+        return plan.complete(replies[: len(payloads)], replies[len(payloads) :])
 
     async def _hmgets(self, calls: list[tuple[str, list[bytes]]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -154,6 +175,7 @@ class AsyncNearCache:
         check_seconds: float = NEAR_CHECK_SECONDS,
         trust_seconds: float = NEAR_TRUST_SECONDS,
         max_buckets: int = NEAR_BUCKETS_MAX,
+        max_accounts: int = NEAR_ACCOUNTS_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -162,7 +184,11 @@ class AsyncNearCache:
         self.monotonic = monotonic
         self.background = background
         self.state = NearState.checked_every(
-            check_seconds, trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
+            check_seconds,
+            trust_seconds=trust_seconds,
+            monotonic=monotonic,
+            max_buckets=max_buckets,
+            max_accounts=max_accounts,
         )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -170,11 +196,11 @@ class AsyncNearCache:
     # -- reading ---------------------------------------------------------------------
     async def list_schedulable(
         self, bucket: SchedulerBucket, now: datetime
-    ) -> list[Account] | None:
+    ) -> Sequence[Account] | None:
         """As :meth:`cache.near.NearCache.list_schedulable`."""
         return await self._get(bucket, now)
 
-    async def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+    async def get_snapshot(self, bucket: SchedulerBucket) -> Sequence[Account] | None:
         """As :meth:`cache.near.NearCache.get_snapshot`."""
         return await self._get(bucket, None) or None
 
@@ -199,15 +225,24 @@ class AsyncNearCache:
         """As :meth:`cache.near.NearCache.check`."""
         await self._drive(check(self.state, self.reader.keys, names, self.monotonic))
 
-    async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
+    async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> Sequence[Account] | None:
         self._ensure_started()
         accounts = hit(self.state, str(bucket), now)
         if accounts is not None:
             return accounts
-        result: list[Account] | None = await self._drive(
+        result: Sequence[Account] | None = await self._drive(
             serve(self.state, self.reader.keys, bucket, now, self.monotonic)
         )
         return result
+
+    async def patch(self, push: Push) -> None:
+        """Apply a pushed change of one account to the held bucket (:mod:`cache.nearpatch`);
+        when it cannot be, the bucket is read again by the next request."""
+        try:
+            await self._drive(patch(self.state, self.reader.keys, push, self.monotonic))
+        except BaseException:
+            self.state.pushed(push.bucket, push.gen)
+            raise
 
     # -- running the core's requests ---------------------------------------------------
     async def _drive(self, steps: Steps) -> Any:
@@ -220,7 +255,7 @@ class AsyncNearCache:
 
     async def _do(self, request: Request) -> Any:
         if isinstance(request, ReadBucket):
-            return await self.reader.read_snapshot(request.bucket)
+            return await self.reader.read_rows(request.bucket, request.held)
         with redis_errors(request.what):
             pipe = self.reader.client.pipeline(transaction=False)
             for method, args in request.commands:
@@ -236,7 +271,9 @@ class AsyncNearCache:
                 try:
                     if pubsub is None:
                         pubsub = await self._subscribe()
-                    backstop.heard(await pubsub.get_message(timeout=backstop.wait()))
+                    push = backstop.heard(await pubsub.get_message(timeout=backstop.wait()))
+                    if push is not None:
+                        await self.patch(push)
                     if backstop.due():
                         await self.check()
                 except (RedisError, OSError, CacheError) as exc:

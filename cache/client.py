@@ -24,7 +24,7 @@ from cache.models import Account, BucketInfo, SchedulerBucket
 from cache.outbox import OutboxPosition
 from cache.patches import AccountPatcher
 from cache.reader import SnapshotReader
-from cache.reads import SnapshotRead
+from cache.reads import HeldRows, RowRead, SnapshotRead
 from cache.rebuilds import RebuildRequests
 from cache.registry import BucketRegistry
 from cache.repair import Repair
@@ -84,6 +84,9 @@ class RedisSchedulerCache:
 
     def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
         return self.reader.read_snapshot(bucket)
+
+    def read_rows(self, bucket: SchedulerBucket, held: HeldRows) -> RowRead | None:
+        return self.reader.read_rows(bucket, held)
 
     def bucket_info(self, bucket: SchedulerBucket) -> BucketInfo:
         return self.reader.bucket_info(bucket)

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +34,12 @@ from redis.exceptions import RedisError
 from cache.base import redis_errors
 from cache.client import RedisSchedulerCache
 from cache.errors import CacheError
-from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS
+from cache.keys import NEAR_ACCOUNTS_MAX, NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS
 from cache.models import Account, SchedulerBucket
 from cache.nearcore import (
     RETRY_SECONDS,
     Backstop,
+    Push,
     ReadBucket,
     Request,
     Steps,
@@ -48,6 +49,7 @@ from cache.nearcore import (
     picked,
     serve,
 )
+from cache.nearpatch import patch
 from cache.nearstate import NearState
 from cache.pickindex import Choice
 
@@ -68,6 +70,7 @@ class NearCache:
         check_seconds: float = NEAR_CHECK_SECONDS,
         trust_seconds: float = NEAR_TRUST_SECONDS,
         max_buckets: int = NEAR_BUCKETS_MAX,
+        max_accounts: int = NEAR_ACCOUNTS_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -76,7 +79,11 @@ class NearCache:
         self.monotonic = monotonic
         self.background = background
         self.state = NearState.checked_every(
-            check_seconds, trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
+            check_seconds,
+            trust_seconds=trust_seconds,
+            monotonic=monotonic,
+            max_buckets=max_buckets,
+            max_accounts=max_accounts,
         )
         self._start_lock = threading.Lock()
         self._pid: int | None = None
@@ -84,13 +91,13 @@ class NearCache:
         self._thread: threading.Thread | None = None
 
     # -- reading ---------------------------------------------------------------------
-    def list_schedulable(self, bucket: SchedulerBucket, now: datetime) -> list[Account] | None:
+    def list_schedulable(self, bucket: SchedulerBucket, now: datetime) -> Sequence[Account] | None:
         """The accounts of ``bucket`` schedulable at ``now``, in order; None on a miss
         (no active version, or a missing or corrupt payload). An active snapshot with
         no account gives ``[]``. Served from memory while trusted."""
         return self._get(bucket, now)
 
-    def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+    def get_snapshot(self, bucket: SchedulerBucket) -> Sequence[Account] | None:
         """As :meth:`RedisSchedulerCache.get_snapshot` (every candidate, None for an
         empty snapshot), served from memory while trusted."""
         return self._get(bucket, None) or None
@@ -121,15 +128,24 @@ class NearCache:
         last uses moved since the last check. One round trip (two with new touches)."""
         self._drive(check(self.state, self.cache.keys, names, self.monotonic))
 
-    def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
+    def _get(self, bucket: SchedulerBucket, now: datetime | None) -> Sequence[Account] | None:
         self._ensure_started()
         accounts = hit(self.state, str(bucket), now)
         if accounts is not None:
             return accounts
-        result: list[Account] | None = self._drive(
+        result: Sequence[Account] | None = self._drive(
             serve(self.state, self.cache.keys, bucket, now, self.monotonic)
         )
         return result
+
+    def patch(self, push: Push) -> None:
+        """Apply a pushed change of one account to the held bucket (:mod:`cache.nearpatch`);
+        when it cannot be, the bucket is read again by the next request."""
+        try:
+            self._drive(patch(self.state, self.cache.keys, push, self.monotonic))
+        except BaseException:
+            self.state.pushed(push.bucket, push.gen)
+            raise
 
     # -- running the core's requests ---------------------------------------------------
     def _drive(self, steps: Steps) -> Any:
@@ -142,7 +158,7 @@ class NearCache:
 
     def _do(self, request: Request) -> Any:
         if isinstance(request, ReadBucket):
-            return self.cache.read_snapshot(request.bucket)
+            return self.cache.read_rows(request.bucket, request.held)
         with redis_errors(request.what):
             pipe = self.cache.client.pipeline(transaction=False)
             for method, args in request.commands:
@@ -158,7 +174,9 @@ class NearCache:
                 try:
                     if pubsub is None:
                         pubsub = self._subscribe()
-                    backstop.heard(pubsub.get_message(timeout=backstop.wait()))
+                    push = backstop.heard(pubsub.get_message(timeout=backstop.wait()))
+                    if push is not None:
+                        self.patch(push)
                     if backstop.due():
                         self.check()
                 except (RedisError, OSError, CacheError) as exc:

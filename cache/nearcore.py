@@ -11,8 +11,8 @@ how often to retry, and how long to wait all live here and in :mod:`cache.nearst
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -20,10 +20,14 @@ from typing import TYPE_CHECKING, Any
 from cache.base import text
 from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
+from cache.nearentry import Accounts
+from cache.nearrows import Row
+from cache.reads import as_rows
 from cache.pickindex import Choice, scan
 
 if TYPE_CHECKING:
     from cache.nearstate import NearState
+    from cache.reads import HeldRows
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +75,11 @@ class Pipeline:
 
 @dataclass(frozen=True, slots=True)
 class ReadBucket:
-    """Read the bucket's active snapshot; the driver sends back a SnapshotRead or None."""
+    """Read the bucket's active snapshot as rows, reusing ``held`` ones; the driver
+    sends back a RowRead or None."""
 
     bucket: SchedulerBucket
+    held: HeldRows = field(default=lambda account_id, entry: None, compare=False)
 
 
 Request = Pipeline | ReadBucket
@@ -81,7 +87,7 @@ Steps = Generator[Request, Any, Any]
 
 
 # -- a request -------------------------------------------------------------------------
-def hit(state: NearState, name: str, now: datetime | None) -> list[Account] | None:
+def hit(state: NearState, name: str, now: datetime | None) -> Sequence[Account] | None:
     """The answer from memory when ``name`` is trusted, else None (then :func:`serve`):
     most requests end here, without the cost of a generator."""
     verdict, accounts = state.serve(name, now)
@@ -98,7 +104,7 @@ def serve(
     """The accounts of ``bucket`` (schedulable at ``now``, or all), from memory while
     trusted; None on a miss."""
     name = str(bucket)
-    read: list[Account] | None = None
+    read: list[Row] | None = None
     for _ in range(SERVE_ATTEMPTS):
         verdict, accounts = state.serve(name, now)
         if verdict is Verdict.HIT:
@@ -109,12 +115,14 @@ def serve(
         read = yield from read_bucket(state, keys, bucket, clock)
         if read is None:
             return None
+        if not state.holds(len(read)):
+            break  # larger than the process may hold: answered from the read alone
     if read is None:
         read = yield from read_bucket(state, keys, bucket, clock)
         if read is None:
             return None
     # Racing reads kept replacing each other: answer from this request's own read.
-    return [a for a in read if now is None or a.is_schedulable(now)]
+    return Accounts([r for r in read if now is None or r.is_schedulable(now)])
 
 
 def read_bucket(
@@ -130,12 +138,12 @@ def read_bucket(
             "near cache epoch", [("get", (keys.last_used_seq,)), ("get", (keys.epoch,))]
         )
         stamp = state.opened(as_epoch(epoch), int(seq or 0))
-    read = yield ReadBucket(bucket)
+    read = yield ReadBucket(bucket, state.held_rows(str(bucket)))
     if read is None:
         state.forget(str(bucket))
         return None
     state.install(read, asked_at, stamp)
-    return read.accounts
+    return as_rows(read)[0]
 
 
 # -- a pick ----------------------------------------------------------------------------
@@ -156,7 +164,7 @@ def pick(
     """The pick of ``bucket`` at ``now`` from its held index, the bucket read first
     when it is not trusted; None on a miss."""
     name = str(bucket)
-    accounts: list[Account] = []
+    accounts: Sequence[Account] = []
     for _ in range(SERVE_ATTEMPTS):
         choice = picked(state, name, now, exclude)
         if choice is not None:
@@ -239,9 +247,27 @@ def read_touches(since: int, seq: int, found: list[tuple[bytes, float]], limit: 
 def parse_push(data: bytes | str) -> tuple[str, int] | None:
     """``(bucket name, gen)`` from a message on the changes channel."""
     parts = text(data).split(" ")
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) not in (3, 4) or not parts[2].isdigit():
         return None
     return parts[0], int(parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A change of one account: ``'<bucket> <version> <gen> <account id>'``."""
+
+    bucket: str
+    version: int
+    gen: int
+    account_id: int
+
+
+def parse_patch(data: bytes | str) -> Push | None:
+    """The one-account change a message announces, if it announces one."""
+    parts = text(data).split(" ")
+    if len(parts) != 4 or not all(p.isdigit() and p.isascii() for p in parts[1:]):
+        return None
+    return Push(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
 
 
 class Backstop:
@@ -266,15 +292,21 @@ class Backstop:
         self._next_check = now + self.check_seconds
         return True
 
-    def heard(self, message: Mapping[str, Any] | None) -> None:
+    def heard(self, message: Mapping[str, Any] | None) -> Push | None:
+        """Take in a message; a one-account change to apply is handed back (the
+        driver runs :func:`patch`), anything else taken here."""
         kind = None if message is None else message.get("type")
         if kind == "subscribe":
             # Changes made while there was no subscription were not pushed.
             self.state.distrust()
         elif kind == "message" and message is not None:
+            one = parse_patch(message["data"])
+            if one is not None:
+                return one
             push = parse_push(message["data"])
             if push is not None:
                 self.state.pushed(*push)
+        return None
 
     def failed(self, exc: Exception) -> None:
         """The subscription or the check failed: trust nothing until it is back."""

@@ -28,9 +28,11 @@ import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from cache.codec import to_ms
 from cache.models import Account
+from cache.nearrows import Row
 
 _MASK = (1 << 64) - 1
 # An odd 64-bit constant (the golden ratio's): multiplying by it spreads close ids apart.
@@ -52,6 +54,9 @@ os.register_at_fork(after_in_child=_new_salt)
 SLACK = 64
 
 Key = tuple[int, int, int, int]
+# What the order is kept of: accounts, or the rows a near cache holds them as.
+Pickable = Account | Row
+P = TypeVar("P", Account, Row)
 
 
 def tiebreak(account_id: int) -> int:
@@ -59,12 +64,14 @@ def tiebreak(account_id: int) -> int:
     return (((account_id ^ _salt) * _MIX) & _MASK) >> 1
 
 
-def use_ms(account: Account) -> int:
+def use_ms(account: Pickable) -> int:
     """Last use in integer ms, 0 for never (what the near cache lays over accounts)."""
+    if isinstance(account, Row):
+        return account.used
     return 0 if account.last_used_at is None else to_ms(account.last_used_at)
 
 
-def order_key(account: Account) -> Key:
+def order_key(account: Pickable) -> Key:
     """Where ``account`` stands in the pick order: lower first."""
     return (account.priority, use_ms(account), tiebreak(account.id), account.id)
 
@@ -87,7 +94,7 @@ def scan(
     return min(candidates, key=key, default=None)
 
 
-def reopens_at(account: Account, now: datetime) -> int | None:
+def reopens_at(account: Pickable, now: datetime) -> int | None:
     """When (ms) an account not schedulable at ``now`` may be again; None: not by time."""
     if not account.is_candidate(now):
         return None
@@ -95,11 +102,11 @@ def reopens_at(account: Account, now: datetime) -> int | None:
     return None if until is None else to_ms(until)
 
 
-class PickIndex:
+class PickIndex(Generic[P]):
     """The pick order of one bucket's accounts, kept as they change."""
 
-    def __init__(self, accounts: Iterable[Account] = ()) -> None:
-        self._accounts: dict[int, Account] = {}
+    def __init__(self, accounts: Iterable[P] = ()) -> None:
+        self._accounts: dict[int, P] = {}
         self._live: dict[int, int] = {}  # id -> sequence of its one valid entry
         self._seq = 0
         self._heap: list[tuple[Key, int]] = []
@@ -113,7 +120,7 @@ class PickIndex:
         return len(self._accounts)
 
     # -- changes ---------------------------------------------------------------------
-    def refresh(self, accounts: Iterable[Account]) -> None:
+    def refresh(self, accounts: Iterable[P]) -> None:
         """The bucket's accounts are now ``accounts`` (a new snapshot or patch): only
         those that changed (another object) move; those gone leave."""
         seen: set[int] = set()
@@ -126,7 +133,7 @@ class PickIndex:
             del self._live[gone]
         self._compact()
 
-    def put(self, account: Account) -> None:
+    def put(self, account: P) -> None:
         """``account`` as it is now (a new payload or last use)."""
         self._accounts[account.id] = account
         self._seq += 1
@@ -134,8 +141,14 @@ class PickIndex:
         heapq.heappush(self._heap, (order_key(account), self._seq))
         self._compact()
 
+    def drop(self, account_id: int) -> None:
+        """The account left the bucket."""
+        if self._accounts.pop(account_id, None) is not None:
+            del self._live[account_id]
+            self._compact()
+
     # -- the pick --------------------------------------------------------------------
-    def pick(self, now: datetime, exclude: Collection[int] = ()) -> Account | None:
+    def pick(self, now: datetime, exclude: Collection[int] = ()) -> P | None:
         """The first account in order schedulable at ``now`` and not in ``exclude``;
         None when there is none. Nothing changes for the account picked: its use,
         laid over with :meth:`put`, moves it."""
@@ -145,7 +158,7 @@ class PickIndex:
         self._latest_ms = now_ms
         self._reopen(now_ms)
         heap, set_aside = self._heap, []
-        chosen: Account | None = None
+        chosen: P | None = None
         while heap:
             key, seq = heap[0]
             account_id = key[3]
@@ -205,7 +218,7 @@ class Choice:
 AHEAD_MS = 1_000
 
 
-def use_after(account: Account, now: datetime, known: int = 0) -> int:
+def use_after(account: Pickable, now: datetime, known: int = 0) -> int:
     """The time (ms) to note for a use of ``account`` at ``now`` (``known``: a later
     use known apart from the account's): just after the latest use known, so picks in
     a row go round the tier, unless that is further ahead of ``now`` than a clock skew

@@ -13,7 +13,7 @@ from cache.base import redis_errors
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec, from_ms
 from cache.keys import KeySpace
 from cache.models import Account, BucketInfo, SchedulerBucket
-from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
+from cache.reads import Expired, HeldRows, Moved, ReadPlan, RowRead, SnapshotRead, VersionHints
 from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -64,11 +64,26 @@ class SnapshotReader:
         """The active version with its number and ``gen``; None when there is none, or
         an account payload is missing or corrupt. An empty version reads as no accounts.
         """
+        read = self._read(bucket, None)
+        assert read is None or isinstance(read, SnapshotRead)
+        return read
+
+    def read_rows(self, bucket: SchedulerBucket, held: HeldRows) -> RowRead | None:
+        """As :meth:`read_snapshot`, for a near cache: rows, no account decoded, those
+        ``held`` has for the same entry reused, their payloads not fetched."""
+        read = self._read(bucket, held)
+        assert read is None or isinstance(read, RowRead)
+        return read
+
+    def _read(
+        self, bucket: SchedulerBucket, held: HeldRows | None
+    ) -> SnapshotRead | RowRead | None:
         with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
             expired = moved = 0
             while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
                 try:
-                    return self._read_once(ReadPlan(self.keys, self.codec, bucket, self.hints))
+                    plan = ReadPlan(self.keys, self.codec, bucket, self.hints, held)
+                    return self._read_once(plan)
                 except Moved as exc:
                     moved += 1
                     logger.debug("reading again: %s", exc)
@@ -77,7 +92,7 @@ class SnapshotReader:
                     logger.info("snapshot %s expired mid-read; reading again", exc)
         return None
 
-    def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
+    def _read_once(self, plan: ReadPlan) -> SnapshotRead | RowRead | None:
         keys, args = plan.first_call()
         if not plan.absorb_first(self.scripts["read_snapshot"](keys=keys, args=args)):
             return None
@@ -91,7 +106,7 @@ class SnapshotReader:
         payloads, uses = plan.fetches()
         pipe = self._hmgets(payloads + uses)
         replies = pipe.execute()
-        return plan.finish(replies[: len(payloads)], replies[len(payloads) :])
+        return plan.complete(replies[: len(payloads)], replies[len(payloads) :])
 
     def _hmgets(self, calls: list[tuple[str, list[bytes]]]) -> Any:
         pipe = self.client.pipeline(transaction=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,7 +76,7 @@ async def reading() -> Reading:
 
 async def list_schedulable_async(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
-) -> list[Account]:
+) -> Sequence[Account]:
     """As :func:`tasks.web.reader.list_schedulable`, awaited."""
     now = now or datetime.now(UTC)
     return without_marked(await _list_schedulable(group_id, platform, has_force, now), now)
@@ -84,7 +84,7 @@ async def list_schedulable_async(
 
 async def _list_schedulable(
     group_id: int, platform: str, has_force: bool, now: datetime
-) -> list[Account]:
+) -> Sequence[Account]:
     s, bucket, now = resolve(group_id, platform, has_force, now)
     held = await reading()
     try:
