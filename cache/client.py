@@ -24,10 +24,11 @@ from cache.models import Account, BucketInfo, SchedulerBucket
 from cache.outbox import OutboxPosition
 from cache.patches import AccountPatcher
 from cache.reader import SnapshotReader
-from cache.reads import HeldRows, RowRead, SnapshotRead
+from cache.reads import SnapshotRead
 from cache.rebuilds import RebuildRequests
 from cache.registry import BucketRegistry
 from cache.repair import Repair
+from cache.rowread import HeldRows, RowRead
 from cache.snapshots import SnapshotWriter
 from cache.stats import Stats
 

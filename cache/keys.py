@@ -39,6 +39,9 @@ REBUILD_LEASE_SECONDS = 2.0
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
 WRITE_CHUNK = 500
 READ_CHUNK = 1_000
+# Chunks of payloads a near cache fetches per round trip (about 7 MB of replies at a
+# time, whatever the bucket's size: what a first read of a large bucket allocates).
+READ_GROUP = 10
 # Accounts per call that writes the bucket index: each is a hash of its own, which costs
 # the server several times what an entry of one hash does.
 INDEX_CHUNK = 200

@@ -34,12 +34,15 @@ from redis.exceptions import RedisError
 from cache.base import redis_errors
 from cache.client import RedisSchedulerCache
 from cache.errors import CacheError
-from cache.keys import NEAR_ACCOUNTS_MAX, NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS
+from cache.keys import (
+    NEAR_ACCOUNTS_MAX,
+    NEAR_BUCKETS_MAX,
+    NEAR_CHECK_SECONDS,
+    NEAR_DECODED_MAX,
+    NEAR_TRUST_SECONDS,
+)
 from cache.models import Account, SchedulerBucket
 from cache.nearcore import (
-    RETRY_SECONDS,
-    Backstop,
-    Push,
     ReadBucket,
     Request,
     Steps,
@@ -49,7 +52,7 @@ from cache.nearcore import (
     picked,
     serve,
 )
-from cache.nearpatch import patch
+from cache.nearpush import RETRY_SECONDS, Backstop, Push, patch
 from cache.nearstate import NearState
 from cache.pickindex import Choice
 
@@ -71,6 +74,7 @@ class NearCache:
         trust_seconds: float = NEAR_TRUST_SECONDS,
         max_buckets: int = NEAR_BUCKETS_MAX,
         max_accounts: int = NEAR_ACCOUNTS_MAX,
+        max_decoded: int = NEAR_DECODED_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -84,6 +88,7 @@ class NearCache:
             monotonic=monotonic,
             max_buckets=max_buckets,
             max_accounts=max_accounts,
+            max_decoded=max_decoded,
         )
         self._start_lock = threading.Lock()
         self._pid: int | None = None

@@ -11,7 +11,7 @@ how often to retry, and how long to wait all live here and in :mod:`cache.nearst
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -22,21 +22,17 @@ from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
 from cache.nearentry import Accounts
 from cache.nearrows import Row
-from cache.reads import as_rows
 from cache.pickindex import Choice, scan
+from cache.rowread import as_rows
 
 if TYPE_CHECKING:
     from cache.nearstate import NearState
-    from cache.reads import HeldRows
+    from cache.rowread import HeldRows
 
 logger = logging.getLogger(__name__)
 
 # Reading a bucket is retried this often when a racing read installed something else.
 SERVE_ATTEMPTS = 3
-# Pause after the subscription or the check failed, before trying again.
-RETRY_SECONDS = 0.2
-# Longest wait for a push: the loop comes round to see whether it was stopped.
-WAIT_SECONDS = 1.0
 # The fields of a bucket's meta hash a check compares.
 META_FIELDS = ("active", "gen")
 # The epoch a near cache holds while Redis has none (its state was lost and nobody has
@@ -241,74 +237,3 @@ def read_touches(since: int, seq: int, found: list[tuple[bytes, float]], limit: 
     # A truncated read goes on after its last batch; a whole one after the counter.
     next_since = int(found[-1][1]) if len(found) >= limit else max(seq, since)
     return Touches(sorted(ids), next_since, lost)
-
-
-# -- the background loop -----------------------------------------------------------------
-def parse_push(data: bytes | str) -> tuple[str, int] | None:
-    """``(bucket name, gen)`` from a message on the changes channel."""
-    parts = text(data).split(" ")
-    if len(parts) not in (3, 4) or not parts[2].isdigit():
-        return None
-    return parts[0], int(parts[2])
-
-
-@dataclass(frozen=True, slots=True)
-class Push:
-    """A change of one account: ``'<bucket> <version> <gen> <account id>'``."""
-
-    bucket: str
-    version: int
-    gen: int
-    account_id: int
-
-
-def parse_patch(data: bytes | str) -> Push | None:
-    """The one-account change a message announces, if it announces one."""
-    parts = text(data).split(" ")
-    if len(parts) != 4 or not all(p.isdigit() and p.isascii() for p in parts[1:]):
-        return None
-    return Push(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
-
-
-class Backstop:
-    """The background loop's decisions: how long to wait for a push, when to check,
-    what a message means, what a failure costs."""
-
-    def __init__(self, state: NearState, check_seconds: float, monotonic: Callable[[], float]):
-        self.state = state
-        self.check_seconds = check_seconds
-        self.monotonic = monotonic
-        self._next_check = 0.0
-
-    def wait(self) -> float:
-        """Seconds to wait for a push before the next check is due."""
-        return min(max(self._next_check - self.monotonic(), 0.0), WAIT_SECONDS)
-
-    def due(self) -> bool:
-        """True (once) when a check is due."""
-        now = self.monotonic()
-        if now < self._next_check:
-            return False
-        self._next_check = now + self.check_seconds
-        return True
-
-    def heard(self, message: Mapping[str, Any] | None) -> Push | None:
-        """Take in a message; a one-account change to apply is handed back (the
-        driver runs :func:`patch`), anything else taken here."""
-        kind = None if message is None else message.get("type")
-        if kind == "subscribe":
-            # Changes made while there was no subscription were not pushed.
-            self.state.distrust()
-        elif kind == "message" and message is not None:
-            one = parse_patch(message["data"])
-            if one is not None:
-                return one
-            push = parse_push(message["data"])
-            if push is not None:
-                self.state.pushed(*push)
-        return None
-
-    def failed(self, exc: Exception) -> None:
-        """The subscription or the check failed: trust nothing until it is back."""
-        logger.info("near cache: subscription or check failed, retrying: %s", exc)
-        self.state.distrust()

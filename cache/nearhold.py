@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from cache.nearcore import Push
 from cache.nearentry import Entry
-from cache.nearpatch import Fetched
 from cache.nearpick import NearUses
+from cache.nearpush import Fetched, Push
 from cache.nearrows import Row
-from cache.reads import HeldRows
+from cache.rowread import HeldRows
 
 
 class Holdings:
@@ -102,14 +101,21 @@ class Holdings:
             entry.decoded = True
             self.decoded += size
 
-    def patch(self, push: Push, entry: Entry, fetched: Fetched) -> bool:
-        """Put ``push``'s account in ``entry`` as ``fetched``; False when the id list
-        it was fetched from is not the one held with the change made."""
+    def patch(self, push: Push, fetched: Fetched) -> bool:
+        """Put ``push``'s account in the bucket held as ``fetched``; False when what is
+        held is not what the change was made to (another version or gen, or an id list
+        that disagrees with the one it was fetched from)."""
+        entry = self.entries.get(push.bucket)
+        if entry is None or not entry.patches_to(push.version, push.gen):
+            return False
         before, row = len(entry.rows), fetched.row
         old = entry.by_id.get(push.account_id)
         if not entry.patch(push.account_id, row, fetched.place, fetched.length):
             return False
         entry.gen = push.gen
+        if fetched.gen == entry.gen:
+            entry.confirmed = max(entry.confirmed, fetched.asked_at)
+        entry.wanted = max(entry.wanted, fetched.gen)
         if old is not None:
             self.uses.leave(push.bucket, [push.account_id])
         if row is not None:

@@ -34,12 +34,13 @@ from datetime import datetime
 from cache.codec import to_ms
 from cache.keys import NEAR_ACCOUNTS_MAX, NEAR_BUCKETS_MAX, NEAR_DECODED_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
-from cache.nearcore import Push, Stamp, Verdict
+from cache.nearcore import Stamp, Verdict
 from cache.nearentry import Entry
 from cache.nearhold import Holdings
-from cache.nearpatch import Fetched
+from cache.nearpush import Fetched, Push
 from cache.pickindex import Choice
-from cache.reads import HeldRows, RowRead, SnapshotRead, as_rows
+from cache.reads import SnapshotRead
+from cache.rowread import HeldRows, RowRead, as_rows
 
 NEVER = float("-inf")
 
@@ -193,7 +194,7 @@ class NearState:
             entry = self._entries.pop(name, None)
             if entry is not None:
                 # Its retirement moved the gen past the one held.
-                self._remove(name, entry, entry.gen + 1)
+                self._hold.remove(name, entry, entry.gen + 1)
 
     def pushed(self, name: str, gen: int) -> None:
         """A push said ``name`` is at ``gen`` now."""
@@ -216,20 +217,9 @@ class NearState:
         """Put ``push``'s account in place as ``fetched``; False when the held entry is
         not the one the change applies to any more."""
         with self._lock:
-            entry = self._entries.get(push.bucket)
-            if (
-                stamp.era != self._era
-                or entry is None
-                or not entry.patches_to(push.version, push.gen)
-            ):
-                return False
-            if not self._hold.patch(push, entry, fetched):
-                return False
-            self.patches += 1
-            if fetched.gen == entry.gen:
-                entry.confirmed = max(entry.confirmed, fetched.asked_at)
-            entry.wanted = max(entry.wanted, fetched.gen)
-            return True
+            applied = stamp.era == self._era and self._hold.patch(push, fetched)
+            self.patches += applied
+            return applied
 
     def holds(self, size: int) -> bool:
         """Whether a bucket of ``size`` accounts may be held at all."""
@@ -298,9 +288,6 @@ class NearState:
         self._epoch = epoch
         self._era += 1
         self._touch_seq = None
-
-    def _remove(self, name: str, entry: Entry, floor: int) -> None:
-        self._hold.remove(name, entry, floor)
 
     # -- last uses -------------------------------------------------------------------
     def used(self, uses: Mapping[int, int]) -> None:

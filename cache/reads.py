@@ -19,7 +19,6 @@ read_snapshot` (through :class:`cache.reader.SnapshotReader`) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,6 @@ from cache.codec import AccountCodec
 from cache.errors import CorruptPayload
 from cache.keys import NEAR_BUCKETS_MAX, READ_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
-from cache.nearrows import Row, row_of_account, row_of_payload
 
 logger = logging.getLogger(__name__)
 
@@ -47,33 +45,6 @@ class SnapshotRead:
     accounts: list[Account]
     # Each account's last use in integer ms (0: none), as read.
     uses: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class RowRead:
-    """One version of a bucket as a near cache reads it: rows, no account decoded."""
-
-    bucket: SchedulerBucket
-    version: int
-    gen: int
-    rows: list[Row]
-    # Each row's last use in integer ms (0: none), as read.
-    uses: list[int]
-    # The version's id list, removed accounts included (where a patch puts one).
-    ids: list[int]
-
-
-def as_rows(read: SnapshotRead | RowRead) -> tuple[list[Row], list[int]]:
-    """The rows of a read, and the version's ids (those of accounts handed in decoded
-    are kept as they are)."""
-    if isinstance(read, RowRead):
-        return read.rows, read.ids
-    pairs = zip(read.accounts, read.uses, strict=True)
-    return [row_of_account(a, u) for a, u in pairs], [a.id for a in read.accounts]
-
-
-# The row already held for an account under this entry (the same payload), if any.
-HeldRows = Callable[[int, bytes], Row | None]
 
 
 class Expired(Exception):
@@ -122,7 +93,6 @@ class ReadPlan:
         codec: AccountCodec,
         bucket: SchedulerBucket,
         hints: VersionHints = SHARED_HINTS,
-        held_rows: HeldRows | None = None,
     ) -> None:
         self.keys = keys
         self.codec = codec
@@ -137,9 +107,6 @@ class ReadPlan:
         # Accounts decoded before for the entries read: held here, since another read
         # in another thread may replace the codec's copy meanwhile.
         self._held: dict[bytes, tuple[bytes | None, Account]] = {}
-        # Set for a near cache's read: rows instead of accounts, reusing those it holds.
-        self.held_rows = held_rows
-        self._rows: dict[bytes, Row] = {}
 
     # step 1: the script --------------------------------------------------------------
     def first_call(self) -> tuple[list[str], list[Any]]:
@@ -193,46 +160,32 @@ class ReadPlan:
         for i, entry in zip(self.ids, self.entries, strict=True):
             if entry is not None and entry.startswith(REMOVED):
                 continue  # deleted, or removed from this bucket: skipped, no payload
-            if self.held_rows is not None:
-                row = None if entry is None else self.held_rows(int(i), entry)
-                if row is None:
-                    self._need.append(i)
-                else:
-                    self._rows[i] = row
-                continue
             account = None if entry is None else held(int(i), entry)
             if account is None:
                 self._need.append(i)
             else:
                 self._held[i] = account
+        return self.fetches_of(self._need)
+
+    def fetches_of(
+        self, need: list[bytes]
+    ) -> tuple[list[tuple[str, list[bytes]]], list[tuple[str, list[bytes]]]]:
+        """HMGET arguments: the payloads of ``need``, then the last uses of all ids."""
         payloads = self.keys.payloads(self.bucket, self.version)
         uses = self.keys.last_used
         return (
-            [(payloads, part) for part in chunks(self._need, READ_CHUNK)],
+            [(payloads, part) for part in chunks(need, READ_CHUNK)],
             [(uses, part) for part in chunks(self.ids, READ_CHUNK)],
         )
-
-    def complete(
-        self, payload_replies: list[list[bytes | None]], use_replies: list[list[bytes | None]]
-    ) -> SnapshotRead | RowRead | None:
-        """The read: rows when the plan was given held rows, else accounts."""
-        if self.held_rows is None:
-            return self.finish(payload_replies, use_replies)
-        return self._finish_rows(*self._fetched(payload_replies, use_replies))
-
-    def _fetched(
-        self, payload_replies: list[list[bytes | None]], use_replies: list[list[bytes | None]]
-    ) -> tuple[dict[bytes, bytes | None], list[bytes | None]]:
-        fetched: dict[bytes, bytes | None] = {}
-        for part_ids, part in zip(chunks(self._need, READ_CHUNK), payload_replies, strict=True):
-            fetched.update(zip(part_ids, part, strict=True))
-        return fetched, [u for part in use_replies for u in part]
 
     def finish(
         self, payload_replies: list[list[bytes | None]], use_replies: list[list[bytes | None]]
     ) -> SnapshotRead | None:
         """The read, or None on a miss (a missing or corrupt payload, logged)."""
-        fetched, uses = self._fetched(payload_replies, use_replies)
+        fetched: dict[bytes, bytes | None] = {}
+        for part_ids, part in zip(chunks(self._need, READ_CHUNK), payload_replies, strict=True):
+            fetched.update(zip(part_ids, part, strict=True))
+        uses = [u for part in use_replies for u in part]
         decode = self.codec.decode
         accounts: list[Account] = []
         uses_ms: list[int] = []
@@ -258,36 +211,3 @@ class ReadPlan:
             accounts.append(account)
             uses_ms.append(int(used) if used else 0)
         return SnapshotRead(self.bucket, self.version, self.gen, accounts, uses_ms)
-
-    def _finish_rows(
-        self, fetched: dict[bytes, bytes | None], uses: list[bytes | None]
-    ) -> RowRead | None:
-        rows: list[Row] = []
-        read_uses: list[int] = []
-        ids: list[int] = []
-        held = self._rows
-        for i, entry, used in zip(self.ids, self.entries, uses, strict=True):
-            account_id = int(i)
-            ids.append(account_id)
-            if entry is not None and entry.startswith(REMOVED):
-                continue  # as in finish(): skipped, not a miss
-            used_ms = int(used) if used else 0
-            row = held.get(i)
-            if row is None:
-                payload = fetched.get(i)
-                if entry is None or payload is None:
-                    logger.info(
-                        "snapshot miss for %s v%s: account %s has no payload",
-                        self.bucket,
-                        self.version,
-                        account_id,
-                    )
-                    return None
-                try:
-                    row = row_of_payload(account_id, entry, raw(payload), used_ms)
-                except CorruptPayload as exc:
-                    logger.warning("snapshot miss for %s v%s: %s", self.bucket, self.version, exc)
-                    return None
-            rows.append(row)
-            read_uses.append(used_ms)
-        return RowRead(self.bucket, self.version, self.gen, rows, read_uses, ids)

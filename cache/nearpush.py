@@ -1,5 +1,6 @@
-"""Applying a pushed change of one account to a held bucket, without I/O (a step of
-:mod:`cache.nearcore`, run by either driver).
+"""What a near cache's background loop does with pushes, without I/O: the loop's
+decisions (:class:`Backstop`), and applying a pushed change of one account to a held
+bucket (:func:`patch`, a step run by either driver like those of :mod:`cache.nearcore`).
 
 A writer that changes one account of the active version (its payload, its removal, its
 insertion or move in the id list) announces ``'<bucket> <version> <gen> <account id>'``,
@@ -18,14 +19,15 @@ the bucket to be read again, as any push does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cache.base import text
 from cache.errors import CacheError, CorruptPayload
 from cache.keys import KeySpace
 from cache.models import SchedulerBucket
-from cache.nearcore import META_FIELDS, Pipeline, Push, Steps
+from cache.nearcore import META_FIELDS, Pipeline, Steps
 from cache.nearrows import Row, row_of_payload
 from cache.reads import REMOVED
 
@@ -33,6 +35,11 @@ if TYPE_CHECKING:
     from cache.nearstate import NearState
 
 logger = logging.getLogger(__name__)
+
+# Pause after the subscription or the check failed, before trying again.
+RETRY_SECONDS = 0.2
+# Longest wait for a push: the loop comes round to see whether it was stopped.
+WAIT_SECONDS = 1.0
 
 
 def patch(state: NearState, keys: KeySpace, push: Push, clock: Callable[[], float]) -> Steps:
@@ -95,3 +102,73 @@ def patched_row(
     if payload is None:
         raise CorruptPayload(f"account {push.account_id}: no payload for entry {entry!r}")
     return row_of_payload(push.account_id, entry, payload, used)
+
+
+def parse_push(data: bytes | str) -> tuple[str, int] | None:
+    """``(bucket name, gen)`` from a message on the changes channel."""
+    parts = text(data).split(" ")
+    if len(parts) not in (3, 4) or not parts[2].isdigit():
+        return None
+    return parts[0], int(parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A change of one account: ``'<bucket> <version> <gen> <account id>'``."""
+
+    bucket: str
+    version: int
+    gen: int
+    account_id: int
+
+
+def parse_patch(data: bytes | str) -> Push | None:
+    """The one-account change a message announces, if it announces one."""
+    parts = text(data).split(" ")
+    if len(parts) != 4 or not all(p.isdigit() and p.isascii() for p in parts[1:]):
+        return None
+    return Push(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
+
+
+class Backstop:
+    """The background loop's decisions: how long to wait for a push, when to check,
+    what a message means, what a failure costs."""
+
+    def __init__(self, state: NearState, check_seconds: float, monotonic: Callable[[], float]):
+        self.state = state
+        self.check_seconds = check_seconds
+        self.monotonic = monotonic
+        self._next_check = 0.0
+
+    def wait(self) -> float:
+        """Seconds to wait for a push before the next check is due."""
+        return min(max(self._next_check - self.monotonic(), 0.0), WAIT_SECONDS)
+
+    def due(self) -> bool:
+        """True (once) when a check is due."""
+        now = self.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.check_seconds
+        return True
+
+    def heard(self, message: Mapping[str, Any] | None) -> Push | None:
+        """Take in a message; a one-account change to apply is handed back (the
+        driver runs :func:`patch`), anything else taken here."""
+        kind = None if message is None else message.get("type")
+        if kind == "subscribe":
+            # Changes made while there was no subscription were not pushed.
+            self.state.distrust()
+        elif kind == "message" and message is not None:
+            one = parse_patch(message["data"])
+            if one is not None:
+                return one
+            push = parse_push(message["data"])
+            if push is not None:
+                self.state.pushed(*push)
+        return None
+
+    def failed(self, exc: Exception) -> None:
+        """The subscription or the check failed: trust nothing until it is back."""
+        logger.info("near cache: subscription or check failed, retrying: %s", exc)
+        self.state.distrust()
