@@ -65,6 +65,16 @@ class Holdings:
         self.decoded += len(fresh.rows) if fresh.decoded else 0
         self.bound()
 
+    def refuses(self, name: str, size: int, gen: int) -> bool:
+        """Whether a read of ``size`` accounts is larger than may be held at all; what
+        is held of the bucket goes then (older than that read)."""
+        if size <= self.max_accounts:
+            return False
+        entry = self.entries.pop(name, None)
+        if entry is not None:
+            self.remove(name, entry, gen)
+        return True
+
     def remove(self, name: str, entry: Entry, floor: int) -> None:
         self._let_go(name, entry)
         self.floors[name] = floor

@@ -64,11 +64,9 @@ class Row:
         "entry",
         "expires",
         "id",
-        "overload",
         "packed",
         "priority",
-        "reset",
-        "temp",
+        "until",
         "used",
     )
 
@@ -87,9 +85,10 @@ class Row:
         self.priority: int = fields.priority
         self.active: bool = fields.status is AccountStatus.ACTIVE and fields.schedulable
         self.expires: datetime | None = fields.expires_at if fields.auto_pause_on_expired else None
-        self.overload: datetime | None = fields.overload_until
-        self.reset: datetime | None = fields.rate_limit_reset_at
-        self.temp: datetime | None = fields.temp_unschedulable_until
+        # The latest end of the windows that hold it back (rate limit, overload,
+        # temporary block): all that the pick asks of them.
+        ends = (fields.overload_until, fields.rate_limit_reset_at, fields.temp_unschedulable_until)
+        self.until: datetime | None = max((t for t in ends if t is not None), default=None)
         # The account as last materialized, with ``used`` laid over; None when not kept.
         self.account: Account | None = None
 
@@ -100,14 +99,10 @@ class Row:
     def is_schedulable(self, now: datetime) -> bool:
         if not self.active or (self.expires is not None and self.expires <= now):
             return False
-        for until in (self.overload, self.reset, self.temp):
-            if until is not None and until > now:
-                return False
-        return True
+        return self.until is None or self.until <= now
 
     def blocked_until(self, now: datetime) -> datetime | None:
-        ends = [t for t in (self.overload, self.reset, self.temp) if t is not None and t > now]
-        return max(ends) if ends else None
+        return self.until if self.until is not None and self.until > now else None
 
     def lay(self, used: int) -> None:
         """Serve ``used`` (integer ms) as the last use from now on."""
@@ -117,7 +112,7 @@ class Row:
 
     def boundaries(self) -> tuple[datetime | None, ...]:
         """The times at which ``is_schedulable`` may change."""
-        return (self.overload, self.reset, self.temp, self.expires)
+        return (self.until, self.expires)
 
     def __repr__(self) -> str:
         return f"Row({self.id}, {self.entry!r}, used={self.used})"

@@ -175,7 +175,7 @@ class NearState:
         name, (rows, ids) = str(read.bucket), as_rows(read)
         with self._lock:
             self.reads += 1
-            if stamp.era != self._era or len(rows) > self._hold.max_accounts:
+            if stamp.era != self._era or self._hold.refuses(name, len(rows), read.gen):
                 return False
             entry = self._entries.get(name)
             floor = entry.gen if entry is not None else self._floors.get(name, 0)
@@ -221,9 +221,9 @@ class NearState:
             self.patches += applied
             return applied
 
-    def holds(self, size: int) -> bool:
-        """Whether a bucket of ``size`` accounts may be held at all."""
-        return size <= self._hold.max_accounts
+    def holds(self, size: int, decoded: bool = False) -> bool:
+        """Whether a bucket of ``size`` accounts may be held at all (or kept decoded)."""
+        return size <= (self._hold.max_decoded if decoded else self._hold.max_accounts)
 
     def begin_check(self) -> Stamp:
         """The stamp of a check starting now."""

@@ -76,6 +76,15 @@ def order_key(account: Pickable) -> Key:
     return (account.priority, use_ms(account), tiebreak(account.id), account.id)
 
 
+# A heap entry: the order key with the sequence number of the change that pushed it, in
+# one flat tuple (two nested ones cost 60 bytes more an account at 100,000 of them).
+Stamped = tuple[int, int, int, int, int]
+
+
+def stamped(account: Pickable, seq: int) -> Stamped:
+    return (account.priority, use_ms(account), tiebreak(account.id), account.id, seq)
+
+
 def scan(
     accounts: Iterable[Account],
     now: datetime,
@@ -109,7 +118,7 @@ class PickIndex(Generic[P]):
         self._accounts: dict[int, P] = {}
         self._live: dict[int, int] = {}  # id -> sequence of its one valid entry
         self._seq = 0
-        self._heap: list[tuple[Key, int]] = []
+        self._heap: list[Stamped] = []
         self._waiting: list[tuple[int, int, int]] = []  # (reopens ms, id, sequence)
         self._latest_ms = 0  # the latest ``now`` picked at
         for account in accounts:
@@ -138,13 +147,13 @@ class PickIndex(Generic[P]):
         self._accounts[account.id] = account
         self._seq += 1
         self._live[account.id] = self._seq
-        heapq.heappush(self._heap, (order_key(account), self._seq))
+        heapq.heappush(self._heap, stamped(account, self._seq))
         self._compact()
 
     def drop(self, account_id: int) -> None:
         """The account left the bucket."""
         if self._accounts.pop(account_id, None) is not None:
-            del self._live[account_id]
+            self._live.pop(account_id, None)
             self._compact()
 
     # -- the pick --------------------------------------------------------------------
@@ -160,8 +169,8 @@ class PickIndex(Generic[P]):
         heap, set_aside = self._heap, []
         chosen: P | None = None
         while heap:
-            key, seq = heap[0]
-            account_id = key[3]
+            top = heap[0]
+            account_id, seq = top[3], top[4]
             if self._live.get(account_id) != seq:
                 heapq.heappop(heap)  # stale: the account changed or left since
                 continue
@@ -186,7 +195,7 @@ class PickIndex(Generic[P]):
         while waiting and waiting[0][0] <= now_ms:
             _, account_id, seq = heapq.heappop(waiting)
             if self._live.get(account_id) == seq:
-                heapq.heappush(self._heap, (order_key(self._accounts[account_id]), seq))
+                heapq.heappush(self._heap, stamped(self._accounts[account_id], seq))
 
     # -- upkeep ----------------------------------------------------------------------
     def _compact(self) -> None:
@@ -200,7 +209,7 @@ class PickIndex(Generic[P]):
         for account in self._accounts.values():
             self._seq += 1
             self._live[account.id] = self._seq
-            self._heap.append((order_key(account), self._seq))
+            self._heap.append(stamped(account, self._seq))
         heapq.heapify(self._heap)
 
 

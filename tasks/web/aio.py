@@ -69,7 +69,16 @@ async def reading() -> Reading:
     if held is not None and held.loop is loop and held.pid == os.getpid():
         await held.aclose()
     reader = AsyncSchedulerReader.from_url(s.effective_web_redis_url, **cache_options(s))
-    near = AsyncNearCache(reader, max_buckets=s.near_cache_buckets) if s.near_cache else None
+    near = (
+        AsyncNearCache(
+            reader,
+            max_buckets=s.near_cache_buckets,
+            max_accounts=s.near_cache_accounts,
+            max_decoded=s.near_cache_decoded,
+        )
+        if s.near_cache
+        else None
+    )
     _reading = Reading(s, loop, os.getpid(), reader, near)
     return _reading
 
