@@ -9,8 +9,8 @@ their first request through the same account until their touches reach each othe
 
 :class:`PickIndex` keeps that order as a heap with lazy invalidation: every change of an
 account (a new snapshot or patch, a touch of this process or another's) pushes a fresh
-entry stamped with a new sequence number, and the old entry is skipped when it reaches
-the top. Accounts held back by time (rate limit, overload, temporary block) wait in a
+entry, the only one of that account that counts, and the old entry is skipped when it
+reaches the top. Accounts held back by time (rate limit, overload, temporary block) wait in a
 second heap ordered by the time their window ends and come back when it has::
 
     pick at t0:  top is A (rate limited until t5)  -> A waits for t5; B is picked
@@ -76,15 +76,6 @@ def order_key(account: Pickable) -> Key:
     return (account.priority, use_ms(account), tiebreak(account.id), account.id)
 
 
-# A heap entry: the order key with the sequence number of the change that pushed it, in
-# one flat tuple (two nested ones cost 60 bytes more an account at 100,000 of them).
-Stamped = tuple[int, int, int, int, int]
-
-
-def stamped(account: Pickable, seq: int) -> Stamped:
-    return (account.priority, use_ms(account), tiebreak(account.id), account.id, seq)
-
-
 def scan(
     accounts: Iterable[Account],
     now: datetime,
@@ -116,10 +107,11 @@ class PickIndex(Generic[P]):
 
     def __init__(self, accounts: Iterable[P] = ()) -> None:
         self._accounts: dict[int, P] = {}
-        self._live: dict[int, int] = {}  # id -> sequence of its one valid entry
-        self._seq = 0
-        self._heap: list[Stamped] = []
-        self._waiting: list[tuple[int, int, int]] = []  # (reopens ms, id, sequence)
+        # id -> its one valid heap entry: the key object itself, so an entry is valid
+        # when it is that object (no sequence number to keep per account).
+        self._live: dict[int, Key] = {}
+        self._heap: list[Key] = []
+        self._waiting: list[tuple[int, int, Key]] = []  # (reopens ms, id, its entry)
         self._latest_ms = 0  # the latest ``now`` picked at
         for account in accounts:
             self._accounts[account.id] = account
@@ -145,9 +137,8 @@ class PickIndex(Generic[P]):
     def put(self, account: P) -> None:
         """``account`` as it is now (a new payload or last use)."""
         self._accounts[account.id] = account
-        self._seq += 1
-        self._live[account.id] = self._seq
-        heapq.heappush(self._heap, stamped(account, self._seq))
+        key = self._live[account.id] = order_key(account)
+        heapq.heappush(self._heap, key)
         self._compact()
 
     def drop(self, account_id: int) -> None:
@@ -169,9 +160,9 @@ class PickIndex(Generic[P]):
         heap, set_aside = self._heap, []
         chosen: P | None = None
         while heap:
-            top = heap[0]
-            account_id, seq = top[3], top[4]
-            if self._live.get(account_id) != seq:
+            key = heap[0]
+            account_id = key[3]
+            if self._live.get(account_id) is not key:
                 heapq.heappop(heap)  # stale: the account changed or left since
                 continue
             account = self._accounts[account_id]
@@ -182,7 +173,7 @@ class PickIndex(Generic[P]):
                 heapq.heappop(heap)
                 reopens = reopens_at(account, now)
                 if reopens is not None:
-                    heapq.heappush(self._waiting, (reopens, account_id, seq))
+                    heapq.heappush(self._waiting, (reopens, account_id, key))
                 continue
             chosen = account
             break
@@ -193,9 +184,9 @@ class PickIndex(Generic[P]):
     def _reopen(self, now_ms: int) -> None:
         waiting = self._waiting
         while waiting and waiting[0][0] <= now_ms:
-            _, account_id, seq = heapq.heappop(waiting)
-            if self._live.get(account_id) == seq:
-                heapq.heappush(self._heap, stamped(self._accounts[account_id], seq))
+            _, account_id, key = heapq.heappop(waiting)
+            if self._live.get(account_id) is key:
+                heapq.heappush(self._heap, key)
 
     # -- upkeep ----------------------------------------------------------------------
     def _compact(self) -> None:
@@ -207,9 +198,8 @@ class PickIndex(Generic[P]):
         self._heap = []
         self._waiting = []
         for account in self._accounts.values():
-            self._seq += 1
-            self._live[account.id] = self._seq
-            self._heap.append(stamped(account, self._seq))
+            key = self._live[account.id] = order_key(account)
+            self._heap.append(key)
         heapq.heapify(self._heap)
 
 
