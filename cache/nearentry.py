@@ -155,7 +155,7 @@ class Entry:
     def pick(self, now: datetime, exclude: Collection[int]) -> Row | None:
         """The first row in pick order schedulable at ``now`` and not excluded."""
         if self.index is None:
-            self.index = PickIndex(self.rows)
+            self.index = PickIndex(self.rows, self.by_id)
         return self.index.pick(now, exclude)
 
     def succeed(self, older: Entry) -> None:
@@ -164,7 +164,7 @@ class Entry:
         self.decoded = older.decoded
         if older.index is not None:
             self.index = older.index
-            self.index.refresh(self.rows)
+            self.index.refresh(self.rows, self.by_id)
 
     # -- one-account patches ---------------------------------------------------------
     def patches_to(self, version: int, gen: int) -> bool:

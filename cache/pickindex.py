@@ -105,32 +105,35 @@ def reopens_at(account: Pickable, now: datetime) -> int | None:
 class PickIndex(Generic[P]):
     """The pick order of one bucket's accounts, kept as they change."""
 
-    def __init__(self, accounts: Iterable[P] = ()) -> None:
-        self._accounts: dict[int, P] = {}
+    def __init__(self, accounts: Iterable[P] = (), by_id: dict[int, P] | None = None) -> None:
+        """``by_id``: the accounts by id, when the caller keeps that map already (and
+        changes it before it calls :meth:`put` or :meth:`drop`): shared, not copied."""
+        self._accounts: dict[int, P] = {} if by_id is None else by_id
         # id -> its one valid heap entry: the key object itself, so an entry is valid
         # when it is that object (no sequence number to keep per account).
         self._live: dict[int, Key] = {}
         self._heap: list[Key] = []
         self._waiting: list[tuple[int, int, Key]] = []  # (reopens ms, id, its entry)
         self._latest_ms = 0  # the latest ``now`` picked at
-        for account in accounts:
-            self._accounts[account.id] = account
+        if by_id is None:
+            for account in accounts:
+                self._accounts[account.id] = account
         self._rebuild()
 
     def __len__(self) -> int:
         return len(self._accounts)
 
     # -- changes ---------------------------------------------------------------------
-    def refresh(self, accounts: Iterable[P]) -> None:
-        """The bucket's accounts are now ``accounts`` (a new snapshot or patch): only
-        those that changed (another object) move; those gone leave."""
-        seen: set[int] = set()
-        for account in accounts:
-            seen.add(account.id)
-            if self._accounts.get(account.id) is not account:
+    def refresh(self, accounts: Iterable[P], by_id: dict[int, P] | None = None) -> None:
+        """The bucket's accounts are now ``accounts`` (a new snapshot or patch; by id
+        in ``by_id``, shared as in the constructor): only those that changed (another
+        object) move; those gone leave."""
+        old = self._accounts
+        self._accounts = {a.id: a for a in accounts} if by_id is None else by_id
+        for account in self._accounts.values():
+            if old.get(account.id) is not account:
                 self.put(account)
-        for gone in [i for i in self._accounts if i not in seen]:
-            del self._accounts[gone]
+        for gone in [i for i in self._live if i not in self._accounts]:
             del self._live[gone]
         self._compact()
 
@@ -143,8 +146,8 @@ class PickIndex(Generic[P]):
 
     def drop(self, account_id: int) -> None:
         """The account left the bucket."""
-        if self._accounts.pop(account_id, None) is not None:
-            self._live.pop(account_id, None)
+        self._accounts.pop(account_id, None)
+        if self._live.pop(account_id, None) is not None:
             self._compact()
 
     # -- the pick --------------------------------------------------------------------
