@@ -41,12 +41,11 @@ def _field(name: str) -> tuple[str, Any, Any]:
 
 # Decodes a payload's JSON object (unknown keys skipped, as the model ignores extras).
 _Payload = msgspec.defstruct("_Payload", [_field(n) for n in FIELDS], kw_only=True)
-# The same values as an array: what a row keeps, and what it decodes back from.
-_Packed = msgspec.defstruct(
-    "_Packed", [(n, Account.model_fields[n].annotation) for n in FIELDS], array_like=True
-)
 _FROM_JSON = msgspec.json.Decoder(_Payload)
-_FROM_PACKED = msgspec.msgpack.Decoder(_Packed)
+# The same values as an array: what a row keeps, decoded back into a typed tuple.
+_FROM_PACKED = msgspec.msgpack.Decoder(
+    tuple[tuple(Account.model_fields[n].annotation for n in FIELDS)]  # type: ignore[misc]
+)
 _PACK = msgspec.msgpack.Encoder()
 _astuple = msgspec.structs.astuple
 # What materialized accounts are copied from; every field is replaced in each copy.
@@ -152,7 +151,7 @@ def materialize(row: Row) -> Account:
     packed = row.packed
     if isinstance(packed, Account):
         return _at(packed, row.used)
-    data = dict(zip(FIELDS, _astuple(_FROM_PACKED.decode(packed)), strict=True))
+    data = dict(zip(FIELDS, _FROM_PACKED.decode(packed), strict=True))
     data["last_used_at"] = from_ms(row.used) if row.used else None
     return _BLANK.model_copy(update=data)
 
