@@ -9,11 +9,15 @@ the gen just before reads that account alone, in one round trip::
 
     held: v7 gen 41        push: '12:anthropic:mixed 7 42 1003'
     HMGET meta active gen | HGET entries 1003 | HGET payloads 1003 | LPOS ids 1003
-    | LLEN ids | HGET last_used 1003   ->  row replaced / moved / removed; gen 42
+    | LLEN ids | HGET last_used 1003 | HGET meta gen  ->  row replaced / moved / removed
 
-and puts it in place: the list order, the pick index, the views. Anything else (a gen
-skipped, another version, a three-field push, a length that disagrees, an error) leaves
-the bucket to be read again, as any push does.
+and puts it in place: the list order, the pick index, the views. The round trip is not
+a transaction, so it reads the gen first and last: a writer's change and its announce
+are one script, so the same gen at both ends (the push's own) means every field was
+read as of that change and no other; a place read after a later change would put the
+account in another list than the one held. Anything else (a gen skipped or moved on
+meanwhile, another version, a three-field push, a length that disagrees, an error)
+leaves the bucket to be read again, as any push does.
 """
 
 from __future__ import annotations
@@ -63,13 +67,18 @@ def patch(state: NearState, keys: KeySpace, push: Push, clock: Callable[[], floa
             ("lpos", (snapshot, field)),
             ("llen", (snapshot,)),
             ("hget", (keys.last_used, field)),
+            ("hget", (keys.meta(bucket), "gen")),
         ],
     )
-    (active, gen), entry, payload, place, length, used = replies
+    (active, gen), entry, payload, place, length, used, gen_after = replies
     try:
         row = patched_row(push, entry, payload, place, int(used or 0))
         fetched = Fetched(row, place, int(length), int(used or 0), int(gen or 0), asked_at)
-        applied = int(active or 0) == push.version and state.patched(stamp, push, fetched)
+        applied = (
+            int(active or 0) == push.version
+            and int(gen or 0) == push.gen == int(gen_after or 0)
+            and state.patched(stamp, push, fetched)
+        )
     except CacheError as exc:
         logger.warning("near cache: patch %s not applied: %s", push, exc)
         applied = False
