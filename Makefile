@@ -70,10 +70,12 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
-# The three exports of a lock in directory $(1) into $(1)/requirements.
+# The exports of a lock in directory $(1) into $(1)/requirements: run (make run), image
+# (the Dockerfile: the services' extras), dev (make test) and the build tools.
 define export_lock
 	mkdir -p $(1)/requirements
 	$(UV) --directory $(1) $(EXPORT) --extra flower -o requirements/run.txt
+	$(UV) --directory $(1) $(EXPORT) --extra flower --extra postgres -o requirements/image.txt
 	$(UV) --directory $(1) $(EXPORT) --all-extras -o requirements/dev.txt
 	$(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 		$(2) requirements/build.in -o $(1)/requirements/build.txt

@@ -4,7 +4,7 @@ tombstones of deleted ones; the only writer of those keys and of the bucket inde
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +13,13 @@ from cache.codec import to_ms
 from cache.errors import CorruptPayload
 from cache.keys import INDEX_CHUNK, READ_CHUNK, WRITE_CHUNK
 from cache.models import Account, SchedulerBucket
-from cache.patches import DELETED, AccountPatcher, parse_index
+from cache.patches import DELETED, AccountPatcher, parse_index, removal
 
 logger = logging.getLogger(__name__)
+
+
+# Whether a version may hold an account as the store has it now (see take_newer).
+Keeps = Callable[[Account], bool]
 
 
 @dataclass(slots=True)
@@ -158,8 +162,10 @@ class AccountStore:
         ]
 
     # -- for the snapshot writer ---------------------------------------------------------
-    def take_newer(self, staged: list[Staged]) -> None:
-        """The store's payload where it holds a newer revision (or a deletion)."""
+    def take_newer(self, staged: list[Staged], keeps: Keeps | None = None) -> None:
+        """The store's payload where it holds a newer revision (or a deletion); a
+        removal instead where ``keeps`` says the version may not hold the account as
+        the store has it (it left the bucket since the version's read)."""
         if not staged:
             return
         k = self._w.keys
@@ -169,9 +175,9 @@ class AccountStore:
         stored = [r for part in pipe.execute() for r in part]
         newer = [(s, rev) for s, rev in zip(staged, stored, strict=True) if _newer(rev, s.revision)]
         if newer:
-            self._fill(newer)
+            self._fill(newer, keeps)
 
-    def _fill(self, newer: list[tuple[Staged, bytes]]) -> None:
+    def _fill(self, newer: list[tuple[Staged, bytes]], keeps: Keeps | None) -> None:
         k = self._w.keys
         pipe = self._w.client.pipeline(transaction=False)
         ids = [s.id for s, _ in newer]
@@ -185,10 +191,18 @@ class AccountStore:
             s.revision = text(rev)
             if payload is None or payload_digest is None:
                 s.digest, s.payload = DELETED, b""
+            elif keeps is not None and not _kept(s.id, payload, keeps):
+                s.revision, s.digest, s.payload = removal(s.revision), DELETED, b""
             else:
                 s.digest, s.payload = text(payload_digest), payload
 
-    def index(self, bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
+    def index(
+        self,
+        bucket: SchedulerBucket,
+        version: int,
+        staged: list[Staged],
+        keeps: Keeps | None = None,
+    ) -> list[Staged]:
         """Note that ``version`` of ``bucket`` lists ``staged`` (accounts new to the bucket:
         the others are indexed already); returns those the store holds newer revisions
         of, filled with the store's payloads."""
@@ -207,22 +221,22 @@ class AccountStore:
         if not calls:
             return []
         newer_ids = {text(i) for part in self._w.run("index_accounts", calls) for i in part}
-        return self.newer([s for s in staged if s.id in newer_ids])
+        return self.newer([s for s in staged if s.id in newer_ids], keeps)
 
-    def newer(self, staged: list[Staged]) -> list[Staged]:
+    def newer(self, staged: list[Staged], keeps: Keeps | None = None) -> list[Staged]:
         """Copies of those of ``staged`` the store holds newer revisions (or deletions)
-        of, filled with the store's payloads."""
+        of, filled as :meth:`take_newer` does."""
         copies = [Staged(s.id, s.revision, s.digest, s.payload) for s in staged]
-        self.take_newer(copies)
+        self.take_newer(copies, keeps)
         return [c for c, s in zip(copies, staged, strict=True) if c.revision != s.revision]
 
-    def store(self, staged: list[Staged]) -> list[Staged]:
+    def store(self, staged: list[Staged], keeps: Keeps | None = None) -> list[Staged]:
         """After an activation: bring the store up to the version's payloads; returns
         those the store holds newer revisions of (changes the version may have missed:
         see cache/snapshots.py), filled with the store's payloads."""
         live = [s for s in staged if s.digest != DELETED]
         if not live:
-            return self.newer(staged)
+            return self.newer(staged, keeps)
         k = self._w.keys
         keys = [k.accounts, k.revisions, k.digests]
         calls = []
@@ -237,9 +251,20 @@ class AccountStore:
             calls.append((keys, args))
         newer_ids = {text(i) for part in self._w.run("store_accounts", calls) for i in part}
         deleted = [s for s in staged if s.digest == DELETED]
-        return self.newer([s for s in live if s.id in newer_ids] + deleted)
+        return self.newer([s for s in live if s.id in newer_ids] + deleted, keeps)
 
     def patch_version(self, bucket: SchedulerBucket, version: int, newer: list[Staged]) -> None:
         """Put the store's newer revisions into a staged ``version`` of ``bucket``."""
         for s in newer:
             self._patcher.reach(int(s.id), {bucket: version}, s.revision, s.digest, s.payload)
+
+
+def _kept(account_id: str, payload: bytes, keeps: Keeps) -> bool:
+    """``keeps`` of the stored payload; True for one that cannot be read (the reader
+    reports it, as for any corrupt payload)."""
+    try:
+        account = Account.model_validate_json(payload)
+    except ValueError:
+        logger.warning("account %s: stored payload unreadable: %r", account_id, payload[:80])
+        return True
+    return keeps(account)

@@ -103,8 +103,11 @@ class RedisSchedulerCache:
         version: int | None = None,
         *,
         rebuild_ms: float | None = None,
+        belongs: Callable[[Account], bool] | None = None,
     ) -> bool:
-        return self.snapshots.set_snapshot(bucket, accounts, version, rebuild_ms=rebuild_ms)
+        return self.snapshots.set_snapshot(
+            bucket, accounts, version, rebuild_ms=rebuild_ms, belongs=belongs
+        )
 
     # -- accounts --------------------------------------------------------------------
     def get_account(self, account_id: int) -> Account | None:

@@ -81,7 +81,7 @@ class AccountPatcher:
         targets = list(index.items())
         if not targets:
             return
-        removed: Content = (_removal(revision), DELETED, b"")
+        removed: Content = (removal(revision), DELETED, b"")
         content = {
             bucket: (revision, digest, payload)
             if belongs is None or bucket in belongs or digest == DELETED
@@ -128,7 +128,7 @@ class AccountPatcher:
         return self._w.run("patch_account", calls)
 
 
-def _removal(revision: str) -> str:
+def removal(revision: str) -> str:
     """The revision a removal is noted at; '' (whatever the version holds, marked as a
     deletion) when the account has none."""
     number = float(revision) if revision else -1.0

@@ -10,11 +10,11 @@ whose order keeps the guarantees (see docs/write-path.md and :meth:`set_snapshot
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from cache.accounts import AccountStore, Staged
+from cache.accounts import AccountStore, Keeps, Staged
 from cache.base import Wiring, redis_errors, text
 from cache.codec import to_ms
 from cache.errors import CacheError, VersionNotReserved
@@ -66,6 +66,7 @@ class SnapshotWriter:
         version: int | None = None,
         *,
         rebuild_ms: float | None = None,
+        belongs: Callable[[Account], bool] | None = None,
     ) -> bool:
         """Write ``accounts`` as ``version`` and activate it if nothing newer is active.
 
@@ -76,7 +77,9 @@ class SnapshotWriter:
         The steps, and why in this order (docs/write-path.md has the timeline)::
 
             1. accounts the store holds newer (or deleted) revisions of take the
-               store's payload: a payload never replaces a newer one
+               store's payload: a payload never replaces a newer one; or a removal,
+               where ``belongs`` (the source's rules) says the newer one has left
+               the bucket since the read
             2. the bucket joins the registry (refreshes rebuild it from now on)
             3. version N is staged in chunks; its keys expire unless activated
             4. N is indexed for each account; changes stored since step 1 are put
@@ -90,19 +93,21 @@ class SnapshotWriter:
         if version < 1:
             raise VersionNotReserved(f"bucket {bucket}: version {version} was never reserved")
         staged, uses = self._encode_all(bucket, accounts)
+        keeps = belongs
         with redis_errors(f"set_snapshot {bucket} v{version}", self._w.keys.meta(bucket)):
-            self._accounts.take_newer(staged)
+            self._accounts.take_newer(staged, keeps)
             self._registry.add(bucket)
             status, other, active = self._stage(bucket, version, staged)
             if status == Stage.DONE:
                 listed = self._listed(bucket, active)
                 fresh = [s for s in staged if s.id not in listed]
                 kept = [s for s in staged if s.id in listed]
-                newer = self._accounts.index(bucket, version, fresh) + self._accounts.newer(kept)
+                newer = self._accounts.index(bucket, version, fresh, keeps)
+                newer += self._accounts.newer(kept, keeps)
                 self._accounts.patch_version(bucket, version, newer)
                 status, other = self._activate(bucket, version, len(staged), active, rebuild_ms)
                 if status == Stage.DONE:
-                    self._settle(bucket, version, staged, kept, listed, replaced=other, was=active)
+                    self._settle(bucket, version, staged, kept, listed, other, active, keeps)
             if status not in (Stage.DONE, Stage.TAKEN):
                 self._w.scripts["drop_staged"](
                     keys=[self._w.keys.meta(bucket), *self._version_keys(bucket, version)],
@@ -161,9 +166,9 @@ class SnapshotWriter:
         staged: list[Staged],
         kept: list[Staged],
         listed: set[str],
-        *,
         replaced: int,
         was: int,
+        keeps: Keeps | None,
     ) -> None:
         """After activating ``version``: the index and the store catch up with it.
 
@@ -178,7 +183,7 @@ class SnapshotWriter:
             self._accounts.index(bucket, version, kept)
         elif listed:
             self._drop_entries(bucket, version, listed - {s.id for s in staged})
-        late = self._accounts.store(staged)
+        late = self._accounts.store(staged, keeps)
         self._accounts.patch_version(bucket, version, late)
 
     def _drop_entries(self, bucket: SchedulerBucket, version: int, ids: set[str]) -> None:

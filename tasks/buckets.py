@@ -13,7 +13,7 @@ reader and the tools all ask this module.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -140,6 +140,20 @@ def account_buckets(
         for group in groups
         for bucket in platform_buckets(group, platform, rules)
     }
+
+
+def belongs_in(bucket: SchedulerBucket, rules: Rules) -> Callable[[Account], bool]:
+    """Whether an account, as it is now, belongs in ``bucket``: one of its groups, its
+    platform's buckets, or a mixed one it is an opted-in donor to. A rebuild passes
+    this to ``set_snapshot``, so a change read after the rebuild's own read never puts
+    an account back into a bucket it has left."""
+
+    def belongs(account: Account) -> bool:
+        if bucket not in account_buckets(account, rules=rules):
+            return False
+        return account.platform == bucket.platform or donor_opts_in(account.extra)
+
+    return belongs
 
 
 def warm_buckets(groups: Iterable[tuple[int, str]], rules: Rules) -> list[SchedulerBucket]:

@@ -207,3 +207,56 @@ def test_role_urls_default_to_the_workers_and_a_web_process_never_needs_its_pass
     amqp = web.model_copy(update={"broker_url": "amqp://b:y@q//"})
     assert amqp.effective_web_broker_url == "amqp://b:y@q//"
     assert Settings(web_redis_url="").web_redis_url is None  # "VAR=" means unset
+
+
+def test_a_worker_under_the_worker_role_rebuilds_follows_the_outbox_and_flushes(
+    acl_server: RedisServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A real worker, broker and cache both under ``sched-worker`` as documented: it
+    rebuilds, applies an outbox change and flushes last uses, and Redis refused it
+    nothing (no NOPERM in its log)."""
+    from tasks.celery import app
+    from tasks.requests import request_rebuild
+    from tasks.source import SqlWriter
+    from tests.processes import WorkerProcess, child_env, wait_for
+
+    worker_url = role_url(acl_server, "worker")
+    settings = Settings(redis_url=worker_url, database_url=sqlite_url)
+    runtime.reset(settings)
+    worker: WorkerProcess | None = None
+    try:
+        source = runtime.get_source()
+        assert isinstance(source, SqlSource)
+        group = seed_group(source, accounts=2)
+        bucket = SchedulerBucket(group.id, "openai", "single")
+        env = child_env(SCHED_REDIS_URL=worker_url, SCHED_DATABASE_URL=sqlite_url)
+        worker = WorkerProcess(env, tmp_path).start()
+        cache = runtime.get_cache()
+
+        assert request_rebuild(bucket)
+        wait_for(lambda: cache.get_snapshot(bucket), what="the rebuild under the worker role")
+        first = (cache.get_snapshot(bucket) or [])[0]
+
+        SqlWriter(source).update_account(first.id, schedulable=False)
+        app.send_task("tasks.poll_outbox")
+
+        def applied() -> bool:
+            held = {a.id: a for a in cache.get_snapshot(bucket) or []}
+            return first.id not in held or not held[first.id].schedulable
+
+        wait_for(applied, what="the outbox change under the worker role")
+
+        used = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        cache.update_last_used({first.id: used}, record_pending=True)
+        app.send_task("tasks.flush_last_used")
+
+        def flushed() -> bool:
+            stored = source.get_accounts([first.id])[first.id].last_used_at
+            return stored is not None and stored >= used
+
+        wait_for(flushed, what="the last-use flush under the worker role")
+        assert "NOPERM" not in worker.log_tail(200_000)
+    finally:
+        if worker is not None:
+            worker.kill()
+        runtime.reset()

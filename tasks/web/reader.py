@@ -32,7 +32,7 @@ from cache import (
     SchedulerBucket,
 )
 from tasks import runtime, stats
-from tasks.buckets import bucket_for, check_platform
+from tasks.buckets import belongs_in, bucket_for, check_platform
 from tasks.settings import Settings
 from tasks.web.groups import KnownGroups
 from tasks.web.last_used import default_batcher, keep_latest
@@ -251,7 +251,8 @@ def _fallback_read(
     accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
     if version is not None:
         try:
-            cache.set_snapshot(bucket, accounts, version)
+            belongs = belongs_in(bucket, runtime.settings())
+            cache.set_snapshot(bucket, accounts, version, belongs=belongs)
         except CacheUnavailable:
             raise
         except CacheError as exc:

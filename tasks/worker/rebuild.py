@@ -173,6 +173,16 @@ def _reach_first(cache: RedisSchedulerCache, accounts: list[Account]) -> None:
         cache.set_account(account, buckets.account_buckets(account, rules=rules))
 
 
+def _unknown_group(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> bool:
+    """Whether ``bucket`` is of a group the source does not have, and was never served:
+    a request for it (a typo, a probe) must not register a bucket that every refresh
+    would then rebuild. A served bucket whose group went away is written (empty) as
+    usual, so its readers stop getting its accounts."""
+    if bucket.group_id == 0 or cache.bucket_info(bucket).active_version is not None:
+        return False
+    return all(group.id != bucket.group_id for group in runtime.get_source().active_groups())
+
+
 def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
     """Seconds to wait before rebuilding ``bucket`` again; 0 after a quiet spell."""
     interval = runtime.settings().rebuild_min_interval_seconds
@@ -199,8 +209,16 @@ def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     version = cache.reserve_version(bucket)
     accounts = runtime.get_source().accounts_for_bucket(bucket, datetime.now(UTC))
     read_ms = (time.perf_counter() - started) * 1000
+    if not accounts and _unknown_group(cache, bucket):
+        cache.finish_rebuild(bucket, generation)
+        cache.record_stats({stats.REBUILDS_SKIPPED: 1})
+        logger.warning(
+            "bucket %s: group %d is not in the source; nothing written", bucket, bucket.group_id
+        )
+        return f"skipped: group {bucket.group_id} is not in the source"
     _reach_first(cache, accounts)
-    activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms)
+    belongs = buckets.belongs_in(bucket, runtime.settings())
+    activated = cache.set_snapshot(bucket, accounts, version, rebuild_ms=read_ms, belongs=belongs)
     activated_at = time.time()
     arrived = cache.finish_rebuild(bucket, generation)
     total_ms = (time.perf_counter() - started) * 1000

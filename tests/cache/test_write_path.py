@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from cache import RedisSchedulerCache, SchedulerBucket
-from cache.accounts import Staged
+from cache.accounts import Keeps, Staged
 from tests.cache.factories import account
 
 FORCED = SchedulerBucket.parse("7:openai:forced")
@@ -18,7 +18,7 @@ SINGLE = SchedulerBucket.parse("12:openai:single")
 
 
 def _openai(account_id: int, **changes: object) -> object:
-    return account(account_id, platform="openai", group_ids=(), **changes)
+    return account(account_id, **{"platform": "openai", "group_ids": (), **changes})
 
 
 @pytest.fixture
@@ -88,9 +88,11 @@ def test_a_change_during_a_write_costs_the_write_no_second_push(
     drain = pushes.drain  # type: ignore[attr-defined]
     index = cache.accounts.index
 
-    def racing(bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
+    def racing(
+        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
+    ) -> list[Staged]:
         cache.set_account(_openai(701, revision=5, name="newer"))  # type: ignore[arg-type]
-        return index(bucket, version, staged)
+        return index(bucket, version, staged, keeps)
 
     cache.accounts.index = racing  # type: ignore[method-assign]
     assert cache.set_snapshot(FORCED, [_openai(701), _openai(702)])  # type: ignore[list-item]
@@ -106,8 +108,10 @@ def test_a_change_while_a_new_bucket_is_written_keeps_the_account_indexed(
     entry: the next refresh does not index the account again (it is not new)."""
     index = cache.accounts.index
 
-    def racing(bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
-        found = index(bucket, version, staged)
+    def racing(
+        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
+    ) -> list[Staged]:
+        found = index(bucket, version, staged, keeps)
         cache.set_account(_openai(701, revision=5, name="newer"))  # type: ignore[arg-type]
         return found
 
@@ -136,9 +140,11 @@ def test_only_accounts_new_to_the_bucket_are_indexed(cache: RedisSchedulerCache)
     indexed: list[str] = []
     index = cache.accounts.index
 
-    def counted(bucket: SchedulerBucket, version: int, staged: list[Staged]) -> list[Staged]:
+    def counted(
+        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
+    ) -> list[Staged]:
         indexed.extend(s.id for s in staged)
-        return index(bucket, version, staged)
+        return index(bucket, version, staged, keeps)
 
     cache.accounts.index = counted  # type: ignore[method-assign]
     assert cache.set_snapshot(FORCED, [_openai(701), _openai(702)])  # type: ignore[list-item]
@@ -250,3 +256,71 @@ def test_a_losing_writers_index_entries_do_not_hide_the_active_version(
     assert not cache.set_snapshot(FORCED, [_openai(701)], slow)  # type: ignore[list-item]
     cache.set_account(_openai(701, revision=3, status="disabled"))  # type: ignore[arg-type]
     assert [a.status for a in cache.get_snapshot(FORCED) or []] == ["disabled"]
+
+
+def _in_group(group: int) -> Keeps:
+    return lambda a: group in a.group_ids
+
+
+def test_a_move_out_of_the_bucket_during_a_write_is_a_removal_in_the_new_version(
+    cache: RedisSchedulerCache,
+) -> None:
+    """The writer read account 701 in group 12; before it indexed, 701 moved to group 13.
+    The store's newer revision is not put into the group 12 version: a removal is."""
+    first = _openai(701, group_ids=(12,))
+    assert cache.set_snapshot(SINGLE, [_openai(702, group_ids=(12,))])  # type: ignore[list-item]
+    index = cache.accounts.index
+
+    def racing(
+        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
+    ) -> list[Staged]:
+        moved = _openai(701, revision=2, group_ids=(13,))
+        cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
+        return index(bucket, version, staged, keeps)
+
+    cache.accounts.index = racing  # type: ignore[method-assign]
+    written = [first, _openai(702, group_ids=(12,))]
+    assert cache.set_snapshot(SINGLE, written, belongs=_in_group(12))  # type: ignore[arg-type]
+    assert _ids(cache, SINGLE) == [702]
+
+
+def test_a_move_out_of_a_listed_account_during_a_write_is_a_removal(
+    cache: RedisSchedulerCache,
+) -> None:
+    """Account 701 is listed already (indexed for the active version only): the move
+    reaches the active version as a removal, and the new version takes the removal
+    from the store's newer revision instead of the moved payload."""
+    both = [_openai(701, group_ids=(12,)), _openai(702, group_ids=(12,))]
+    assert cache.set_snapshot(SINGLE, both)  # type: ignore[arg-type]
+    index = cache.accounts.index
+
+    def racing(
+        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
+    ) -> list[Staged]:
+        moved = _openai(701, revision=2, group_ids=(13,))
+        cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
+        return index(bucket, version, staged, keeps)
+
+    cache.accounts.index = racing  # type: ignore[method-assign]
+    assert cache.set_snapshot(SINGLE, both, belongs=_in_group(12))  # type: ignore[arg-type]
+    assert _ids(cache, SINGLE) == [702]
+
+
+def test_a_move_out_just_before_activation_is_a_removal_after_it(
+    cache: RedisSchedulerCache,
+) -> None:
+    """The late path: the move is stored after the writer's last check; the writer
+    finds it in the store after activating and puts in a removal, not the payload."""
+    both = [_openai(701, group_ids=(12,)), _openai(702, group_ids=(12,))]
+    assert cache.set_snapshot(SINGLE, both)  # type: ignore[arg-type]
+    activate = cache.snapshots._activation
+
+    def moved_first(*args: object) -> tuple[int, int]:
+        cache.snapshots._activation = activate  # type: ignore[method-assign]
+        moved = _openai(701, revision=2, group_ids=(13,))
+        cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
+        return activate(*args)  # type: ignore[arg-type]
+
+    cache.snapshots._activation = moved_first  # type: ignore[method-assign,assignment]
+    assert cache.set_snapshot(SINGLE, both, belongs=_in_group(12))  # type: ignore[arg-type]
+    assert _ids(cache, SINGLE) == [702]

@@ -161,8 +161,23 @@ def test_dockerfile_installs_the_project_with_its_service_extras() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.1[1-9]", text, re.MULTILINE)
     assert "COPY celeryconfig.py" in text
-    assert re.search(r'pip install "\.\[[^\]]*postgres[^\]]*flower[^\]]*\]"', text)
+    assert re.search(r'pip install --no-deps [^\n]*"\.\[[^\]]*postgres[^\]]*flower[^\]]*\]"', text)
     assert re.search(r"^USER (?!root)", text, re.MULTILINE)
+
+
+def test_dockerfile_installs_the_lock_and_nothing_unlocked() -> None:
+    """Every pip install in the image is hash-checked or takes no dependencies, and
+    the exported file holds every service extra pinned."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    installs = re.findall(r"pip install [^\n&]*", text)
+    assert installs
+    for line in installs:
+        assert "--require-hashes" in line or "--no-deps" in line, line
+    image = (REPO / "requirements" / "image.txt").read_text()
+    assert "-r requirements/image.txt" in text
+    for name in ("celery", "redis", "psycopg", "psycopg-binary", "flower", "sqlalchemy"):
+        assert re.search(rf"^{name}==[0-9][^ ]* ", image, re.MULTILINE | re.IGNORECASE), name
+    assert "--hash=sha256:" in image
 
 
 def test_metrics_are_served_with_basic_auth_from_the_environment(compose: dict[str, Any]) -> None:

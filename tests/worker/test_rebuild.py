@@ -56,3 +56,21 @@ def _idle(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> bool:
     """Whether every rebuild request of ``bucket`` has been served."""
     state = cache.client.hgetall(cache.keys.rebuild_state(bucket))
     return b"queued" not in state and state.get(b"done") == state.get(b"req")
+
+
+def test_a_rebuild_of_an_unknown_group_registers_nothing(
+    worker: Any, source: SqlSource, task_cache: RedisSchedulerCache
+) -> None:
+    """A direct request for a group the source does not have (a typo, a probe) is
+    served by the worker without writing a snapshot or registering the bucket, which
+    every refresh would rebuild from then on; a known group's empty bucket is written."""
+    known = seed_group(source, accounts=0)
+    unknown = SchedulerBucket(known.id + 1000, "openai", "single")
+    empty = SchedulerBucket(known.id, "openai", "single")
+    assert request_rebuild(unknown)
+    assert request_rebuild(empty)
+    wait_for(lambda: task_cache.bucket_info(empty).active_version, what="the known group's bucket")
+    wait_for(lambda: _idle(task_cache, unknown), what="the unknown group's rebuild to end")
+    assert unknown not in task_cache.list_buckets()
+    assert snapshot_ids(task_cache, unknown) is None
+    assert not task_cache.client.exists(task_cache.keys.meta(unknown))
