@@ -21,9 +21,9 @@ from cache.base import text
 from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
 from cache.nearentry import Accounts
-from cache.nearrows import Row
+from cache.nearrows import Row, materialize
 from cache.pickindex import Choice, scan
-from cache.rowread import as_rows
+from cache.rowread import RowRead, as_rows
 
 if TYPE_CHECKING:
     from cache.nearstate import NearState
@@ -138,6 +138,11 @@ def read_bucket(
     if read is None:
         state.forget(str(bucket))
         return None
+    if isinstance(read, RowRead) and state.holds(len(read.rows), decoded=True):
+        # A bucket that will be kept decoded: its new rows' accounts are built here,
+        # outside the lock, not by the first request that serves it, under the lock.
+        for row in read.made:
+            row.account = materialize(row)
     state.install(read, asked_at, stamp)
     return as_rows(read)[0]
 

@@ -63,6 +63,11 @@ class Holdings:
         self.uses.join(name, fresh.rows)
         self.held += len(fresh.rows)
         self.decoded += len(fresh.rows) if fresh.decoded else 0
+        # The bucket just read is the most recent: decoded now if it fits, and then
+        # keeps no account built for it during the read if it does not.
+        self.decode(fresh)
+        if not fresh.decoded and len(fresh.rows) <= self.max_decoded:
+            fresh.undecode()
         self.bound()
 
     def refuses(self, name: str, size: int, gen: int) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cache.base import raw, text
 from cache.codec import AccountCodec
@@ -40,6 +40,8 @@ class RowRead:
     uses: list[int]
     # The version's id list, removed accounts included (where a patch puts one).
     ids: list[int]
+    # The rows this read made (the others were held already, and may be served).
+    made: list[Row] = field(default_factory=list)
 
 
 # The row already held for an account under this entry (the same payload), if any.
@@ -115,10 +117,12 @@ class RowPlan(ReadPlan):
         if self._miss is not None:
             logger.warning("snapshot miss for %s v%s: %s", self.bucket, self.version, self._miss)
             return None
+        made: list[Row] = []
         for n in self._need_at:  # made here: their last use as read
-            made, used = self._rows[n], self._uses[n]
-            if made is not None and used:
-                made.used = int(used)
+            row, used = self._rows[n], self._uses[n]
+            if row is not None:
+                row.used = int(used) if used else 0
+                made.append(row)
         rows: list[Row] = []
         uses: list[int] = []
         ids: list[int] = []
@@ -138,4 +142,4 @@ class RowPlan(ReadPlan):
                 continue  # as a read of accounts: skipped, not a miss
             rows.append(row)
             uses.append(int(used) if used else 0)
-        return RowRead(self.bucket, self.version, self.gen, rows, uses, ids)
+        return RowRead(self.bucket, self.version, self.gen, rows, uses, ids, made)
