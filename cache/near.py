@@ -1,11 +1,13 @@
 """A near cache for web processes: snapshots served from memory while they are current.
 
 Per process, one background thread holds a subscription to the changes channel (every
-activation, patch and retirement publishes ``<bucket> <version> <gen>``) and, every
-``check_seconds``, checks in one round trip the epoch, the gen of every held bucket and
-the last uses moved since its last look. Requests cost Redis nothing while a bucket is
-trusted (see :mod:`cache.nearstate`); a push makes the next request re-read the bucket,
-in bounded chunks, fetching only payloads it has not decoded::
+activation, patch and retirement publishes ``<bucket> <version> <gen>``, a change of
+one account ``<bucket> <version> <gen> <account id>``) and, every ``check_seconds``,
+checks in one round trip the epoch, the gen of every held bucket and the last uses moved
+since its last look. Requests cost Redis nothing while a bucket is trusted (see
+:mod:`cache.nearstate`); a change of one account that follows what is held is applied
+in place (:mod:`cache.nearpush`), any other push makes the next request re-read the
+bucket, in bounded chunks, fetching only payloads it does not hold::
 
     writer:  activate v8 ── PUBLISH ──────────────> subscriber: bucket wants gen 8
     request:                              serve v7 │ request: read v8, serve v8
@@ -14,9 +16,9 @@ in bounded chunks, fetching only payloads it has not decoded::
     checker stuck:          trust ends after trust_seconds: requests check themselves
     Redis lost its state:   the epoch changed or vanished: everything is dropped
 
-Memory: at most ``max_buckets`` buckets; accounts are the decoded objects, shared
-between buckets that list the same payload (about 2-3 KB each with their payload
-bytes in the codec), so roughly (distinct accounts x 3 KB) + (bucket entries x 100 B).
+Memory: at most ``max_buckets`` buckets and ``max_accounts`` accounts over all of them,
+each a row of about 700 bytes (:mod:`cache.nearrows`), and up to ``max_decoded`` of
+them with their accounts kept decoded as well (about 3 KB each; :mod:`cache.nearhold`).
 """
 
 from __future__ import annotations
