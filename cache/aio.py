@@ -10,22 +10,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-import redis.asyncio
 from redis.exceptions import RedisError
 
-from cache.base import redis_errors, text
-from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec
-from cache.connect import connect_async
+from cache.aioreader import AsyncSchedulerReader
+from cache.base import redis_errors
 from cache.errors import CacheError
-from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS, KeySpace
+from cache.keys import (
+    NEAR_ACCOUNTS_MAX,
+    NEAR_BUCKETS_MAX,
+    NEAR_CHECK_SECONDS,
+    NEAR_DECODED_MAX,
+    NEAR_TRUST_SECONDS,
+)
 from cache.models import Account, SchedulerBucket
 from cache.nearcore import (
-    RETRY_SECONDS,
-    Backstop,
     ReadBucket,
     Request,
     Steps,
@@ -35,108 +37,13 @@ from cache.nearcore import (
     picked,
     serve,
 )
+from cache.nearpush import RETRY_SECONDS, Backstop, Push, patch
 from cache.nearstate import NearState
 from cache.pickindex import Choice
-from cache.reader import MOVED_ATTEMPTS, READ_ATTEMPTS
-from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
-from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
 
-
-class AsyncSchedulerReader:
-    """Uncached snapshot reads over a ``redis.asyncio`` client (bytes, not str)."""
-
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        *,
-        prefix: str = "sched",
-        cached_credentials: Iterable[str] = DEFAULT_CACHED_CREDENTIALS,
-    ) -> None:
-        if client.get_encoder().decode_responses:  # type: ignore[no-untyped-call]
-            raise ValueError("the cache needs a client with decode_responses=False (bytes)")
-        self.client = client
-        self.keys = KeySpace(prefix)
-        self.codec = AccountCodec(cached_credentials)
-        self.hints = VersionHints()
-        self._scripts = Scripts(client)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        socket_timeout: float = 5.0,
-        client_options: Mapping[str, Any] | None = None,
-        cluster: bool = False,
-        sentinel_master: str | None = None,
-        sentinel_password: str | None = None,
-        **kwargs: Any,
-    ) -> AsyncSchedulerReader:
-        """A reader over a new client for ``url``, in any topology
-        :meth:`cache.client.RedisSchedulerCache.from_url` takes, with the same options
-        (:func:`cache.connect.connect_async`); ``kwargs`` go to the reader."""
-        client = connect_async(
-            url,
-            cluster=cluster,
-            sentinel_master=sentinel_master,
-            sentinel_password=sentinel_password,
-            socket_timeout=socket_timeout,
-            client_options=client_options,
-        )
-        return cls(client, **kwargs)
-
-    async def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
-        """As :meth:`cache.client.RedisSchedulerCache.get_snapshot`."""
-        read = await self.read_snapshot(bucket)
-        return read.accounts if read is not None and read.accounts else None
-
-    async def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
-        """As :meth:`cache.client.RedisSchedulerCache.read_snapshot`."""
-        with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
-            expired = moved = 0
-            while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
-                try:
-                    plan = ReadPlan(self.keys, self.codec, bucket, self.hints)
-                    return await self._read_once(plan)
-                except Moved as exc:
-                    moved += 1
-                    logger.debug("reading again: %s", exc)
-                except Expired as exc:
-                    expired += 1
-                    logger.info("snapshot %s expired mid-read; reading again", exc)
-        return None
-
-    async def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
-        keys, args = plan.first_call()
-        if not plan.absorb_first(await self._scripts["read_snapshot"](keys=keys, args=args)):
-            return None
-        ranges = plan.rest_ranges()
-        if ranges:
-            pipe = self.client.pipeline(transaction=False)
-            for key, start, end in ranges:
-                pipe.lrange(key, start, end)
-            calls = plan.absorb_rest(await pipe.execute())
-            plan.absorb_entries(await self._hmgets(calls))
-        payloads, uses = plan.fetches()
-        replies = await self._hmgets(payloads + uses)
-        return plan.finish(replies[: len(payloads)], replies[len(payloads) :])
-
-    async def _hmgets(self, calls: list[tuple[str, list[bytes]]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for key, fields in calls:
-            pipe.hmget(key, fields)
-        return await pipe.execute()
-
-    async def epoch(self) -> str | None:
-        """As :meth:`cache.client.RedisSchedulerCache.epoch`."""
-        with redis_errors("epoch", self.keys.epoch):
-            held = await self.client.get(self.keys.epoch)
-        return None if held is None else text(cast(bytes, held))
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+__all__ = ["AsyncNearCache", "AsyncSchedulerReader"]
 
 
 class AsyncNearCache:
@@ -154,6 +61,8 @@ class AsyncNearCache:
         check_seconds: float = NEAR_CHECK_SECONDS,
         trust_seconds: float = NEAR_TRUST_SECONDS,
         max_buckets: int = NEAR_BUCKETS_MAX,
+        max_accounts: int = NEAR_ACCOUNTS_MAX,
+        max_decoded: int = NEAR_DECODED_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -162,7 +71,12 @@ class AsyncNearCache:
         self.monotonic = monotonic
         self.background = background
         self.state = NearState.checked_every(
-            check_seconds, trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
+            check_seconds,
+            trust_seconds=trust_seconds,
+            monotonic=monotonic,
+            max_buckets=max_buckets,
+            max_accounts=max_accounts,
+            max_decoded=max_decoded,
         )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -170,11 +84,11 @@ class AsyncNearCache:
     # -- reading ---------------------------------------------------------------------
     async def list_schedulable(
         self, bucket: SchedulerBucket, now: datetime
-    ) -> list[Account] | None:
+    ) -> Sequence[Account] | None:
         """As :meth:`cache.near.NearCache.list_schedulable`."""
         return await self._get(bucket, now)
 
-    async def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+    async def get_snapshot(self, bucket: SchedulerBucket) -> Sequence[Account] | None:
         """As :meth:`cache.near.NearCache.get_snapshot`."""
         return await self._get(bucket, None) or None
 
@@ -199,15 +113,24 @@ class AsyncNearCache:
         """As :meth:`cache.near.NearCache.check`."""
         await self._drive(check(self.state, self.reader.keys, names, self.monotonic))
 
-    async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
+    async def _get(self, bucket: SchedulerBucket, now: datetime | None) -> Sequence[Account] | None:
         self._ensure_started()
         accounts = hit(self.state, str(bucket), now)
         if accounts is not None:
             return accounts
-        result: list[Account] | None = await self._drive(
+        result: Sequence[Account] | None = await self._drive(
             serve(self.state, self.reader.keys, bucket, now, self.monotonic)
         )
         return result
+
+    async def patch(self, push: Push) -> None:
+        """Apply a pushed change of one account to the held bucket (:mod:`cache.nearpatch`);
+        when it cannot be, the bucket is read again by the next request."""
+        try:
+            await self._drive(patch(self.state, self.reader.keys, push, self.monotonic))
+        except BaseException:
+            self.state.pushed(push.bucket, push.gen)
+            raise
 
     # -- running the core's requests ---------------------------------------------------
     async def _drive(self, steps: Steps) -> Any:
@@ -220,7 +143,7 @@ class AsyncNearCache:
 
     async def _do(self, request: Request) -> Any:
         if isinstance(request, ReadBucket):
-            return await self.reader.read_snapshot(request.bucket)
+            return await self.reader.read_rows(request.bucket, request.held)
         with redis_errors(request.what):
             pipe = self.reader.client.pipeline(transaction=False)
             for method, args in request.commands:
@@ -236,7 +159,9 @@ class AsyncNearCache:
                 try:
                     if pubsub is None:
                         pubsub = await self._subscribe()
-                    backstop.heard(await pubsub.get_message(timeout=backstop.wait()))
+                    push = backstop.heard(await pubsub.get_message(timeout=backstop.wait()))
+                    if push is not None:
+                        await self.patch(push)
                     if backstop.due():
                         await self.check()
                 except (RedisError, OSError, CacheError) as exc:

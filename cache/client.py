@@ -28,6 +28,7 @@ from cache.reads import SnapshotRead
 from cache.rebuilds import RebuildRequests
 from cache.registry import BucketRegistry
 from cache.repair import Repair
+from cache.rowread import HeldRows, RowRead
 from cache.snapshots import SnapshotWriter
 from cache.stats import Stats
 
@@ -84,6 +85,9 @@ class RedisSchedulerCache:
 
     def read_snapshot(self, bucket: SchedulerBucket) -> SnapshotRead | None:
         return self.reader.read_snapshot(bucket)
+
+    def read_rows(self, bucket: SchedulerBucket, held: HeldRows) -> RowRead | None:
+        return self.reader.read_rows(bucket, held)
 
     def bucket_info(self, bucket: SchedulerBucket) -> BucketInfo:
         return self.reader.bucket_info(bucket)

@@ -39,6 +39,9 @@ REBUILD_LEASE_SECONDS = 2.0
 # bucket size (and unpack() stays far below Lua's 8000-slot C stack).
 WRITE_CHUNK = 500
 READ_CHUNK = 1_000
+# Chunks of payloads a near cache fetches per round trip (about 7 MB of replies at a
+# time, whatever the bucket's size: what a first read of a large bucket allocates).
+READ_GROUP = 10
 # Accounts per call that writes the bucket index: each is a hash of its own, which costs
 # the server several times what an entry of one hash does.
 INDEX_CHUNK = 200
@@ -53,6 +56,13 @@ TOUCH_LOG_BATCHES = 20_000
 DECODED_ACCOUNTS_MAX = 200_000
 # Buckets a near cache keeps in memory (least recently read dropped first).
 NEAR_BUCKETS_MAX = 1_024
+# Accounts a near cache holds over all its buckets (least recently read buckets dropped
+# first): at about 700 bytes each, about 700 MB.
+NEAR_ACCOUNTS_MAX = 1_000_000
+# Accounts a near cache keeps decoded (about 3 KB each, 60 MB): the buckets read most
+# recently, up to this many accounts, answer a read with a copy of a list; the others
+# build each account as it is read.
+NEAR_DECODED_MAX = 20_000
 # A near cache checks its buckets' versions, the epoch and other processes' touches
 # this often, whatever pushes it received: the backstop for a lost push.
 NEAR_CHECK_SECONDS = 0.5

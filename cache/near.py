@@ -1,11 +1,13 @@
 """A near cache for web processes: snapshots served from memory while they are current.
 
 Per process, one background thread holds a subscription to the changes channel (every
-activation, patch and retirement publishes ``<bucket> <version> <gen>``) and, every
-``check_seconds``, checks in one round trip the epoch, the gen of every held bucket and
-the last uses moved since its last look. Requests cost Redis nothing while a bucket is
-trusted (see :mod:`cache.nearstate`); a push makes the next request re-read the bucket,
-in bounded chunks, fetching only payloads it has not decoded::
+activation, patch and retirement publishes ``<bucket> <version> <gen>``, a change of
+one account ``<bucket> <version> <gen> <account id>``) and, every ``check_seconds``,
+checks in one round trip the epoch, the gen of every held bucket and the last uses moved
+since its last look. Requests cost Redis nothing while a bucket is trusted (see
+:mod:`cache.nearstate`); a change of one account that follows what is held is applied
+in place (:mod:`cache.nearpush`), any other push makes the next request re-read the
+bucket, in bounded chunks, fetching only payloads it does not hold::
 
     writer:  activate v8 ── PUBLISH ──────────────> subscriber: bucket wants gen 8
     request:                              serve v7 │ request: read v8, serve v8
@@ -14,9 +16,9 @@ in bounded chunks, fetching only payloads it has not decoded::
     checker stuck:          trust ends after trust_seconds: requests check themselves
     Redis lost its state:   the epoch changed or vanished: everything is dropped
 
-Memory: at most ``max_buckets`` buckets; accounts are the decoded objects, shared
-between buckets that list the same payload (about 2-3 KB each with their payload
-bytes in the codec), so roughly (distinct accounts x 3 KB) + (bucket entries x 100 B).
+Memory: at most ``max_buckets`` buckets and ``max_accounts`` accounts over all of them,
+each a row of about 700 bytes (:mod:`cache.nearrows`), and up to ``max_decoded`` of
+them with their accounts kept decoded as well (about 3 KB each; :mod:`cache.nearhold`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +36,15 @@ from redis.exceptions import RedisError
 from cache.base import redis_errors
 from cache.client import RedisSchedulerCache
 from cache.errors import CacheError
-from cache.keys import NEAR_BUCKETS_MAX, NEAR_CHECK_SECONDS, NEAR_TRUST_SECONDS
+from cache.keys import (
+    NEAR_ACCOUNTS_MAX,
+    NEAR_BUCKETS_MAX,
+    NEAR_CHECK_SECONDS,
+    NEAR_DECODED_MAX,
+    NEAR_TRUST_SECONDS,
+)
 from cache.models import Account, SchedulerBucket
 from cache.nearcore import (
-    RETRY_SECONDS,
-    Backstop,
     ReadBucket,
     Request,
     Steps,
@@ -48,6 +54,7 @@ from cache.nearcore import (
     picked,
     serve,
 )
+from cache.nearpush import RETRY_SECONDS, Backstop, Push, patch
 from cache.nearstate import NearState
 from cache.pickindex import Choice
 
@@ -68,6 +75,8 @@ class NearCache:
         check_seconds: float = NEAR_CHECK_SECONDS,
         trust_seconds: float = NEAR_TRUST_SECONDS,
         max_buckets: int = NEAR_BUCKETS_MAX,
+        max_accounts: int = NEAR_ACCOUNTS_MAX,
+        max_decoded: int = NEAR_DECODED_MAX,
         monotonic: Callable[[], float] = time.monotonic,
         background: bool = True,
     ) -> None:
@@ -76,7 +85,12 @@ class NearCache:
         self.monotonic = monotonic
         self.background = background
         self.state = NearState.checked_every(
-            check_seconds, trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic
+            check_seconds,
+            trust_seconds=trust_seconds,
+            monotonic=monotonic,
+            max_buckets=max_buckets,
+            max_accounts=max_accounts,
+            max_decoded=max_decoded,
         )
         self._start_lock = threading.Lock()
         self._pid: int | None = None
@@ -84,13 +98,13 @@ class NearCache:
         self._thread: threading.Thread | None = None
 
     # -- reading ---------------------------------------------------------------------
-    def list_schedulable(self, bucket: SchedulerBucket, now: datetime) -> list[Account] | None:
+    def list_schedulable(self, bucket: SchedulerBucket, now: datetime) -> Sequence[Account] | None:
         """The accounts of ``bucket`` schedulable at ``now``, in order; None on a miss
         (no active version, or a missing or corrupt payload). An active snapshot with
         no account gives ``[]``. Served from memory while trusted."""
         return self._get(bucket, now)
 
-    def get_snapshot(self, bucket: SchedulerBucket) -> list[Account] | None:
+    def get_snapshot(self, bucket: SchedulerBucket) -> Sequence[Account] | None:
         """As :meth:`RedisSchedulerCache.get_snapshot` (every candidate, None for an
         empty snapshot), served from memory while trusted."""
         return self._get(bucket, None) or None
@@ -121,15 +135,24 @@ class NearCache:
         last uses moved since the last check. One round trip (two with new touches)."""
         self._drive(check(self.state, self.cache.keys, names, self.monotonic))
 
-    def _get(self, bucket: SchedulerBucket, now: datetime | None) -> list[Account] | None:
+    def _get(self, bucket: SchedulerBucket, now: datetime | None) -> Sequence[Account] | None:
         self._ensure_started()
         accounts = hit(self.state, str(bucket), now)
         if accounts is not None:
             return accounts
-        result: list[Account] | None = self._drive(
+        result: Sequence[Account] | None = self._drive(
             serve(self.state, self.cache.keys, bucket, now, self.monotonic)
         )
         return result
+
+    def patch(self, push: Push) -> None:
+        """Apply a pushed change of one account to the held bucket (:mod:`cache.nearpatch`);
+        when it cannot be, the bucket is read again by the next request."""
+        try:
+            self._drive(patch(self.state, self.cache.keys, push, self.monotonic))
+        except BaseException:
+            self.state.pushed(push.bucket, push.gen)
+            raise
 
     # -- running the core's requests ---------------------------------------------------
     def _drive(self, steps: Steps) -> Any:
@@ -142,7 +165,7 @@ class NearCache:
 
     def _do(self, request: Request) -> Any:
         if isinstance(request, ReadBucket):
-            return self.cache.read_snapshot(request.bucket)
+            return self.cache.read_rows(request.bucket, request.held)
         with redis_errors(request.what):
             pipe = self.cache.client.pipeline(transaction=False)
             for method, args in request.commands:
@@ -158,7 +181,9 @@ class NearCache:
                 try:
                     if pubsub is None:
                         pubsub = self._subscribe()
-                    backstop.heard(pubsub.get_message(timeout=backstop.wait()))
+                    push = backstop.heard(pubsub.get_message(timeout=backstop.wait()))
+                    if push is not None:
+                        self.patch(push)
                     if backstop.due():
                         self.check()
                 except (RedisError, OSError, CacheError) as exc:

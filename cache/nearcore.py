@@ -11,8 +11,8 @@ how often to retry, and how long to wait all live here and in :mod:`cache.nearst
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Generator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Any
 from cache.base import text
 from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.models import Account, SchedulerBucket
+from cache.nearentry import Accounts
+from cache.nearrows import Row, materialize
 from cache.pickindex import Choice, scan
+from cache.rowread import RowRead, as_rows
 
 if TYPE_CHECKING:
     from cache.nearstate import NearState
+    from cache.rowread import HeldRows
 
 logger = logging.getLogger(__name__)
 
 # Reading a bucket is retried this often when a racing read installed something else.
 SERVE_ATTEMPTS = 3
-# Pause after the subscription or the check failed, before trying again.
-RETRY_SECONDS = 0.2
-# Longest wait for a push: the loop comes round to see whether it was stopped.
-WAIT_SECONDS = 1.0
 # The fields of a bucket's meta hash a check compares.
 META_FIELDS = ("active", "gen")
 # The epoch a near cache holds while Redis has none (its state was lost and nobody has
@@ -71,9 +71,11 @@ class Pipeline:
 
 @dataclass(frozen=True, slots=True)
 class ReadBucket:
-    """Read the bucket's active snapshot; the driver sends back a SnapshotRead or None."""
+    """Read the bucket's active snapshot as rows, reusing ``held`` ones; the driver
+    sends back a RowRead or None."""
 
     bucket: SchedulerBucket
+    held: HeldRows = field(default=lambda account_id, entry: None, compare=False)
 
 
 Request = Pipeline | ReadBucket
@@ -81,7 +83,7 @@ Steps = Generator[Request, Any, Any]
 
 
 # -- a request -------------------------------------------------------------------------
-def hit(state: NearState, name: str, now: datetime | None) -> list[Account] | None:
+def hit(state: NearState, name: str, now: datetime | None) -> Sequence[Account] | None:
     """The answer from memory when ``name`` is trusted, else None (then :func:`serve`):
     most requests end here, without the cost of a generator."""
     verdict, accounts = state.serve(name, now)
@@ -98,7 +100,7 @@ def serve(
     """The accounts of ``bucket`` (schedulable at ``now``, or all), from memory while
     trusted; None on a miss."""
     name = str(bucket)
-    read: list[Account] | None = None
+    read: list[Row] | None = None
     for _ in range(SERVE_ATTEMPTS):
         verdict, accounts = state.serve(name, now)
         if verdict is Verdict.HIT:
@@ -109,12 +111,14 @@ def serve(
         read = yield from read_bucket(state, keys, bucket, clock)
         if read is None:
             return None
+        if not state.holds(len(read)):
+            break  # larger than the process may hold: answered from the read alone
     if read is None:
         read = yield from read_bucket(state, keys, bucket, clock)
         if read is None:
             return None
     # Racing reads kept replacing each other: answer from this request's own read.
-    return [a for a in read if now is None or a.is_schedulable(now)]
+    return Accounts([r for r in read if now is None or r.is_schedulable(now)])
 
 
 def read_bucket(
@@ -130,12 +134,17 @@ def read_bucket(
             "near cache epoch", [("get", (keys.last_used_seq,)), ("get", (keys.epoch,))]
         )
         stamp = state.opened(as_epoch(epoch), int(seq or 0))
-    read = yield ReadBucket(bucket)
+    read = yield ReadBucket(bucket, state.held_rows(str(bucket)))
     if read is None:
         state.forget(str(bucket))
         return None
+    if isinstance(read, RowRead) and state.holds(len(read.rows), decoded=True):
+        # A bucket that will be kept decoded: its new rows' accounts are built here,
+        # outside the lock, not by the first request that serves it, under the lock.
+        for row in read.made:
+            row.account = materialize(row)
     state.install(read, asked_at, stamp)
-    return read.accounts
+    return as_rows(read)[0]
 
 
 # -- a pick ----------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def pick(
     """The pick of ``bucket`` at ``now`` from its held index, the bucket read first
     when it is not trusted; None on a miss."""
     name = str(bucket)
-    accounts: list[Account] = []
+    accounts: Sequence[Account] = []
     for _ in range(SERVE_ATTEMPTS):
         choice = picked(state, name, now, exclude)
         if choice is not None:
@@ -233,50 +242,3 @@ def read_touches(since: int, seq: int, found: list[tuple[bytes, float]], limit: 
     # A truncated read goes on after its last batch; a whole one after the counter.
     next_since = int(found[-1][1]) if len(found) >= limit else max(seq, since)
     return Touches(sorted(ids), next_since, lost)
-
-
-# -- the background loop -----------------------------------------------------------------
-def parse_push(data: bytes | str) -> tuple[str, int] | None:
-    """``(bucket name, gen)`` from a message on the changes channel."""
-    parts = text(data).split(" ")
-    if len(parts) != 3 or not parts[2].isdigit():
-        return None
-    return parts[0], int(parts[2])
-
-
-class Backstop:
-    """The background loop's decisions: how long to wait for a push, when to check,
-    what a message means, what a failure costs."""
-
-    def __init__(self, state: NearState, check_seconds: float, monotonic: Callable[[], float]):
-        self.state = state
-        self.check_seconds = check_seconds
-        self.monotonic = monotonic
-        self._next_check = 0.0
-
-    def wait(self) -> float:
-        """Seconds to wait for a push before the next check is due."""
-        return min(max(self._next_check - self.monotonic(), 0.0), WAIT_SECONDS)
-
-    def due(self) -> bool:
-        """True (once) when a check is due."""
-        now = self.monotonic()
-        if now < self._next_check:
-            return False
-        self._next_check = now + self.check_seconds
-        return True
-
-    def heard(self, message: Mapping[str, Any] | None) -> None:
-        kind = None if message is None else message.get("type")
-        if kind == "subscribe":
-            # Changes made while there was no subscription were not pushed.
-            self.state.distrust()
-        elif kind == "message" and message is not None:
-            push = parse_push(message["data"])
-            if push is not None:
-                self.state.pushed(*push)
-
-    def failed(self, exc: Exception) -> None:
-        """The subscription or the check failed: trust nothing until it is back."""
-        logger.info("near cache: subscription or check failed, retrying: %s", exc)
-        self.state.distrust()

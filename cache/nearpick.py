@@ -7,14 +7,14 @@ it only while they hold that lock, so its changes are NearState's locked transit
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 
-from cache.codec import from_ms, with_last_used
+from cache.codec import from_ms
 from cache.models import Account
 from cache.nearentry import Entry
+from cache.nearrows import Row
 from cache.pickindex import Choice, use_after
-from cache.reads import SnapshotRead
 
 # Last uses kept per process: every account of a large source, while a stray id from a
 # bad caller cannot grow the map without bound (past it, accounts no bucket holds go).
@@ -29,65 +29,93 @@ class NearUses:
         # The owner's entries by bucket name, read only here: a use is laid over them.
         self._entries = entries
         self._uses: dict[int, int] = {}
-        self._members: dict[int, set[str]] = {}
+        # The bucket listing an account, or the buckets when more than one does (a set
+        # per account would cost 200 bytes each, for the few accounts that need one).
+        self._members: dict[int, str | set[str]] = {}
         self._last_pick = 0  # ms of the latest use laid by a pick
 
     # -- picks -----------------------------------------------------------------------
     def pick(self, entry: Entry, now: datetime, exclude: Collection[int]) -> Choice:
         """The pick of ``entry`` at ``now``, its use laid over at once."""
         chosen = entry.pick(now, exclude)
-        return Choice(None, now) if chosen is None else self.note_pick(chosen, now)
+        if chosen is None:
+            return Choice(None, now)
+        account = entry.account(chosen)  # as it was before this use
+        return Choice(account, from_ms(self._note(chosen, now)))
 
     def note_pick(self, chosen: Account, now: datetime) -> Choice:
         """Lay the use of a pick of ``chosen`` at ``now``."""
+        return Choice(chosen, from_ms(self._note(chosen, now)))
+
+    def _note(self, chosen: Account | Row, now: datetime) -> int:
         # Later than every pick before it in this process: requests that asked at the
         # same instant, or whose threads got the lock in another order than they asked,
         # still go round the tier one account each.
         used = use_after(chosen, now, self._last_pick)
         self._last_pick = used
         self.lay({chosen.id: used})
-        return Choice(chosen, from_ms(used))
+        return used
 
     # -- last uses -------------------------------------------------------------------
     def lay(self, uses: Mapping[int, int]) -> None:
         """Lay last uses (integer ms) over the held accounts; older ones change nothing."""
+        entries = self._entries
         for account_id, used in uses.items():
             if used <= self._uses.get(account_id, 0):
                 continue
             self._uses[account_id] = used
-            for name in self._members.get(account_id, ()):
-                self._entries[name].lay_over(account_id, used)
+            names = self._members.get(account_id)
+            if isinstance(names, str):
+                entries[names].lay_over(account_id, used)
+            elif names is not None:
+                for name in names:
+                    entries[name].lay_over(account_id, used)
         self._bound()
 
-    def take(self, read: SnapshotRead) -> list[Account]:
-        """The read's accounts, each with the newest last use known (its own, as read,
-        or newer); the read's uses that are newer than known are laid over every other
-        held bucket listing the account too: no bucket lags behind the one just read."""
-        pairs = list(zip(read.accounts, read.uses, strict=True))
-        newer = {a.id: used for a, used in pairs if used > self._uses.get(a.id, 0)}
+    def take(self, rows: list[Row], uses: list[int]) -> None:
+        """Give read ``rows`` the newest last use known (their own, as read in
+        ``uses``, or newer); the read's uses that are newer than known are laid over
+        every other held bucket listing the account too: no bucket lags behind the one
+        just read."""
+        known = self._uses
+        newer = {
+            r.id: used for r, used in zip(rows, uses, strict=True) if used > known.get(r.id, 0)
+        }
         if newer:
             self.lay(newer)
-        return [self._laid_over(a, used) for a, used in pairs]
-
-    def _laid_over(self, account: Account, read_use: int) -> Account:
-        used = self._uses.get(account.id, 0)
-        return account if used <= read_use else with_last_used(account, used)
+        for row, read_use in zip(rows, uses, strict=True):
+            used = max(read_use, known.get(row.id, 0))
+            if row.used < used:
+                row.lay(used)
 
     # -- which held buckets list an account ------------------------------------------
-    def join(self, name: str, accounts: Collection[Account]) -> None:
-        """Bucket ``name`` is held now, listing ``accounts``."""
-        for account in accounts:
-            self._members.setdefault(account.id, set()).add(name)
+    def join(self, name: str, rows: Iterable[Row]) -> None:
+        """Bucket ``name`` is held now, listing ``rows``."""
+        members = self._members
+        for row in rows:
+            names = members.get(row.id)
+            if names is None:
+                members[row.id] = name
+            elif isinstance(names, str):
+                if names != name:
+                    members[row.id] = {names, name}
+            else:
+                names.add(name)
 
-    def leave(self, name: str, entry: Entry) -> None:
-        """Bucket ``name``, held as ``entry``, is not held any more."""
-        for account_id in entry.positions:
-            names = self._members.get(account_id)
+    def leave(self, name: str, ids: Iterable[int]) -> None:
+        """Bucket ``name`` does not list ``ids`` any more (or is not held any more)."""
+        members = self._members
+        for account_id in ids:
+            names = members.get(account_id)
             if names is None:
                 continue
+            if isinstance(names, str):
+                if names == name:
+                    del members[account_id]
+                continue
             names.discard(name)
-            if not names:
-                del self._members[account_id]
+            if len(names) == 1:
+                members[account_id] = next(iter(names))
 
     def leave_all(self) -> None:
         """No bucket is held any more (the last uses known stay: they are facts)."""

@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
 from cache.codec import to_ms
-from cache.keys import NEAR_BUCKETS_MAX, NEAR_TRUST_SECONDS
+from cache.keys import NEAR_ACCOUNTS_MAX, NEAR_BUCKETS_MAX, NEAR_DECODED_MAX, NEAR_TRUST_SECONDS
 from cache.models import Account
 from cache.nearcore import Stamp, Verdict
 from cache.nearentry import Entry
-from cache.nearpick import NearUses
+from cache.nearhold import Holdings
+from cache.nearpush import Fetched, Push
 from cache.pickindex import Choice
 from cache.reads import SnapshotRead
+from cache.rowread import HeldRows, RowRead, as_rows
 
 NEVER = float("-inf")
 
@@ -53,8 +54,8 @@ class NearState:
         check_seconds: float,
         *,
         trust_seconds: float,
-        max_buckets: int,
         monotonic: Callable[[], float],
+        **bounds: int,
     ) -> NearState:
         """The state of a near cache that checks every ``check_seconds``: more often
         than its trust lasts, or every entry would lapse between two checks."""
@@ -63,29 +64,32 @@ class NearState:
                 f"check_seconds must be > 0 and below trust_seconds, got {check_seconds}"
                 f" and {trust_seconds}"
             )
-        return cls(trust_seconds=trust_seconds, max_buckets=max_buckets, monotonic=monotonic)
+        return cls(trust_seconds=trust_seconds, monotonic=monotonic, **bounds)
 
     def __init__(
         self,
         *,
         trust_seconds: float = NEAR_TRUST_SECONDS,
         max_buckets: int = NEAR_BUCKETS_MAX,
+        max_accounts: int = NEAR_ACCOUNTS_MAX,
+        max_decoded: int = NEAR_DECODED_MAX,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.trust_seconds = trust_seconds
-        self.max_buckets = max_buckets
         self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
-        # The gen a bucket no longer held was at: a slower read begun before it went
-        # cannot bring an older one back (as many as buckets held).
-        self._floors: OrderedDict[str, int] = OrderedDict()
+        # Changed only under self._lock, like every field here (see cache.nearhold).
+        self._hold = Holdings(max_buckets, max_accounts, max_decoded)
+        self._entries = self._hold.entries
+        self._floors = self._hold.floors
         self._epoch: str | None = None
         self._era = 0
         # Touch log position seen up to; None until the first look in an era.
         self._touch_seq: int | None = None
-        # Changed only under self._lock, like every field here (see cache.nearpick).
-        self._uses = NearUses(self._entries)
+        self._uses = self._hold.uses
+        # Whole buckets read, and one-account patches applied instead.
+        self.reads = 0
+        self.patches = 0
 
     # -- looking in ------------------------------------------------------------------
     @property
@@ -104,16 +108,14 @@ class NearState:
             return None if entry is None else entry.version
 
     # -- serving ---------------------------------------------------------------------
-    def serve(self, name: str, now: datetime | None) -> tuple[Verdict, list[Account] | None]:
+    def serve(self, name: str, now: datetime | None) -> tuple[Verdict, Sequence[Account] | None]:
         """``(HIT, accounts)``, or what to do first: CHECK (confirm the gen) or READ.
         Without ``now`` the hit is every account, else the schedulable."""
         with self._lock:
             verdict, entry = self._trusted(name)
             if entry is None:
                 return verdict, None
-            if now is None:
-                return Verdict.HIT, list(entry.accounts)
-            return Verdict.HIT, list(entry.schedulable_at(now))
+            return Verdict.HIT, entry.accounts(now)
 
     def pick(
         self, name: str, now: datetime, exclude: Collection[int]
@@ -139,6 +141,7 @@ class NearState:
         if self.monotonic() - entry.confirmed > self.trust_seconds:
             return Verdict.CHECK, None
         self._entries.move_to_end(name)
+        self._hold.decode(entry)
         return Verdict.HIT, entry
 
     # -- what Redis said ---------------------------------------------------------------
@@ -160,12 +163,19 @@ class NearState:
                 self._touch_seq = seq
             return Stamp(self._epoch, self._era)
 
-    def install(self, read: SnapshotRead, asked_at: float, stamp: Stamp) -> bool:
-        """Hold ``read`` (begun at ``asked_at``) unless something newer is held, or the
-        state was dropped since it began; False when not held."""
-        name = str(read.bucket)
+    def held_rows(self, name: str) -> HeldRows:
+        """What a read of ``name`` may reuse of what is held (:meth:`Holdings.held_rows`)."""
         with self._lock:
-            if stamp.era != self._era:
+            return self._hold.held_rows(name)
+
+    def install(self, read: SnapshotRead | RowRead, asked_at: float, stamp: Stamp) -> bool:
+        """Hold ``read`` (begun at ``asked_at``) unless something newer is held, the
+        state was dropped since it began, or it is larger than the accounts bound;
+        False when not held."""
+        name, (rows, ids) = str(read.bucket), as_rows(read)
+        with self._lock:
+            self.reads += 1
+            if stamp.era != self._era or self._hold.refuses(name, len(rows), read.gen):
                 return False
             entry = self._entries.get(name)
             floor = entry.gen if entry is not None else self._floors.get(name, 0)
@@ -174,18 +184,8 @@ class NearState:
             if entry is not None and read.gen == entry.gen:
                 entry.confirmed = max(entry.confirmed, asked_at)
                 return True
-            accounts = self._uses.take(read)
-            fresh = Entry.of(read.version, read.gen, asked_at, accounts)
-            if entry is not None:
-                fresh.wanted = entry.wanted
-                fresh.succeed(entry)
-                self._uses.leave(name, entry)
-            self._floors.pop(name, None)
-            self._entries[name] = fresh
-            self._uses.join(name, accounts)
-            while len(self._entries) > self.max_buckets:
-                old_name, old = self._entries.popitem(last=False)
-                self._remove(old_name, old, old.gen)
+            self._uses.take(rows, read.uses)
+            self._hold.put(name, Entry.of(read.version, read.gen, asked_at, rows, ids), entry)
             return True
 
     def forget(self, name: str) -> None:
@@ -194,7 +194,7 @@ class NearState:
             entry = self._entries.pop(name, None)
             if entry is not None:
                 # Its retirement moved the gen past the one held.
-                self._remove(name, entry, entry.gen + 1)
+                self._hold.remove(name, entry, entry.gen + 1)
 
     def pushed(self, name: str, gen: int) -> None:
         """A push said ``name`` is at ``gen`` now."""
@@ -202,6 +202,28 @@ class NearState:
             entry = self._entries.get(name)
             if entry is not None and gen > entry.wanted:
                 entry.wanted = gen
+
+    # -- one-account patches ---------------------------------------------------------
+    def patchable(self, push: Push) -> Stamp | None:
+        """The stamp to fetch ``push``'s account under when the bucket is held at its
+        version and the gen just before its own; None: read the bucket again."""
+        with self._lock:
+            entry = self._entries.get(push.bucket)
+            if entry is None or not entry.patches_to(push.version, push.gen):
+                return None
+            return Stamp(self._epoch, self._era)
+
+    def patched(self, stamp: Stamp, push: Push, fetched: Fetched) -> bool:
+        """Put ``push``'s account in place as ``fetched``; False when the held entry is
+        not the one the change applies to any more."""
+        with self._lock:
+            applied = stamp.era == self._era and self._hold.patch(push, fetched)
+            self.patches += applied
+            return applied
+
+    def holds(self, size: int, decoded: bool = False) -> bool:
+        """Whether a bucket of ``size`` accounts may be held at all (or kept decoded)."""
+        return size <= (self._hold.max_decoded if decoded else self._hold.max_accounts)
 
     def begin_check(self) -> Stamp:
         """The stamp of a check starting now."""
@@ -262,18 +284,10 @@ class NearState:
             self._drop_all(epoch)
 
     def _drop_all(self, epoch: str | None) -> None:
-        self._entries.clear()
-        self._floors.clear()
-        self._uses.leave_all()
+        self._hold.clear()
         self._epoch = epoch
         self._era += 1
         self._touch_seq = None
-
-    def _remove(self, name: str, entry: Entry, floor: int) -> None:
-        self._uses.leave(name, entry)
-        self._floors[name] = floor
-        while len(self._floors) > self.max_buckets:
-            self._floors.popitem(last=False)
 
     # -- last uses -------------------------------------------------------------------
     def used(self, uses: Mapping[int, int]) -> None:

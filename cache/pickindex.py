@@ -9,8 +9,8 @@ their first request through the same account until their touches reach each othe
 
 :class:`PickIndex` keeps that order as a heap with lazy invalidation: every change of an
 account (a new snapshot or patch, a touch of this process or another's) pushes a fresh
-entry stamped with a new sequence number, and the old entry is skipped when it reaches
-the top. Accounts held back by time (rate limit, overload, temporary block) wait in a
+entry, the only one of that account that counts, and the old entry is skipped when it
+reaches the top. Accounts held back by time (rate limit, overload, temporary block) wait in a
 second heap ordered by the time their window ends and come back when it has::
 
     pick at t0:  top is A (rate limited until t5)  -> A waits for t5; B is picked
@@ -28,9 +28,11 @@ import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from cache.codec import to_ms
 from cache.models import Account
+from cache.nearrows import Row
 
 _MASK = (1 << 64) - 1
 # An odd 64-bit constant (the golden ratio's): multiplying by it spreads close ids apart.
@@ -52,6 +54,9 @@ os.register_at_fork(after_in_child=_new_salt)
 SLACK = 64
 
 Key = tuple[int, int, int, int]
+# What the order is kept of: accounts, or the rows a near cache holds them as.
+Pickable = Account | Row
+P = TypeVar("P", Account, Row)
 
 
 def tiebreak(account_id: int) -> int:
@@ -59,12 +64,14 @@ def tiebreak(account_id: int) -> int:
     return (((account_id ^ _salt) * _MIX) & _MASK) >> 1
 
 
-def use_ms(account: Account) -> int:
+def use_ms(account: Pickable) -> int:
     """Last use in integer ms, 0 for never (what the near cache lays over accounts)."""
+    if isinstance(account, Row):
+        return account.used
     return 0 if account.last_used_at is None else to_ms(account.last_used_at)
 
 
-def order_key(account: Account) -> Key:
+def order_key(account: Pickable) -> Key:
     """Where ``account`` stands in the pick order: lower first."""
     return (account.priority, use_ms(account), tiebreak(account.id), account.id)
 
@@ -87,7 +94,7 @@ def scan(
     return min(candidates, key=key, default=None)
 
 
-def reopens_at(account: Account, now: datetime) -> int | None:
+def reopens_at(account: Pickable, now: datetime) -> int | None:
     """When (ms) an account not schedulable at ``now`` may be again; None: not by time."""
     if not account.is_candidate(now):
         return None
@@ -95,47 +102,56 @@ def reopens_at(account: Account, now: datetime) -> int | None:
     return None if until is None else to_ms(until)
 
 
-class PickIndex:
+class PickIndex(Generic[P]):
     """The pick order of one bucket's accounts, kept as they change."""
 
-    def __init__(self, accounts: Iterable[Account] = ()) -> None:
-        self._accounts: dict[int, Account] = {}
-        self._live: dict[int, int] = {}  # id -> sequence of its one valid entry
-        self._seq = 0
-        self._heap: list[tuple[Key, int]] = []
-        self._waiting: list[tuple[int, int, int]] = []  # (reopens ms, id, sequence)
+    def __init__(self, accounts: Iterable[P] = (), by_id: dict[int, P] | None = None) -> None:
+        """``by_id``: the accounts by id, when the caller keeps that map already (and
+        changes it before it calls :meth:`put` or :meth:`drop`): shared, not copied."""
+        self._accounts: dict[int, P] = {} if by_id is None else by_id
+        # id -> its one valid heap entry: the key object itself, so an entry is valid
+        # when it is that object (no sequence number to keep per account).
+        self._live: dict[int, Key] = {}
+        self._heap: list[Key] = []
+        self._waiting: list[tuple[int, int, Key]] = []  # (reopens ms, id, its entry)
         self._latest_ms = 0  # the latest ``now`` picked at
-        for account in accounts:
-            self._accounts[account.id] = account
+        if by_id is None:
+            for account in accounts:
+                self._accounts[account.id] = account
         self._rebuild()
 
     def __len__(self) -> int:
         return len(self._accounts)
 
     # -- changes ---------------------------------------------------------------------
-    def refresh(self, accounts: Iterable[Account]) -> None:
-        """The bucket's accounts are now ``accounts`` (a new snapshot or patch): only
-        those that changed (another object) move; those gone leave."""
-        seen: set[int] = set()
-        for account in accounts:
-            seen.add(account.id)
-            if self._accounts.get(account.id) is not account:
+    def refresh(self, accounts: Iterable[P], by_id: dict[int, P] | None = None) -> None:
+        """The bucket's accounts are now ``accounts`` (a new snapshot or patch; by id
+        in ``by_id``, shared as in the constructor): only those that changed (another
+        object) move; those gone leave."""
+        old = self._accounts
+        self._accounts = {a.id: a for a in accounts} if by_id is None else by_id
+        for account in self._accounts.values():
+            if old.get(account.id) is not account:
                 self.put(account)
-        for gone in [i for i in self._accounts if i not in seen]:
-            del self._accounts[gone]
+        for gone in [i for i in self._live if i not in self._accounts]:
             del self._live[gone]
         self._compact()
 
-    def put(self, account: Account) -> None:
+    def put(self, account: P) -> None:
         """``account`` as it is now (a new payload or last use)."""
         self._accounts[account.id] = account
-        self._seq += 1
-        self._live[account.id] = self._seq
-        heapq.heappush(self._heap, (order_key(account), self._seq))
+        key = self._live[account.id] = order_key(account)
+        heapq.heappush(self._heap, key)
         self._compact()
 
+    def drop(self, account_id: int) -> None:
+        """The account left the bucket."""
+        self._accounts.pop(account_id, None)
+        if self._live.pop(account_id, None) is not None:
+            self._compact()
+
     # -- the pick --------------------------------------------------------------------
-    def pick(self, now: datetime, exclude: Collection[int] = ()) -> Account | None:
+    def pick(self, now: datetime, exclude: Collection[int] = ()) -> P | None:
         """The first account in order schedulable at ``now`` and not in ``exclude``;
         None when there is none. Nothing changes for the account picked: its use,
         laid over with :meth:`put`, moves it."""
@@ -145,11 +161,11 @@ class PickIndex:
         self._latest_ms = now_ms
         self._reopen(now_ms)
         heap, set_aside = self._heap, []
-        chosen: Account | None = None
+        chosen: P | None = None
         while heap:
-            key, seq = heap[0]
+            key = heap[0]
             account_id = key[3]
-            if self._live.get(account_id) != seq:
+            if self._live.get(account_id) is not key:
                 heapq.heappop(heap)  # stale: the account changed or left since
                 continue
             account = self._accounts[account_id]
@@ -160,7 +176,7 @@ class PickIndex:
                 heapq.heappop(heap)
                 reopens = reopens_at(account, now)
                 if reopens is not None:
-                    heapq.heappush(self._waiting, (reopens, account_id, seq))
+                    heapq.heappush(self._waiting, (reopens, account_id, key))
                 continue
             chosen = account
             break
@@ -171,9 +187,9 @@ class PickIndex:
     def _reopen(self, now_ms: int) -> None:
         waiting = self._waiting
         while waiting and waiting[0][0] <= now_ms:
-            _, account_id, seq = heapq.heappop(waiting)
-            if self._live.get(account_id) == seq:
-                heapq.heappush(self._heap, (order_key(self._accounts[account_id]), seq))
+            _, account_id, key = heapq.heappop(waiting)
+            if self._live.get(account_id) is key:
+                heapq.heappush(self._heap, key)
 
     # -- upkeep ----------------------------------------------------------------------
     def _compact(self) -> None:
@@ -185,9 +201,8 @@ class PickIndex:
         self._heap = []
         self._waiting = []
         for account in self._accounts.values():
-            self._seq += 1
-            self._live[account.id] = self._seq
-            self._heap.append((order_key(account), self._seq))
+            key = self._live[account.id] = order_key(account)
+            self._heap.append(key)
         heapq.heapify(self._heap)
 
 
@@ -205,7 +220,7 @@ class Choice:
 AHEAD_MS = 1_000
 
 
-def use_after(account: Account, now: datetime, known: int = 0) -> int:
+def use_after(account: Pickable, now: datetime, known: int = 0) -> int:
     """The time (ms) to note for a use of ``account`` at ``now`` (``known``: a later
     use known apart from the account's): just after the latest use known, so picks in
     a row go round the tier, unless that is further ahead of ``now`` than a clock skew

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import redis
@@ -11,9 +12,10 @@ from redis.commands.core import Script
 
 from cache.base import redis_errors
 from cache.codec import DEFAULT_CACHED_CREDENTIALS, AccountCodec, from_ms
-from cache.keys import KeySpace
+from cache.keys import READ_GROUP, KeySpace
 from cache.models import Account, BucketInfo, SchedulerBucket
 from cache.reads import Expired, Moved, ReadPlan, SnapshotRead, VersionHints
+from cache.rowread import HeldRows, RowPlan, RowRead
 from cache.scripts import Scripts
 
 logger = logging.getLogger(__name__)
@@ -64,11 +66,26 @@ class SnapshotReader:
         """The active version with its number and ``gen``; None when there is none, or
         an account payload is missing or corrupt. An empty version reads as no accounts.
         """
+        read = self._read(ReadPlan, bucket)
+        assert read is None or isinstance(read, SnapshotRead)
+        return read
+
+    def read_rows(self, bucket: SchedulerBucket, held: HeldRows) -> RowRead | None:
+        """As :meth:`read_snapshot`, for a near cache: rows, no account decoded, those
+        ``held`` has for the same entry reused, their payloads not fetched."""
+        read = self._read(partial(RowPlan, held=held), bucket)
+        assert read is None or isinstance(read, RowRead)
+        return read
+
+    def _read(
+        self, plan_of: Callable[..., ReadPlan], bucket: SchedulerBucket
+    ) -> SnapshotRead | RowRead | None:
         with redis_errors(f"get_snapshot {bucket}", self.keys.meta(bucket)):
             expired = moved = 0
             while expired < READ_ATTEMPTS and moved < MOVED_ATTEMPTS:
                 try:
-                    return self._read_once(ReadPlan(self.keys, self.codec, bucket, self.hints))
+                    plan = plan_of(self.keys, self.codec, bucket, hints=self.hints)
+                    return self._read_once(plan)
                 except Moved as exc:
                     moved += 1
                     logger.debug("reading again: %s", exc)
@@ -77,7 +94,7 @@ class SnapshotReader:
                     logger.info("snapshot %s expired mid-read; reading again", exc)
         return None
 
-    def _read_once(self, plan: ReadPlan) -> SnapshotRead | None:
+    def _read_once(self, plan: ReadPlan) -> SnapshotRead | RowRead | None:
         keys, args = plan.first_call()
         if not plan.absorb_first(self.scripts["read_snapshot"](keys=keys, args=args)):
             return None
@@ -89,6 +106,12 @@ class SnapshotReader:
             pipe = self._hmgets(plan.absorb_rest(pipe.execute()))
             plan.absorb_entries(pipe.execute())
         payloads, uses = plan.fetches()
+        if isinstance(plan, RowPlan):
+            plan.absorb_uses(self._hmgets(uses).execute())
+            for start in range(0, len(payloads), READ_GROUP):
+                group = payloads[start : start + READ_GROUP]
+                plan.absorb_payloads(self._hmgets(group).execute())
+            return plan.finish_rows()
         pipe = self._hmgets(payloads + uses)
         replies = pipe.execute()
         return plan.finish(replies[: len(payloads)], replies[len(payloads) :])

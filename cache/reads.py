@@ -165,10 +165,16 @@ class ReadPlan:
                 self._need.append(i)
             else:
                 self._held[i] = account
+        return self.fetches_of(self._need)
+
+    def fetches_of(
+        self, need: list[bytes]
+    ) -> tuple[list[tuple[str, list[bytes]]], list[tuple[str, list[bytes]]]]:
+        """HMGET arguments: the payloads of ``need``, then the last uses of all ids."""
         payloads = self.keys.payloads(self.bucket, self.version)
         uses = self.keys.last_used
         return (
-            [(payloads, part) for part in chunks(self._need, READ_CHUNK)],
+            [(payloads, part) for part in chunks(need, READ_CHUNK)],
             [(uses, part) for part in chunks(self.ids, READ_CHUNK)],
         )
 

@@ -84,7 +84,12 @@ def get_near_cache() -> NearCache | None:
         cache = get_web_cache()
         with _lock:
             if _near is None:
-                _near = NearCache(cache, max_buckets=s.near_cache_buckets)
+                _near = NearCache(
+                    cache,
+                    max_buckets=s.near_cache_buckets,
+                    max_accounts=s.near_cache_accounts,
+                    max_decoded=s.near_cache_decoded,
+                )
     return _near
 
 

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cache.codec import DEFAULT_CACHED_CREDENTIALS
 from cache.connect import is_sentinel_url
-from cache.keys import NEAR_BUCKETS_MAX
+from cache.keys import NEAR_ACCOUNTS_MAX, NEAR_BUCKETS_MAX, NEAR_DECODED_MAX
 
 
 def _split(value: object) -> object:
@@ -78,12 +78,15 @@ class Settings(BaseSettings):
     snapshot_grace_seconds: int = Field(default=60, ge=1)
     cached_credentials: CsvList = Field(default_factory=lambda: sorted(DEFAULT_CACHED_CREDENTIALS))
 
-    # Web processes keep the buckets they read in memory, decoded, while Redis confirms
-    # them (pushes on every change, a check every half second); false reads Redis on
-    # every list_schedulable. The bound: buckets held per process, least recently read
-    # dropped first.
+    # Web processes keep the buckets they read in memory while Redis confirms them
+    # (pushes on every change, a check every half second); false reads Redis on every
+    # list_schedulable. The bounds, least recently read buckets dropped first: buckets
+    # held, accounts held over all of them (about 700 bytes each), and accounts kept
+    # decoded (about 3 KB each; the other buckets build each account as it is read).
     near_cache: bool = True
     near_cache_buckets: int = Field(default=NEAR_BUCKETS_MAX, ge=1)
+    near_cache_accounts: int = Field(default=NEAR_ACCOUNTS_MAX, ge=1)
+    near_cache_decoded: int = Field(default=NEAR_DECODED_MAX, ge=0)
 
     # -- rebuilds --------------------------------------------------------------------
     lock_ttl_seconds: int = Field(default=30, ge=2)

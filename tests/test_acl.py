@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache import CacheError, RedisSchedulerCache, SchedulerBucket
+from cache import Account, CacheError, NearCache, RedisSchedulerCache, SchedulerBucket
 from tasks import runtime
 from tasks.settings import Settings
 from tasks.source import SqlSource
@@ -147,6 +148,41 @@ def test_the_web_role_is_refused_snapshots_locks_and_the_outbox(acl_server: Redi
     with pytest.raises(redis.exceptions.ResponseError, match=r"permission|NOPERM|access"):
         raw.evalsha(sha, 1, keys.meta(bucket))
     assert worker.bucket_info(bucket).active_version == 1
+
+
+def test_the_web_roles_near_cache_applies_a_pushed_change_of_one_account(
+    acl_server: RedisServer,
+) -> None:
+    bucket = SchedulerBucket(7, "openai", "single")
+    written = [Account(id=i, name=f"a{i}", platform="openai", type="apikey") for i in (1, 2, 3)]
+    worker = RedisSchedulerCache.from_url(role_url(acl_server, "worker"))
+    worker.set_snapshot(bucket, written)
+    near = NearCache(
+        RedisSchedulerCache.from_url(role_url(acl_server, "web")), check_seconds=5, trust_seconds=10
+    )
+    admin = redis.Redis(port=acl_server.port)
+    try:
+        assert near.get_snapshot(bucket) == written
+        deadline = time.monotonic() + 3
+        while int(admin.pubsub_numsub(worker.keys.changes_channel)[0][1]) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # A writer's change of account 2 (the one-account announce, by the admin here).
+        changed = written[1].model_copy(update={"name": "renamed", "revision": 2})
+        payload, digest = worker.reader.codec.encode(changed)
+        keys, version = worker.keys, 1
+        admin.hset(keys.entries(bucket, version), "2", f"{digest}/2")
+        admin.hset(keys.payloads(bucket, version), "2", payload)
+        gen = admin.hincrby(keys.meta(bucket), "gen", 1)
+        admin.publish(keys.changes_channel, f"{bucket} {version} {gen} 2")
+        while near.state.patches < 1:
+            assert time.monotonic() < deadline, "the patch was not applied"
+            time.sleep(0.01)
+        assert [a.name for a in near.get_snapshot(bucket) or []] == ["a1", "renamed", "a3"]
+        assert near.state.reads == 1
+    finally:
+        near.close()
+        admin.close()
 
 
 def test_the_operator_role_retires_and_reads_but_does_not_administer(

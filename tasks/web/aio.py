@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -69,14 +69,23 @@ async def reading() -> Reading:
     if held is not None and held.loop is loop and held.pid == os.getpid():
         await held.aclose()
     reader = AsyncSchedulerReader.from_url(s.effective_web_redis_url, **cache_options(s))
-    near = AsyncNearCache(reader, max_buckets=s.near_cache_buckets) if s.near_cache else None
+    near = (
+        AsyncNearCache(
+            reader,
+            max_buckets=s.near_cache_buckets,
+            max_accounts=s.near_cache_accounts,
+            max_decoded=s.near_cache_decoded,
+        )
+        if s.near_cache
+        else None
+    )
     _reading = Reading(s, loop, os.getpid(), reader, near)
     return _reading
 
 
 async def list_schedulable_async(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
-) -> list[Account]:
+) -> Sequence[Account]:
     """As :func:`tasks.web.reader.list_schedulable`, awaited."""
     now = now or datetime.now(UTC)
     return without_marked(await _list_schedulable(group_id, platform, has_force, now), now)
@@ -84,7 +93,7 @@ async def list_schedulable_async(
 
 async def _list_schedulable(
     group_id: int, platform: str, has_force: bool, now: datetime
-) -> list[Account]:
+) -> Sequence[Account]:
     s, bucket, now = resolve(group_id, platform, has_force, now)
     held = await reading()
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,7 +95,7 @@ async def mark_unschedulable_async(
     )
 
 
-def without_marked(accounts: list[Account], now: datetime) -> list[Account]:
+def without_marked(accounts: Sequence[Account], now: datetime) -> Sequence[Account]:
     """``accounts`` less those this process marked, until the cache shows the mark
     (a revision at least the marked one) or the mark's time has passed."""
     if not _marks:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from cache import Account, CacheUnavailable, CorruptKey
@@ -55,7 +55,9 @@ class RecentPicks:
         self._uses: dict[int, int] = {}
         self._last = 0
 
-    def choose(self, accounts: list[Account], now: datetime, exclude: Collection[int]) -> Choice:
+    def choose(
+        self, accounts: Sequence[Account], now: datetime, exclude: Collection[int]
+    ) -> Choice:
         with self._lock:
             chosen = scan(accounts, now, exclude, self._uses)
             if chosen is None:

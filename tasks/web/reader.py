@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 
@@ -110,7 +110,7 @@ def knows_group(group_id: int, s: Settings) -> bool:
 
 def list_schedulable(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
-) -> list[Account]:
+) -> Sequence[Account]:
     """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order,
     less those this process marked unschedulable (:mod:`tasks.web.marks`) until the
     cache shows the mark."""
@@ -120,7 +120,7 @@ def list_schedulable(
 
 def _list_schedulable(
     group_id: int, platform: str, has_force: bool = False, *, now: datetime | None = None
-) -> list[Account]:
+) -> Sequence[Account]:
     """The accounts a request for ``(group_id, platform)`` may use at ``now``, in order.
 
     Served from the process's near cache while Redis confirms it (``SCHED_NEAR_CACHE``),

@@ -11,18 +11,16 @@ from cache import SchedulerBucket
 from cache.keys import TOUCH_CHUNK, KeySpace
 from cache.nearcore import (
     SERVE_ATTEMPTS,
-    WAIT_SECONDS,
-    Backstop,
     Pipeline,
     ReadBucket,
     Request,
     Steps,
     check,
     hit,
-    parse_push,
     read_touches,
     serve,
 )
+from cache.nearpush import WAIT_SECONDS, Backstop, parse_push
 from cache.nearstate import NearState
 from cache.reads import SnapshotRead
 from tests.cache.factories import T0, account, accounts

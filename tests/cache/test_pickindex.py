@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache import Account
-from cache.codec import from_ms, to_ms, with_last_used
+from cache.codec import AccountCodec, from_ms, to_ms, with_last_used
+from cache.nearrows import Row, materialize, row_of_payload
 from cache.pickindex import PickIndex, tiebreak, use_after
 from tests.cache.factories import T0, account
 
@@ -126,3 +127,53 @@ def test_an_excluded_account_is_skipped_and_kept() -> None:
     assert index.pick(T0, {1}) == account(2, last_used_at=T0)
     assert index.pick(T0, {1, 2}) is None
     assert index.pick(T0) == account(1)
+
+
+_CODEC = AccountCodec()
+
+
+def as_row(held: Account) -> Row:
+    """The row a near cache holds for ``held``: its payload packed, its last use laid."""
+    payload, digest = _CODEC.encode(held)
+    used = 0 if held.last_used_at is None else to_ms(held.last_used_at)
+    return row_of_payload(held.id, f"{digest}/1".encode(), payload, used)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.lists(an_account(), max_size=12), steps=STEPS)
+def test_the_pick_of_rows_is_the_brute_force_pick(first: list[Account], steps: list[Any]) -> None:
+    """The same, over the rows a near cache holds: each row answers ``is_schedulable``,
+    ``blocked_until`` and the order as its account does, and builds that account."""
+    model = {a.id: a for a in first}
+    rows = {a.id: as_row(a) for a in model.values()}
+    index = PickIndex(rows.values(), rows)
+    now = T0
+    for step in steps:
+        if step[0] == "pick":
+            now += timedelta(milliseconds=step[1])
+            chosen = index.pick(now, step[2])
+            expected = reference(model, now, step[2])
+            assert (chosen and materialize(chosen)) == expected
+            if chosen is not None:
+                chosen.lay(use_after(chosen, now))
+                model[chosen.id] = with_last_used(model[chosen.id], chosen.used)
+                index.put(chosen)
+        elif step[0] == "touch":
+            row = rows.get(step[1])
+            if row is not None and row.used < step[2] + to_ms(T0):
+                row.lay(step[2] + to_ms(T0))
+                model[row.id] = with_last_used(model[row.id], row.used)
+                index.put(row)
+        elif step[0] == "patch":
+            if step[1].id in model:
+                model[step[1].id] = step[1]
+                rows[step[1].id] = as_row(step[1])
+                index.put(rows[step[1].id])
+        else:
+            model = {a.id: a for a in step[1]}
+            rows = {a.id: as_row(a) for a in model.values()}
+            index.refresh(rows.values(), rows)
+        assert len(index) == len(model)
+        for a in model.values():
+            assert rows[a.id].is_schedulable(now) == a.is_schedulable(now)
+            assert rows[a.id].blocked_until(now) == a.blocked_until(now)

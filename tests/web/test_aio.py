@@ -191,6 +191,6 @@ def test_the_process_sees_its_own_touch_at_once_and_a_new_version_at_the_next_re
             await asyncio.sleep(0.005)
 
     async def aio_read() -> list[Any]:
-        return await list_schedulable_async(group.id, "openai")
+        return list(await list_schedulable_async(group.id, "openai"))
 
     run(steps)

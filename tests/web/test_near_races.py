@@ -9,7 +9,7 @@ import multiprocessing
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,7 +51,7 @@ def version_of(n: int) -> list[Account]:
     ]
 
 
-def served(accounts: list[Account]) -> int:
+def served(accounts: Sequence[Account]) -> int:
     return int(next(a.name for a in accounts if a.id == 1)[1:])
 
 
