@@ -18,6 +18,7 @@ from collections import OrderedDict
 from cache.nearentry import Entry
 from cache.nearpick import NearUses
 from cache.nearpush import Fetched, Push
+from cache.nearrevs import Revisions
 from cache.nearrows import Row
 from cache.rowread import HeldRows
 
@@ -37,6 +38,29 @@ class Holdings:
         self.uses = NearUses(self.entries)
         self.held = 0  # rows held, all buckets
         self.decoded = 0  # rows of decoded entries
+        # Kept across drops: revisions come from the source and only grow.
+        self.revisions = Revisions(limit=max(max_accounts, 1) * 2)
+
+    def admit(self, name: str, rows: list[Row]) -> list[Row]:
+        """``rows`` of a read of ``name`` without those older than a revision held
+        elsewhere; rows of other buckets older than these are dropped from them."""
+        kept, raised = self.revisions.admit(rows)
+        for account_id, _ in raised:
+            for other in [
+                n for n, e in self.entries.items() if n != name and account_id in e.by_id
+            ]:
+                if self.revisions.older(self.entries[other].by_id[account_id]):
+                    self.hide(other, account_id)
+        return kept
+
+    def hide(self, name: str, account_id: int) -> None:
+        """Stop serving ``account_id`` from ``name`` until a change or read of it."""
+        entry = self.entries[name]
+        place = entry.ids.index(account_id) if account_id in entry.ids else None
+        if entry.patch(account_id, None, place, len(entry.ids)):
+            self.uses.leave(name, [account_id])
+            self.held -= 1
+            self.decoded -= 1 if entry.decoded else 0
 
     def held_rows(self, name: str) -> HeldRows:
         """What a read of ``name`` may reuse: the row held for an account under the
@@ -139,6 +163,8 @@ class Holdings:
         change = len(entry.rows) - before
         self.held += change
         self.decoded += change if entry.decoded else 0
+        if row is not None and not self.admit(push.bucket, [row]):
+            self.hide(push.bucket, push.account_id)
         self.bound()
         return True
 

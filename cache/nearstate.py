@@ -19,7 +19,8 @@ read or a check found is taken only in the era it began in::
     read:         epoch changed to E2, drop (era 2), read, install, serve
     (taken, the check would flip the state back to E1 and confirm gens of another Redis)
 
-Last use: one time per account for the whole process, the newest known (from reads,
+Revisions: no bucket serves an account at a revision older than one another held bucket
+has (:mod:`cache.nearrevs`). Last use: one time per account for the whole process, the newest known (from reads,
 from the check, from this process's own touches); every held bucket listing the account
 serves that time, so no bucket serves an older one than another.
 """
@@ -185,6 +186,7 @@ class NearState:
                 entry.confirmed = max(entry.confirmed, asked_at)
                 return True
             self._uses.take(rows, read.uses)
+            rows = self._hold.admit(name, rows)
             self._hold.put(name, Entry.of(read.version, read.gen, asked_at, rows, ids), entry)
             return True
 
