@@ -19,10 +19,9 @@ read or a check found is taken only in the era it began in::
     read:         epoch changed to E2, drop (era 2), read, install, serve
     (taken, the check would flip the state back to E1 and confirm gens of another Redis)
 
-Revisions: no bucket serves an account at a revision older than one another held bucket
-has (:mod:`cache.nearrevs`). Last use: one time per account for the whole process, the newest known (from reads,
-from the check, from this process's own touches); every held bucket listing the account
-serves that time, so no bucket serves an older one than another.
+Revisions (:mod:`cache.nearrevs`) and last uses: no bucket serves an account older than
+another held bucket does. Last use is one time per account for the whole process, the
+newest known (from reads, the check, this process's own touches).
 """
 
 from __future__ import annotations
