@@ -237,9 +237,11 @@ def read_touches(since: int, seq: int, found: list[tuple[bytes, float]], limit: 
 
 # -- the background loop -----------------------------------------------------------------
 def parse_push(data: bytes | str) -> tuple[str, int] | None:
-    """``(bucket name, gen)`` from a message on the changes channel."""
+    """``(bucket name, gen)`` from a message on the changes channel: ``<bucket>
+    <version> <gen>``, with a fourth field (the account a one-account change was about)
+    after such a change; the field is not used here."""
     parts = text(data).split(" ")
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) not in (3, 4) or not parts[2].isdigit():
         return None
     return parts[0], int(parts[2])
 
