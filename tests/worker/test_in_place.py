@@ -256,7 +256,7 @@ def test_a_source_that_cannot_say_the_order_falls_back_to_a_rebuild(
     openai(db, "a", group_ids={GROUP: 1})
     poller = OutboxPoller(
         cache,
-        WithoutOrder(source),  # type: ignore[arg-type]
+        WithoutOrder(source),
         config=configured,
         request_rebuild=recorder,
         refresh_all=lambda: None,
@@ -296,10 +296,12 @@ def test_an_insert_while_a_rebuild_from_an_older_read_is_in_flight_is_back_withi
     joined = openai(db, "joined", priority=2, group_ids={GROUP: 1})
     index = cache.accounts.index
 
-    def staged_then_insert(b: SchedulerBucket, v: int, staged: list[Staged]) -> list[Staged]:
+    def staged_then_insert(
+        bucket: SchedulerBucket, version: int, staged: list[Staged]
+    ) -> list[Staged]:
         poller.poll_batch()  # between staging and activation
         assert served(cache, bucket) == [kept.id, joined.id]  # in the active vN
-        return index(b, v, staged)
+        return index(bucket, version, staged)
 
     cache.accounts.index = staged_then_insert  # type: ignore[method-assign]
     assert cache.set_snapshot(bucket, old_read, version)
@@ -366,7 +368,7 @@ def test_a_stale_read_never_puts_back_what_a_newer_change_removed(
 
     late = OutboxPoller(
         cache,
-        StaleSource(source),  # type: ignore[arg-type]
+        StaleSource(source),
         config=poller.config,
         request_rebuild=recorder,
         refresh_all=lambda: None,
