@@ -1,10 +1,11 @@
-"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick]``: benchmark
-suites (all by default).
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick] [change]``:
+benchmark suites (all by default).
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
 gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
-Redis.
+Redis; the change suite (what one account's change costs Redis against a rebuild) its own
+Redis and SQLite.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SUITES = {
     "cluster": "benchmarks.cluster_bench",
     "gateway": "benchmarks.gateway_bench",
     "pick": "benchmarks.pick_bench",
+    "change": "benchmarks.change_cost",
 }
 
 
