@@ -125,11 +125,16 @@ def bench_size(count: int, repeat: int, lines: list[str]) -> None:
         for bucket in BUCKETS:
             rebuild(cache, source, bucket)
         requested: list[SchedulerBucket] = []
+
+        def request(bucket: SchedulerBucket) -> bool:
+            requested.append(bucket)
+            return True
+
         poller = OutboxPoller(
             cache,
             source,
             config=Settings(redis_url=servers.redis_url, database_url=servers.database_url),
-            request_rebuild=lambda bucket: requested.append(bucket) is None,
+            request_rebuild=request,
             refresh_all=lambda: None,
         )
         server = Server(client)
