@@ -114,9 +114,13 @@ class RedisSchedulerCache:
         return self.accounts.set_account(account, belongs)
 
     def change_account(
-        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+        self,
+        account: Account,
+        belongs: Collection[SchedulerBucket] | None = None,
+        *,
+        leave_active: Collection[SchedulerBucket] = (),
     ) -> Reach | None:
-        return self.accounts.change_account(account, belongs)
+        return self.accounts.change_account(account, belongs, leave_active)
 
     def place_account(
         self, bucket: SchedulerBucket, account: Account, followers: Sequence[int]

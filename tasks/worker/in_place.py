@@ -109,54 +109,82 @@ class InPlace:
         tombstones = self.source.deleted_revisions(gone) if gone else {}
         applied = Applied()
         now = self.clock()
-        places: list[tuple[SchedulerBucket, Account]] = []
+        warm = set(warm)
+        single = {i: a for i, a in current.items() if i not in bulk}
+        touching = Counter(b for a in single.values() for b in member_buckets(a, self.rules))
+        crowded = {b for b, n in touching.items() if n > PLACE_LIMIT} & warm
+        applied.rebuild |= crowded
         for account_id, groups in sorted(hints.items()):
             old = self._cached(account_id)
             new = current.get(account_id)
-            touched = account_buckets(old, new, groups=groups, rules=self.rules)
             if account_id in bulk:
-                applied.rebuild |= touched
+                applied.rebuild |= account_buckets(old, new, groups=groups, rules=self.rules)
             if new is None:
                 self.cache.delete_account(account_id, tombstones.get(account_id))
                 continue
-            belongs = member_buckets(new, self.rules)
-            # Even when the cache holds this revision already: a rebuild may have stored
-            # it (patching no other bucket's versions), or a poll killed between storing
-            # and placing. Patching again changes nothing where the revision is in.
-            reach = self.cache.change_account(new, belongs)
-            if reach is None or account_id in bulk:
-                continue  # a newer revision is cached: its own event placed it
-            # Removed from a bucket whose newer version may have read it as a member.
-            applied.rebuild |= reach.racing - belongs
-            moved = order_may_have_moved(old, new, account_id in regrouped)
-            for bucket in belongs & set(warm):
-                if not self._candidate(new, bucket, now):
-                    continue  # a patched entry readers skip; never inserted
-                if bucket not in reach.listed or moved:
-                    places.append((bucket, new))
-        crowded = {b for b, n in Counter(b for b, _ in places).items() if n > PLACE_LIMIT}
-        applied.rebuild |= crowded
-        for bucket, account in places:
-            if bucket in crowded:
+            if account_id in bulk:
+                # Even when the cache holds this revision already: a rebuild may have
+                # stored it (patching no other bucket's versions), or a poll killed
+                # between storing and patching. Patching again changes nothing.
+                self.cache.change_account(new, member_buckets(new, self.rules))
                 continue
-            placed, in_order = self._place(bucket, account)
-            applied.placed += placed
-            if not in_order:
-                applied.rebuild.add(bucket)
+            self._change(old, new, account_id in regrouped, warm - crowded, now, applied)
         return applied
 
-    def _place(self, bucket: SchedulerBucket, account: Account) -> tuple[bool, bool]:
-        """Put ``account`` in place in ``bucket``: (whether it was placed, whether the
-        bucket is in order without a rebuild)."""
+    def _change(
+        self,
+        old: Account | None,
+        new: Account,
+        regrouped: bool,
+        placeable: set[SchedulerBucket],
+        now: datetime,
+        applied: Applied,
+    ) -> None:
+        """Patch ``new`` everywhere it is listed, remove it where it left, and place it
+        where it joined or may have moved; a moved account's active versions are left
+        to the placement (payload and place in one change: one push)."""
+        belongs = member_buckets(new, self.rules)
+        candidates = {b for b in belongs & placeable if self._candidate(new, b, now)}
+        moved = order_may_have_moved(old, new, regrouped)
+        can_place = isinstance(self.source, KnowsOrder)
+        reach = self.cache.change_account(
+            new, belongs, leave_active=candidates if moved and can_place else ()
+        )
+        if reach is None:
+            return  # a newer revision is cached: its own event placed it
+        # Removed from a bucket whose newer version may have read it as a member.
+        applied.rebuild |= reach.racing - belongs
+        unplaced = set(reach.left)
+        for bucket in sorted(candidates, key=str):
+            if bucket in reach.listed and not moved:
+                continue  # patched in place
+            placement = self._place(bucket, new)
+            if placement is None:
+                applied.rebuild.add(bucket)
+                continue
+            status, in_order = placement
+            applied.placed += status in (Place.PLACED, Place.APPENDED)
+            if status is not None:
+                unplaced.discard(bucket)
+            if not in_order:
+                applied.rebuild.add(bucket)
+        if unplaced:
+            # Left for a placement that did not happen (the source no longer counts it a
+            # candidate there): the plain patch, as for any change.
+            self.cache.change_account(new, belongs)
+
+    def _place(self, bucket: SchedulerBucket, account: Account) -> tuple[Place | None, bool] | None:
+        """Put ``account`` in place in ``bucket``: (what the placement did, None when
+        not attempted; whether the bucket is in order without a rebuild), or None when
+        the source cannot say the order."""
         if not isinstance(self.source, KnowsOrder):
-            return False, False
+            return None
         followers = self.source.followers(bucket, account.id, FOLLOWERS)
         if followers is None:
             # Not a candidate of the bucket any more: the change that made it so has an
             # event of its own, which removes it.
-            return False, True
+            return None, True
         placement = self.cache.place_account(bucket, account, followers)
-        placed = placement.status in (Place.PLACED, Place.APPENDED)
         if placement.racing:
             logger.info(
                 "bucket %s: account %d placed in v%d while a newer version was being "
@@ -165,10 +193,11 @@ class InPlace:
                 account.id,
                 placement.version,
             )
-            return placed, False
+            return placement.status, False
         if placement.status is Place.IDLE:
-            return False, False  # never built: a rebuild builds it with the account in
-        return placed, placement.status is not Place.APPENDED or not followers
+            return None, False  # never built: a rebuild builds it with the account in
+        in_order = placement.status is not Place.APPENDED or not followers
+        return placement.status, in_order
 
     @staticmethod
     def _candidate(account: Account, bucket: SchedulerBucket, now: datetime) -> bool:

@@ -192,14 +192,16 @@ def test_a_push_names_the_account_it_was_about(
     poller: OutboxPoller, cache: RedisSchedulerCache, source: SqlSource, db: SqlWriter
 ) -> None:
     first = openai(db, "a", priority=1, group_ids={GROUP: 1})
+    second = openai(db, "b", priority=2, group_ids={GROUP: 1})
     poller.poll_batch()
     rebuild(cache, source, IN_GROUP[0])
     pubsub = cache.client.pubsub()
     pubsub.subscribe(cache.keys.changes_channel)
     try:
         assert pubsub.get_message(timeout=1) is not None
-        joined = openai(db, "b", priority=2, group_ids={GROUP: 1})
-        db.update_account(first.id, name="renamed")
+        joined = openai(db, "c", priority=3, group_ids={GROUP: 1})  # an insert
+        db.update_account(first.id, name="renamed")  # a patch
+        db.update_account(second.id, priority=9)  # a move: payload and place at once
         poller.poll_batch()
         seen: list[list[str]] = []
         deadline = time.monotonic() + 1
@@ -211,7 +213,9 @@ def test_a_push_names_the_account_it_was_about(
         pubsub.close()
     mine = [m for m in seen if m[0] == str(IN_GROUP[0])]
     version = str(cache.bucket_info(IN_GROUP[0]).active_version)
-    assert sorted(m[3] for m in mine) == sorted([str(first.id), str(joined.id)])
+    # One push per change: each account named once.
+    assert sorted(m[3] for m in mine) == sorted(str(a.id) for a in (first, second, joined))
+    assert served(cache, IN_GROUP[0]) == [first.id, joined.id, second.id]
     assert all(m[1] == version for m in mine)
     gens = [int(m[2]) for m in mine]
     assert gens == list(range(gens[0], gens[0] + len(gens)))  # one step an announcement
