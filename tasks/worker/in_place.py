@@ -123,9 +123,6 @@ class InPlace:
                 self.cache.delete_account(account_id, tombstones.get(account_id))
                 continue
             if account_id in bulk:
-                # Even when the cache holds this revision already: a rebuild may have
-                # stored it (patching no other bucket's versions), or a poll killed
-                # between storing and patching. Patching again changes nothing.
                 self.cache.change_account(new, member_buckets(new, self.rules))
                 continue
             self._change(old, new, account_id in regrouped, warm - crowded, now, applied)
@@ -147,6 +144,9 @@ class InPlace:
         candidates = {b for b in belongs & placeable if self._candidate(new, b, now)}
         moved = order_may_have_moved(old, new, regrouped)
         can_place = isinstance(self.source, KnowsOrder)
+        # Even when the cache holds this revision already: a rebuild may have stored it
+        # (patching no other bucket's versions), or a poll killed between storing and
+        # placing. Patching and placing again change nothing where the revision is in.
         reach = self.cache.change_account(
             new, belongs, leave_active=candidates if moved and can_place else ()
         )
