@@ -4,11 +4,14 @@ A rebuild of a 100,000-account bucket costs Redis about 0.6 s of CPU, so one acc
 hitting a rate limit must not cost one. An outbox event about an account is applied to
 the active version of every bucket concerned, by kind of change:
 
-- payload or schedulability: the patch (cache/patches.py), one push per bucket;
-- it left a bucket (membership, platform, a donor that stopped opting in) or was
-  deleted: the same patch marks its entry removed ('-'), readers skip it;
-- it joined a bucket, or its place in the order may have moved (a priority, a
-  membership): put before the account that follows it, as the source says
+- payload, a rate limit or another time window: the patch (cache/patches.py), one
+  push per bucket;
+- it left a bucket (membership, platform, a status or an expiry that makes it no
+  candidate, a donor that stopped opting in) or was deleted: the same patch marks its
+  entry removed ('-'), readers skip it, as a rebuild would have left it out;
+- it joined a bucket (or came back: a status, a membership), or its place in the
+  order may have moved (a priority, a membership): put before the account that follows
+  it, as the source says
   (:class:`KnowsOrder`), by cache/placements.py, one push naming the account.
 
 A bucket is still rebuilt when the change cannot be trusted to stay in place:
@@ -137,26 +140,31 @@ class InPlace:
         now: datetime,
         applied: Applied,
     ) -> None:
-        """Patch ``new`` everywhere it is listed, remove it where it left, and place it
-        where it joined or may have moved; a moved account's active versions are left
-        to the placement (payload and place in one change: one push)."""
-        belongs = member_buckets(new, self.rules)
-        candidates = {b for b in belongs & placeable if self._candidate(new, b, now)}
-        moved = order_may_have_moved(old, new, regrouped)
+        """Patch ``new`` everywhere it is listed, remove it where it left or is no
+        candidate, and place it where it joined or may have moved; a moved account's
+        active versions are left to the placement (payload and place in one change: one
+        push)."""
+        # Where it is a candidate: elsewhere a version that lists it marks it removed,
+        # as a rebuild would leave it out (a status, an expiry, a donor's opt-out).
+        belongs = {b for b in member_buckets(new, self.rules) if self._candidate(new, b, now)}
+        candidates = belongs & placeable
+        if order_may_have_moved(old, new, regrouped):
+            moving = candidates
+        else:
+            # Back from a removal: its id kept a place that others' moves did not respect.
+            moving = {b for b in candidates if old is None or not self._candidate(old, b, now)}
         can_place = isinstance(self.source, KnowsOrder)
         # Even when the cache holds this revision already: a rebuild may have stored it
         # (patching no other bucket's versions), or a poll killed between storing and
         # placing. Patching and placing again change nothing where the revision is in.
-        reach = self.cache.change_account(
-            new, belongs, leave_active=candidates if moved and can_place else ()
-        )
+        reach = self.cache.change_account(new, belongs, leave_active=moving if can_place else ())
         if reach is None:
             return  # a newer revision is cached: its own event placed it
         # Removed from a bucket whose newer version may have read it as a member.
         applied.rebuild |= reach.racing - belongs
         unplaced = set(reach.left)
         for bucket in sorted(candidates, key=str):
-            if bucket in reach.listed and not moved:
+            if bucket in reach.listed and bucket not in moving:
                 continue  # patched in place
             placement = self._place(bucket, new)
             if placement is None:

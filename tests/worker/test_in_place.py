@@ -83,10 +83,10 @@ def now() -> datetime:
 
 
 def served(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> list[int]:
-    """What a fresh read of the bucket serves: its candidates, in order."""
+    """What a fresh read of the bucket serves, in order."""
     read = cache.read_snapshot(bucket)
     assert read is not None, f"{bucket} has no active version"
-    return [a.id for a in read.accounts if a.is_candidate(now())]
+    return [a.id for a in read.accounts]
 
 
 def in_source(source: SqlSource, bucket: SchedulerBucket) -> list[int]:
@@ -142,13 +142,13 @@ def test_insert_move_removal_and_deletion_reach_readers_without_a_rebuild(
     assert served(cache, IN_GROUP[0]) == [d.id, c.id, b.id, a.id]
 
     db.set_account_groups(c.id, {})  # removal from the group, insert into group 0
-    db.update_account(d.id, status="disabled")  # leaves the candidates: patched
+    db.update_account(d.id, status="disabled")  # no candidate: removed
     poller.poll_batch()
     assert_in_place(cache, source, recorder, before)
     assert served(cache, IN_GROUP[0]) == [b.id, a.id]
     assert served(cache, BUCKETS[0]) == [loose.id, c.id]  # by priority
 
-    db.update_account(d.id, status="active")  # listed (patched), schedulable again
+    db.update_account(d.id, status="active")  # a candidate again: placed back
     db.delete_account(b.id)  # deletion
     poller.poll_batch()
     assert_in_place(cache, source, recorder, before)
@@ -178,9 +178,11 @@ def test_the_order_after_many_inserts_and_moves_is_the_source_order(
                 ids.append(openai(db, f"n{step}", priority=rng.randint(0, 9), group_ids=groups).id)
             elif roll < 0.6:
                 db.update_account(rng.choice(ids), priority=rng.randint(0, 9))
-            elif roll < 0.85:
+            elif roll < 0.75:
                 groups = {GROUP: rng.randint(0, 3)} if rng.random() < 0.6 else {}
                 db.set_account_groups(rng.choice(ids), groups)
+            elif roll < 0.85:
+                db.update_account(rng.choice(ids), status=rng.choice(["active", "disabled"]))
             else:
                 db.delete_account(gone := rng.choice(ids))
                 ids.remove(gone)
