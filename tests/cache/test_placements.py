@@ -10,6 +10,8 @@ import pytest
 import redis
 
 from cache import Place, RedisSchedulerCache, SchedulerBucket
+from cache.keys import READ_CHUNK
+from cache.reads import ReadPlan
 from tests.cache.factories import account
 
 BUCKET = SchedulerBucket.parse("12:anthropic:single")
@@ -209,3 +211,27 @@ def test_a_patch_names_the_account_and_a_rebuild_does_not(
     assert pushes.drain() == [f"{BUCKET} {version} 2 10"]
     cache.delete_account(10)
     assert pushes.drain() == [f"{BUCKET} {version} 3 10"]
+
+
+def test_a_chunked_read_that_an_insert_overtakes_reads_again(
+    cache: RedisSchedulerCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the first chunk, ids are read by offset: an insert between the first chunk
+    and the rest would shift them (one id twice, the last one missed). The read sees gen
+    move and reads again."""
+    total = READ_CHUNK * 2 + 10
+    assert cache.set_snapshot(BUCKET, [account(i, priority=0) for i in range(1, total + 1)])
+    rest_ranges = ReadPlan.rest_ranges
+    inserted: list[int] = []
+
+    def overtaken(plan: ReadPlan) -> list[tuple[str, int, int]]:
+        ranges = rest_ranges(plan)
+        if not inserted:
+            inserted.append(total + 1)
+            cache.place_account(BUCKET, account(total + 1, priority=0), [5])
+        return ranges
+
+    monkeypatch.setattr(ReadPlan, "rest_ranges", overtaken)
+    read = cache.read_snapshot(BUCKET)
+    assert read is not None
+    assert [a.id for a in read.accounts] == [1, 2, 3, 4, total + 1, *range(5, total + 1)]
