@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cache import Place, RedisSchedulerCache, SchedulerBucket
 from cache.keys import READ_CHUNK
@@ -235,3 +237,37 @@ def test_a_chunked_read_that_an_insert_overtakes_reads_again(
     read = cache.read_snapshot(BUCKET)
     assert read is not None
     assert [a.id for a in read.accounts] == [1, 2, 3, 4, total + 1, *range(5, total + 1)]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    start=st.lists(st.integers(1, 30), unique=True, max_size=12),
+    steps=st.lists(
+        st.tuples(st.integers(1, 40), st.lists(st.integers(1, 40), max_size=4)), max_size=10
+    ),
+)
+def test_placing_matches_a_reference_list(
+    cache: RedisSchedulerCache, start: list[int], steps: list[tuple[int, list[int]]]
+) -> None:
+    """Against a brute-force reference: the id leaves its old place and goes before the
+    first listed follower (itself excepted), else last."""
+    cache.client.flushdb()
+    assert cache.set_snapshot(BUCKET, [account(i) for i in start], cache.reserve_version(BUCKET))
+    reference = list(start)
+    revision = 1
+    for account_id, followers in steps:
+        revision += 1
+        placed = cache.place_account(BUCKET, account(account_id, revision=revision), followers)
+        if account_id in reference:
+            reference.remove(account_id)
+        pivot = next((f for f in followers if f != account_id and f in reference), None)
+        if pivot is None:
+            reference.append(account_id)
+            assert placed.status == Place.APPENDED
+        else:
+            reference.insert(reference.index(pivot), account_id)
+            assert placed.status == Place.PLACED
+        assert listed(cache) == reference
+        assert count(cache) == len(reference)
