@@ -1,4 +1,5 @@
-"""Following the source database's outbox: changes in, rebuild requests out.
+"""Following the source database's outbox: changes in; one account's change applied in
+place (tasks/worker/in_place.py), the rest as rebuild requests out.
 
 A watermark poller alone skips events: outbox ids are taken when a transaction inserts
 its event, but become visible when it commits, and commits come in any order::
@@ -91,7 +92,8 @@ class OutboxPoller:
     A batch is applied as a whole before the watermark moves: a transient failure
     (Redis or the database unavailable) raises with nothing advanced, and the retry
     applies the same events again, which is safe because applying is idempotent
-    (payloads are revision-guarded, rebuild requests coalesce, last use is monotonic).
+    (payloads and placements are revision-guarded, a placement again puts the account
+    where it is, rebuild requests coalesce, last use is monotonic).
     """
 
     def __init__(
