@@ -86,16 +86,11 @@ class AccountStore:
         return self.change_account(account, belongs) is not None
 
     def change_account(
-        self,
-        account: Account,
-        belongs: Collection[SchedulerBucket] | None = None,
-        leave_active: Collection[SchedulerBucket] = (),
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
     ) -> Reach | None:
         """:meth:`set_account`, saying which buckets' active versions list the account
         now and which of them a writer may be rebuilding from an older read; None when
-        a newer revision is cached (nothing changed). The active versions of
-        ``leave_active`` that list the account are left to the caller (it moves the
-        account there: see :meth:`cache.patches.AccountPatcher.reach`)."""
+        a newer revision is cached (nothing changed)."""
         used = account.last_used_at
         payload, payload_digest = self._w.codec.encode(account)
         revision = -1 if account.revision is None else account.revision
@@ -122,13 +117,7 @@ class AccountStore:
             if not stored:
                 return None
             return self._patcher.reach(
-                account.id,
-                parse_index(index),
-                str(revision),
-                payload_digest,
-                payload,
-                belongs,
-                leave_active,
+                account.id, parse_index(index), str(revision), payload_digest, payload, belongs
             )
 
     def delete_account(self, account_id: int, revision: int | None = None) -> bool:

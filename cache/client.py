@@ -114,13 +114,9 @@ class RedisSchedulerCache:
         return self.accounts.set_account(account, belongs)
 
     def change_account(
-        self,
-        account: Account,
-        belongs: Collection[SchedulerBucket] | None = None,
-        *,
-        leave_active: Collection[SchedulerBucket] = (),
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
     ) -> Reach | None:
-        return self.accounts.change_account(account, belongs, leave_active)
+        return self.accounts.change_account(account, belongs)
 
     def place_account(
         self, bucket: SchedulerBucket, account: Account, followers: Sequence[int]

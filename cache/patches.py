@@ -42,9 +42,6 @@ class Reach:
     # version may leave the change out (the payload reaches it through the index; a
     # removal or a new place in the order may not).
     racing: set[SchedulerBucket] = field(default_factory=set)
-    # Buckets whose active version lists the account and was left as it was, for the
-    # caller to place the account in (``leave_active``).
-    left: set[SchedulerBucket] = field(default_factory=set)
 
 
 def parse_index(flat: list[bytes]) -> dict[SchedulerBucket, int]:
@@ -86,7 +83,6 @@ class AccountPatcher:
         digest: str,
         payload: bytes,
         belongs: Collection[SchedulerBucket] | None = None,
-        leave_active: Collection[SchedulerBucket] = (),
     ) -> Reach:
         """Put the account's new payload (or deletion: ``digest`` ``-``) into each indexed
         version and the active version of each indexed bucket; one push per bucket whose
@@ -97,10 +93,7 @@ class AccountPatcher:
         outside it gets a removal instead of the payload: a version must never serve an
         account with a membership that excludes the bucket read. (Adding the account to
         a bucket that does not list it yet is :class:`cache.placements.AccountPlacer`'s.)
-
-        The active versions of ``leave_active`` are not written where they list the
-        account at an older revision (:attr:`Reach.left`): the caller moves it there,
-        payload and place in one change and one push, instead of two."""
+        """
         reach = Reach()
         targets = list(index.items())
         if not targets:
@@ -112,14 +105,13 @@ class AccountPatcher:
             else removed
             for bucket, _ in targets
         }
-        leave = frozenset(leave_active)
-        replies = self._patch(account_id, targets, content, leave)
+        replies = self._patch(account_id, targets, content)
         follow = [
             (bucket, int(active))
             for (bucket, version), (_, active, _) in zip(targets, replies, strict=True)
             if int(active) > 0 and int(active) != version
         ]
-        again = self._patch(account_id, follow, content, leave) if follow else []
+        again = self._patch(account_id, follow, content) if follow else []
         listed_active = {
             target[0]: int(status) != Patch.NOT_LISTED
             for target, (status, _, _) in zip(follow, again, strict=True)
@@ -130,8 +122,6 @@ class AccountPatcher:
             if version != int(active) or int(status) == Patch.NOT_LISTED:
                 continue
             reach.listed.add(bucket)
-            if int(status) == Patch.LEFT:
-                reach.left.add(bucket)
             if int(status) == Patch.PUSHED and int(reserved) > version:
                 reach.racing.add(bucket)
         fixes: list[tuple[list[str], list[Any]]] = []
@@ -150,7 +140,6 @@ class AccountPatcher:
         account_id: int,
         targets: list[Target],
         content: Mapping[SchedulerBucket, Content],
-        leave: frozenset[SchedulerBucket] = frozenset(),
     ) -> list[list[Any]]:
         k = self._w.keys
         calls: list[tuple[list[str], list[Any]]] = [
@@ -161,14 +150,7 @@ class AccountPatcher:
                     k.entries(bucket, version),
                     k.version_counter(bucket),
                 ],
-                [
-                    version,
-                    account_id,
-                    *content[bucket],
-                    k.changes_channel,
-                    str(bucket),
-                    "1" if bucket in leave else "",
-                ],
+                [version, account_id, *content[bucket], k.changes_channel, str(bucket)],
             )
             for bucket, version in targets
         ]

@@ -23,7 +23,6 @@ class Patch(IntEnum):
     UNCHANGED = 1  # it holds this revision or a newer one already
     STAGED = 2  # changed a version that is not the active one
     PUSHED = 3  # changed the active version, and told near caches
-    LEFT = 4  # the active version lists it; left to the caller, who places it there
 
 
 class Place(IntEnum):

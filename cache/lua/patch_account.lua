@@ -15,14 +15,11 @@
 -- ARGV[6] - channel told '<bucket> <version> <gen> <account id>' after a change to the
 --           active version
 -- ARGV[7] - the bucket's name
--- ARGV[8] - '1' to leave the active version to the caller (it places the account there
---           itself, with one push), '' otherwise
 -- returns {status, active version or 0, last reserved version}; status NOT_LISTED 0
 --         when N does not list the account (or is gone), UNCHANGED 1 when N holds this
 --         revision or a newer one, STAGED 2 when N changed but is not active, PUSHED 3
---         when the active N changed, LEFT 4 when the active N lists the account and
---         was left to the caller (nothing written). A reserved version above the active
---         one is a writer that may have read the source before this change.
+--         when the active N changed. A reserved version above the active one is a
+--         writer that may have read the source before this change.
 local version = tonumber(ARGV[1])
 local id = ARGV[2]
 local revision = tonumber(ARGV[3])
@@ -44,9 +41,6 @@ if not revision then
 end
 if revision < stored or (revision == stored and digest == stored_digest) then
   return {1, active, reserved}
-end
-if version == active and ARGV[8] == '1' then
-  return {4, active, reserved}
 end
 redis.call('HSET', KEYS[3], id, digest .. '/' .. written)
 if digest == '-' then

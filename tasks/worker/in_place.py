@@ -141,9 +141,7 @@ class InPlace:
         applied: Applied,
     ) -> None:
         """Patch ``new`` everywhere it is listed, remove it where it left or is no
-        candidate, and place it where it joined or may have moved; a moved account's
-        active versions are left to the placement (payload and place in one change: one
-        push)."""
+        candidate, and place it where it joined or may have moved."""
         # Where it is a candidate: elsewhere a version that lists it marks it removed,
         # as a rebuild would leave it out (a status, an expiry, a donor's opt-out).
         belongs = {b for b in member_buckets(new, self.rules) if self._candidate(new, b, now)}
@@ -153,16 +151,17 @@ class InPlace:
         else:
             # Back from a removal: its id kept a place that others' moves did not respect.
             moving = {b for b in candidates if old is None or not self._candidate(old, b, now)}
-        can_place = isinstance(self.source, KnowsOrder)
         # Even when the cache holds this revision already: a rebuild may have stored it
         # (patching no other bucket's versions), or a poll killed between storing and
         # placing. Patching and placing again change nothing where the revision is in.
-        reach = self.cache.change_account(new, belongs, leave_active=moving if can_place else ())
+        # The patch reaches every bucket in one round trip, before any placement: a
+        # reader never sees the new revision in one bucket and an older one in another
+        # for longer than that (a move is two pushes, the patch's and the placement's).
+        reach = self.cache.change_account(new, belongs)
         if reach is None:
             return  # a newer revision is cached: its own event placed it
         # Removed from a bucket whose newer version may have read it as a member.
         applied.rebuild |= reach.racing - belongs
-        unplaced = set(reach.left)
         for bucket in sorted(candidates, key=str):
             if bucket in reach.listed and bucket not in moving:
                 continue  # patched in place
@@ -172,14 +171,8 @@ class InPlace:
                 continue
             status, in_order = placement
             applied.placed += status in (Place.PLACED, Place.APPENDED)
-            if status is not None:
-                unplaced.discard(bucket)
             if not in_order:
                 applied.rebuild.add(bucket)
-        if unplaced:
-            # Left for a placement that did not happen (the source no longer counts it a
-            # candidate there): the plain patch, as for any change.
-            self.cache.change_account(new, belongs)
 
     def _place(self, bucket: SchedulerBucket, account: Account) -> tuple[Place | None, bool] | None:
         """Put ``account`` in place in ``bucket``: (what the placement did, None when

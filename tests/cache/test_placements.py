@@ -105,22 +105,6 @@ def test_a_move_takes_the_account_from_its_old_place(
     assert listed(cache) == [20, 30, 10, 40]
 
 
-def test_a_move_left_to_the_placement_is_one_change_and_one_push(
-    cache: RedisSchedulerCache, pushes: Pushes
-) -> None:
-    version = built(cache, 10, 20, 30, 40)
-    pushes.drain()
-    moved = account(10, priority=35, revision=2)
-    reach = cache.change_account(moved, [BUCKET], leave_active=[BUCKET])
-    assert reach is not None and reach.left == {BUCKET} and reach.listed == {BUCKET}
-    assert pushes.drain() == []
-    assert cache.get_snapshot(BUCKET)[0].revision == 1  # type: ignore[index]  # untouched
-    assert cache.place_account(BUCKET, moved, [40]).status == Place.PLACED
-    assert ids(cache) == [20, 30, 10, 40]
-    assert cache.get_snapshot(BUCKET)[2].revision == 2  # type: ignore[index]
-    assert pushes.drain() == [f"{BUCKET} {version} 2 10"]
-
-
 def test_a_newer_revision_or_a_later_removal_stops_a_stale_insert(
     cache: RedisSchedulerCache,
 ) -> None:
