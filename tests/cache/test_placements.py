@@ -255,3 +255,24 @@ def test_placing_matches_a_reference_list(
             assert placed.status == Place.PLACED
         assert listed(cache) == reference
         assert count(cache) == len(reference)
+
+
+def test_an_account_placed_just_after_an_activation_stays_indexed(
+    cache: RedisSchedulerCache,
+) -> None:
+    """A rebuild read the bucket without account 20 and activated v2; before it drops
+    the entries of accounts v2 no longer lists, 20 is put into v2 in place. Its entry
+    must stay, or no later change (its removal) reaches it."""
+    built(cache, 10, 20)
+    settle = cache.snapshots._settle
+
+    def placed_first(*args: object, **kwargs: object) -> None:
+        assert cache.place_account(BUCKET, account(20, revision=2), []).status == Place.APPENDED
+        settle(*args, **kwargs)  # type: ignore[arg-type]
+
+    cache.snapshots._settle = placed_first  # type: ignore[method-assign]
+    assert cache.set_snapshot(BUCKET, [account(10)], cache.reserve_version(BUCKET))
+    cache.snapshots._settle = settle  # type: ignore[method-assign]
+    assert ids(cache) == [10, 20]
+    assert cache.set_account(account(20, revision=3), belongs=[])
+    assert ids(cache) == [10]
