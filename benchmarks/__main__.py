@@ -1,12 +1,13 @@
 """``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick] [scale]
-[nearmem] [--sizes 1000,10000]``: benchmark suites (all by default); ``--sizes`` is the scale
-suite's.
+[nearmem] [change] [--sizes 1000,10000]``: benchmark suites (all by default); ``--sizes``
+is the scale suite's.
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
 gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
 Redis; the scale suite its own Redis, SQLite files and fresh processes per bucket size; the
-nearmem suite its own Redis and fresh processes.
+nearmem suite its own Redis and fresh processes; the change suite (what one account's
+change costs Redis against a rebuild) its own Redis and SQLite.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SUITES = {
     "pick": "benchmarks.pick_bench",
     "scale": "benchmarks.scale",
     "nearmem": "benchmarks.near_memory_bench",
+    "change": "benchmarks.change_cost",
 }
 
 

@@ -26,8 +26,11 @@ from cache.models import (
     check_account_id,
 )
 from cache.near import NearCache
+from cache.patches import Reach
+from cache.placements import Placement
 from cache.reader import SnapshotReader
 from cache.reads import SnapshotRead
+from cache.replies import Place
 
 __all__ = [
     "DEFAULT_CACHED_CREDENTIALS",
@@ -45,6 +48,9 @@ __all__ = [
     "InvalidAccountId",
     "InvalidBucket",
     "NearCache",
+    "Place",
+    "Placement",
+    "Reach",
     "RedisSchedulerCache",
     "SchedulerBucket",
     "SchedulerMode",

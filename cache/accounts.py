@@ -13,7 +13,7 @@ from cache.codec import to_ms
 from cache.errors import CorruptPayload
 from cache.keys import INDEX_CHUNK, READ_CHUNK, WRITE_CHUNK
 from cache.models import Account, SchedulerBucket
-from cache.patches import DELETED, AccountPatcher, parse_index, removal
+from cache.patches import DELETED, AccountPatcher, Reach, parse_index, removal
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ class AccountStore:
         the account belongs to now, by the caller's rules), a version of any other
         bucket that lists it has it removed instead (readers skip it).
         """
+        return self.change_account(account, belongs) is not None
+
+    def change_account(
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+    ) -> Reach | None:
+        """:meth:`set_account`, saying which buckets' active versions list the account
+        now and which of them a writer may be rebuilding from an older read; None when
+        a newer revision is cached (nothing changed)."""
         used = account.last_used_at
         payload, payload_digest = self._w.codec.encode(account)
         revision = -1 if account.revision is None else account.revision
@@ -111,11 +119,10 @@ class AccountStore:
                 ],
             )
             if not stored:
-                return False
-            self._patcher.reach(
+                return None
+            return self._patcher.reach(
                 account.id, parse_index(index), str(revision), payload_digest, payload, belongs
             )
-        return True
 
     def delete_account(self, account_id: int, revision: int | None = None) -> bool:
         """Forget an account; with ``revision``, only if nothing newer is cached.

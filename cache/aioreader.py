@@ -110,7 +110,13 @@ class AsyncSchedulerReader:
             pipe = self.client.pipeline(transaction=False)
             for key, start, end in ranges:
                 pipe.lrange(key, start, end)
-            calls = plan.absorb_rest(await pipe.execute())
+            # As the threaded reader: an insert or a move in place since the first
+            # chunk shifts the ids after it, and moves gen; read again then.
+            pipe.hget(self.keys.meta(plan.bucket), "gen")
+            *parts, gen = await pipe.execute()
+            if int(gen or 0) != plan.gen:
+                raise Expired(f"bucket {plan.bucket} v{plan.version} (changed mid-read)")
+            calls = plan.absorb_rest(parts)
             plan.absorb_entries(await self._hmgets(calls))
         payloads, uses = plan.fetches()
         if isinstance(plan, RowPlan):

@@ -22,7 +22,8 @@ from cache.lastuse import LastUseStore
 from cache.locks import Locks
 from cache.models import Account, BucketInfo, SchedulerBucket
 from cache.outbox import OutboxPosition
-from cache.patches import AccountPatcher
+from cache.patches import AccountPatcher, Reach
+from cache.placements import AccountPlacer, Placement
 from cache.reader import SnapshotReader
 from cache.reads import SnapshotRead
 from cache.rebuilds import RebuildRequests
@@ -61,6 +62,7 @@ class RedisSchedulerCache:
         self.client, self.keys, self.codec, self.clock = w.client, w.keys, w.codec, w.clock
         self.reader = SnapshotReader(client, keys=w.keys, codec=w.codec, scripts=w.scripts)
         self.accounts = AccountStore(w, AccountPatcher(w))
+        self.placer = AccountPlacer(w)
         self.last_use = LastUseStore(w)
         self.registry = BucketRegistry(w)
         self.snapshots = SnapshotWriter(w, self.accounts, self.last_use, self.registry)
@@ -117,6 +119,16 @@ class RedisSchedulerCache:
         self, account: Account, belongs: Collection[SchedulerBucket] | None = None
     ) -> bool:
         return self.accounts.set_account(account, belongs)
+
+    def change_account(
+        self, account: Account, belongs: Collection[SchedulerBucket] | None = None
+    ) -> Reach | None:
+        return self.accounts.change_account(account, belongs)
+
+    def place_account(
+        self, bucket: SchedulerBucket, account: Account, followers: Sequence[int]
+    ) -> Placement:
+        return self.placer.place(bucket, account, followers)
 
     def accounts_behind(self, accounts: list[Account]) -> list[Account]:
         return self.accounts.behind(accounts)

@@ -229,5 +229,6 @@ class KeySpace:
     # -- pub/sub -----------------------------------------------------------------------
     @property
     def changes_channel(self) -> str:
-        """Channel: ``<bucket> <version> <gen>`` after every change readers can see."""
+        """Channel: ``<bucket> <version> <gen>`` after every change readers can see, and
+        `` <account id>`` after it when the change was to that one account."""
         return self._join("changes")

@@ -10,6 +10,7 @@ indexed after it picks the change up from the store by itself.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cache.base import Wiring, text
@@ -27,6 +28,20 @@ REMOVED_STEP = 0.25
 Target = tuple[SchedulerBucket, int]
 # What a version's entry becomes: revision, digest, payload.
 Content = tuple[str, str, bytes]
+
+
+@dataclass(slots=True)
+class Reach:
+    """What a change found in the active versions of the buckets it reached."""
+
+    # Buckets whose active version lists the account (after the change: as a removal
+    # where it no longer belongs).
+    listed: set[SchedulerBucket] = field(default_factory=set)
+    # Buckets whose active version the change altered while a newer version was
+    # reserved: a writer that may have read the source before the change, and whose
+    # version may leave the change out (the payload reaches it through the index; a
+    # removal or a new place in the order may not).
+    racing: set[SchedulerBucket] = field(default_factory=set)
 
 
 def parse_index(flat: list[bytes]) -> dict[SchedulerBucket, int]:
@@ -68,7 +83,7 @@ class AccountPatcher:
         digest: str,
         payload: bytes,
         belongs: Collection[SchedulerBucket] | None = None,
-    ) -> None:
+    ) -> Reach:
         """Put the account's new payload (or deletion: ``digest`` ``-``) into each indexed
         version and the active version of each indexed bucket; one push per bucket whose
         active version changed. Entries naming a version that no longer lists the account
@@ -77,10 +92,12 @@ class AccountPatcher:
         With ``belongs`` (the buckets the account belongs to at this revision), a bucket
         outside it gets a removal instead of the payload: a version must never serve an
         account with a membership that excludes the bucket read. (Adding the account to
-        a bucket that does not list it yet takes a rebuild.)"""
+        a bucket that does not list it yet is :class:`cache.placements.AccountPlacer`'s.)
+        """
+        reach = Reach()
         targets = list(index.items())
         if not targets:
-            return
+            return reach
         removed: Content = (removal(revision), DELETED, b"")
         content = {
             bucket: (revision, digest, payload)
@@ -91,25 +108,32 @@ class AccountPatcher:
         replies = self._patch(account_id, targets, content)
         follow = [
             (bucket, int(active))
-            for (bucket, version), (_, active) in zip(targets, replies, strict=True)
+            for (bucket, version), (_, active, _) in zip(targets, replies, strict=True)
             if int(active) > 0 and int(active) != version
         ]
-        listed_active: dict[SchedulerBucket, bool] = {}
-        if follow:
-            again = self._patch(account_id, follow, content)
-            listed_active = {
-                target[0]: int(status) != Patch.NOT_LISTED
-                for target, (status, _) in zip(follow, again, strict=True)
-            }
+        again = self._patch(account_id, follow, content) if follow else []
+        listed_active = {
+            target[0]: int(status) != Patch.NOT_LISTED
+            for target, (status, _, _) in zip(follow, again, strict=True)
+        }
+        for (bucket, version), (status, active, reserved) in zip(
+            [*targets, *follow], [*replies, *again], strict=True
+        ):
+            if version != int(active) or int(status) == Patch.NOT_LISTED:
+                continue
+            reach.listed.add(bucket)
+            if int(status) == Patch.PUSHED and int(reserved) > version:
+                reach.racing.add(bucket)
         fixes: list[tuple[list[str], list[Any]]] = []
         key = self._w.keys.account_buckets(account_id)
-        for (bucket, version), (status, active) in zip(targets, replies, strict=True):
+        for (bucket, version), (status, active, _) in zip(targets, replies, strict=True):
             listed = int(status) != Patch.NOT_LISTED
             now = _listing(version, listed, int(active), listed_active.get(bucket, False))
             if now != version:
                 fixes.append(([key], [str(bucket), version, now]))
         if fixes:
             self._w.run("reindex_account", fixes)
+        return reach
 
     def _patch(
         self,
@@ -120,7 +144,12 @@ class AccountPatcher:
         k = self._w.keys
         calls: list[tuple[list[str], list[Any]]] = [
             (
-                [k.meta(bucket), k.payloads(bucket, version), k.entries(bucket, version)],
+                [
+                    k.meta(bucket),
+                    k.payloads(bucket, version),
+                    k.entries(bucket, version),
+                    k.version_counter(bucket),
+                ],
                 [version, account_id, *content[bucket], k.changes_channel, str(bucket)],
             )
             for bucket, version in targets

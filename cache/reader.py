@@ -103,7 +103,14 @@ class SnapshotReader:
             pipe = self.client.pipeline(transaction=False)
             for key, start, end in ranges:
                 pipe.lrange(key, start, end)
-            pipe = self._hmgets(plan.absorb_rest(pipe.execute()))
+            # A one-account change in place since the first chunk (cache/placements.py:
+            # an insert or a move shifts the ids after it) would make these offsets read
+            # one id twice and miss the last: every change moves gen, so read again.
+            pipe.hget(self.keys.meta(plan.bucket), "gen")
+            *parts, gen = pipe.execute()
+            if int(gen or 0) != plan.gen:
+                raise Expired(f"bucket {plan.bucket} v{plan.version} (changed mid-read)")
+            pipe = self._hmgets(plan.absorb_rest(parts))
             plan.absorb_entries(pipe.execute())
         payloads, uses = plan.fetches()
         if isinstance(plan, RowPlan):

@@ -25,6 +25,16 @@ class Patch(IntEnum):
     PUSHED = 3  # changed the active version, and told near caches
 
 
+class Place(IntEnum):
+    """place_account.lua."""
+
+    IDLE = 0  # the bucket has no active version
+    MOVED = 1  # another version is active than the caller named
+    STALE = 2  # the version holds a newer revision, or a removal noted after it
+    PLACED = 3  # put before the first follower the version lists
+    APPENDED = 4  # put last: the version lists none of the followers given
+
+
 class Retire(IntEnum):
     """retire_bucket.lua."""
 

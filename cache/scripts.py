@@ -23,6 +23,8 @@ ScriptName = Literal[
     "stage_snapshot",
     "activate_snapshot",
     "patch_account",
+    "place_account",
+    "note_listing",
     "index_accounts",
     "unindex_accounts",
     "drop_staged",

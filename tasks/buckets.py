@@ -142,18 +142,21 @@ def account_buckets(
     }
 
 
+def member_buckets(account: Account, rules: Rules) -> set[SchedulerBucket]:
+    """The buckets ``account`` belongs to now: its platform's in its groups, and the
+    mixed buckets it is a donor to when it opts in."""
+    return {
+        bucket
+        for bucket in account_buckets(account, rules=rules)
+        if bucket.platform == account.platform or donor_opts_in(account.extra)
+    }
+
+
 def belongs_in(bucket: SchedulerBucket, rules: Rules) -> Callable[[Account], bool]:
-    """Whether an account, as it is now, belongs in ``bucket``: one of its groups, its
-    platform's buckets, or a mixed one it is an opted-in donor to. A rebuild passes
-    this to ``set_snapshot``, so a change read after the rebuild's own read never puts
-    an account back into a bucket it has left."""
-
-    def belongs(account: Account) -> bool:
-        if bucket not in account_buckets(account, rules=rules):
-            return False
-        return account.platform == bucket.platform or donor_opts_in(account.extra)
-
-    return belongs
+    """Whether an account, as it is now, belongs in ``bucket`` (:func:`member_buckets`).
+    A rebuild passes this to ``set_snapshot``, so a change read after the rebuild's own
+    read never puts an account back into a bucket it has left."""
+    return lambda account: bucket in member_buckets(account, rules)
 
 
 def warm_buckets(groups: Iterable[tuple[int, str]], rules: Rules) -> list[SchedulerBucket]:

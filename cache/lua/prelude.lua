@@ -33,9 +33,15 @@ local function active_version(meta)
   return tonumber(redis.call('HGET', meta, 'active') or '0')
 end
 
--- Tell near caches that what readers see of a bucket changed: '<bucket> <version> <gen>'.
-local function announce(meta, channel, bucket, version)
+-- Tell near caches that what readers see of a bucket changed: '<bucket> <version> <gen>',
+-- and ' <account id>' after it when the change was to that one account (its id list
+-- place, entry and payload are all that changed). gen grows by one per announcement.
+local function announce(meta, channel, bucket, version, account)
   local gen = redis.call('HINCRBY', meta, 'gen', 1)
-  redis.call('PUBLISH', channel, bucket .. ' ' .. version .. ' ' .. gen)
+  local message = bucket .. ' ' .. version .. ' ' .. gen
+  if account then
+    message = message .. ' ' .. account
+  end
+  redis.call('PUBLISH', channel, message)
   return gen
 end

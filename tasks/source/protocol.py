@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,4 +97,20 @@ class Source(Protocol):
     def update_last_used(self, updates: Mapping[int, datetime]) -> int:
         """Move ``last_used_at`` forward (never back) for existing accounts, in one
         statement batch, without bumping their revision or writing outbox events."""
+        ...
+
+
+@runtime_checkable
+class KnowsOrder(Protocol):
+    """Optional: where an account goes in a bucket's snapshot order.
+
+    With it, the outbox poller puts an account that joins a bucket (or whose priority
+    changed) into the bucket's active version in place; without it, such a change
+    takes a rebuild of the bucket, as every change used to.
+    """
+
+    def followers(self, bucket: SchedulerBucket, account_id: int, limit: int) -> list[int] | None:
+        """The ids that follow ``account_id`` in ``bucket``'s scheduling order (the
+        order of :meth:`Source.accounts_for_bucket`), nearest first, at most ``limit``;
+        None when the account is not among the bucket's candidates now."""
         ...

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from cache import Account, SchedulerBucket, SchedulerMode, brief
 from tasks.buckets import donor_opts_in, platforms_read
-from tasks.source.protocol import Group, OutboxEvent, OutboxStats, Source
+from tasks.source.protocol import Group, KnowsOrder, OutboxEvent, OutboxStats, Source
 from tasks.source.schema import account_groups, accounts, scheduler_outbox, stored_utc
 from tasks.source.schema import groups as groups_table
 from tasks.source.store import (
@@ -104,6 +104,28 @@ UNGROUPED = _ungrouped(*IDENTITY_COLUMNS)
 GROUP_MEMBER_ROWS = _group_members(*ACCOUNT_COLUMNS)
 UNGROUPED_ROWS = _ungrouped(*ACCOUNT_COLUMNS)
 
+# Where one account stands in a bucket's order (its sort key, if it is a candidate), and
+# the accounts after it: the same queries, from a key on, walking the same indexes.
+_ONE = accounts.c.id == sa.bindparam("account_id")
+GROUP_MEMBER_KEY = _group_members(account_groups.c.priority, accounts.c.priority).where(_ONE)
+UNGROUPED_KEY = _ungrouped(accounts.c.priority).where(_ONE)
+GROUP_MEMBERS_AFTER = (
+    _group_members(accounts.c.id)
+    .where(
+        sa.tuple_(account_groups.c.priority, accounts.c.priority, accounts.c.id)
+        > sa.tuple_(sa.bindparam("key_0"), sa.bindparam("key_1"), sa.bindparam("account_id"))
+    )
+    .limit(sa.bindparam("limit"))
+)
+UNGROUPED_AFTER = (
+    _ungrouped(accounts.c.id)
+    .where(
+        sa.tuple_(accounts.c.priority, accounts.c.id)
+        > sa.tuple_(sa.bindparam("key_0"), sa.bindparam("account_id"))
+    )
+    .limit(sa.bindparam("limit"))
+)
+
 
 class SqlSource(SqlStore):
     """:class:`tasks.source.Source` over SQLite or PostgreSQL (SQLAlchemy Core).
@@ -174,6 +196,29 @@ class SqlSource(SqlStore):
                 continue
             result.append(account)
         return result
+
+    def followers(self, bucket: SchedulerBucket, account_id: int, limit: int) -> list[int] | None:
+        """The ids after ``account_id`` in ``bucket``'s order (:meth:`accounts_for_bucket`),
+        nearest first, at most ``limit``; None when it is not a candidate of the bucket.
+
+        Read with the SQL filters only: a follower may still be left out of the
+        snapshot (paused for expiry, a donor that does not opt in), which is why the
+        caller asks for a few and uses the first one the snapshot lists.
+        """
+        grouped = bucket.group_id != 0
+        params: dict[str, Any] = {
+            "group_id": bucket.group_id,
+            "platforms": platforms_read(bucket, self.rules),
+            "account_id": as_account_id(account_id),
+            "limit": limit,
+        }
+        with self.read(f"followers of {account_id} in {bucket}") as conn:
+            key = conn.execute(GROUP_MEMBER_KEY if grouped else UNGROUPED_KEY, params).first()
+            if key is None:
+                return None
+            params.update({f"key_{i}": value for i, value in enumerate(key)})
+            after = conn.execute(GROUP_MEMBERS_AFTER if grouped else UNGROUPED_AFTER, params)
+            return [int(row[0]) for row in after]
 
     def get_accounts(self, account_ids: Iterable[int]) -> dict[int, Account]:
         """The named accounts that exist and are not deleted, by id."""
@@ -302,3 +347,4 @@ if TYPE_CHECKING:
 
     # mypy proves the class implements the seam the tasks are written against.
     _conforms: type[Source] = SqlSource
+    _knows_order: type[KnowsOrder] = SqlSource

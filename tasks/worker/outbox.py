@@ -1,4 +1,5 @@
-"""Following the source database's outbox: changes in, rebuild requests out.
+"""Following the source database's outbox: changes in; one account's change applied in
+place (tasks/worker/in_place.py), the rest as rebuild requests out.
 
 A watermark poller alone skips events: outbox ids are taken when a transaction inserts
 its event, but become visible when it commits, and commits come in any order::
@@ -27,22 +28,20 @@ from typing import Any, Protocol, runtime_checkable
 from celery import Task
 
 from cache import (
-    Account,
     CacheError,
     Clock,
     CorruptKey,
-    CorruptPayload,
     RedisSchedulerCache,
     SchedulerBucket,
     utc_now,
 )
 from tasks import buckets, stats
-from tasks.buckets import account_buckets
 from tasks.celery import app
 from tasks.requests import request_rebuild
 from tasks.runtime import default_buckets, get_cache, get_source, settings
 from tasks.settings import Settings
 from tasks.source.protocol import OutboxEvent, Source
+from tasks.worker.in_place import InPlace
 from tasks.worker.leases import reclaim_lost_rebuilds
 from tasks.worker.outbox_plan import BatchPlan, missing_ids, plan_batch
 from tasks.worker.rebuild import refresh_buckets
@@ -77,6 +76,8 @@ class PollReport:
     gaps_resolved: int = 0
     gaps_given_up: int = 0
     rebuilds_requested: int = 0
+    # Accounts inserted into or moved within a bucket's active version, no rebuild.
+    placed: int = 0
     watermark: int = 0
 
     def add(self, other: PollReport) -> None:
@@ -91,7 +92,8 @@ class OutboxPoller:
     A batch is applied as a whole before the watermark moves: a transient failure
     (Redis or the database unavailable) raises with nothing advanced, and the retry
     applies the same events again, which is safe because applying is idempotent
-    (payloads are revision-guarded, rebuild requests coalesce, last use is monotonic).
+    (payloads and placements are revision-guarded, a placement again puts the account
+    where it is, rebuild requests coalesce, last use is monotonic).
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class OutboxPoller:
                 stats.OUTBOX_GAPS_RESOLVED: report.gaps_resolved,
                 stats.OUTBOX_GAPS_GIVEN_UP: report.gaps_given_up,
                 stats.OUTBOX_REBUILDS_REQUESTED: report.rebuilds_requested,
+                stats.OUTBOX_ACCOUNTS_PLACED: report.placed,
             },
             values,
         )
@@ -243,7 +246,7 @@ class OutboxPoller:
         plan = plan_batch(events)
         report.malformed = len(plan.malformed)
         try:
-            report.rebuilds_requested = self._apply_plan(plan)
+            report.rebuilds_requested, report.placed = self._apply_plan(plan)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -266,7 +269,7 @@ class OutboxPoller:
                 report.malformed += 1
                 continue
             try:
-                report.rebuilds_requested += self._apply_plan(plan)
+                requested, placed = self._apply_plan(plan)
             except Exception as exc:
                 if is_transient(exc):
                     raise
@@ -279,19 +282,27 @@ class OutboxPoller:
                 )
             else:
                 report.applied += 1
+                report.rebuilds_requested += requested
+                report.placed += placed
         if first_error is not None and report.applied == 0 and len(events) > 1:
             # Every event failing points at the system (a schema, a bug), not at the
             # events: skipping them all would lose them. Keep them and retry.
             raise first_error
         return report
 
-    def _apply_plan(self, plan: BatchPlan) -> int:
-        """Carry out ``plan``; returns how many rebuild requests it made."""
+    def _apply_plan(self, plan: BatchPlan) -> tuple[int, int]:
+        """Carry out ``plan``; returns how many rebuild requests it made, and how many
+        accounts it put in place instead (tasks/worker/in_place.py)."""
         if plan.empty:
-            return 0
+            return 0, 0
         wanted: set[SchedulerBucket] = set()
+        placed = 0
         if plan.accounts:
-            wanted |= self._refresh_accounts(plan.accounts)
+            applied = InPlace(self.cache, self.source, self.config, self.clock).apply(
+                plan.accounts, bulk=plan.bulk, regrouped=plan.regrouped, warm=self._warm_buckets()
+            )
+            wanted |= applied.rebuild
+            placed = applied.placed
         if plan.last_used:
             # These times came from the database: nothing to write back (not pending).
             self.cache.update_last_used(plan.last_used)
@@ -304,43 +315,12 @@ class OutboxPoller:
         wanted &= self._warm_buckets()
         for bucket in buckets.in_order(wanted):
             self.request_rebuild(bucket)
-        return len(wanted)
+        return len(wanted), placed
 
     def _warm_buckets(self) -> set[SchedulerBucket]:
         if self._warm is None:
             self._warm = set(self.cache.list_buckets()) | set(default_buckets(self.source))
         return self._warm
-
-    def _refresh_accounts(self, hints: dict[int, frozenset[int] | None]) -> set[SchedulerBucket]:
-        """Refresh or forget each account's payload; the buckets it was or is in."""
-        current = self.source.get_accounts(sorted(hints))
-        gone = [account_id for account_id in hints if account_id not in current]
-        # The deletion's revision makes the tombstone hold even when the cache never saw
-        # the account (a rebuild that read it just before may be about to write it).
-        tombstones = self.source.deleted_revisions(gone) if gone else {}
-        buckets: set[SchedulerBucket] = set()
-        for account_id, groups in sorted(hints.items()):
-            old = self._cached(account_id)
-            new = current.get(account_id)
-            if new is not None:
-                # Even when the cache holds this revision already: a rebuild may have
-                # stored it (patching no other bucket's versions), or a poll killed
-                # between storing and patching. Patching again changes nothing where
-                # the revision is in; removed, not patched, from the buckets it left.
-                self.cache.set_account(new, account_buckets(new, rules=self.config))
-            else:
-                self.cache.delete_account(account_id, tombstones.get(account_id))
-            buckets |= account_buckets(old, new, groups=groups, rules=self.config)
-        return buckets
-
-    def _cached(self, account_id: int) -> Account | None:
-        try:
-            return self.cache.get_account(account_id)
-        except CorruptPayload as exc:
-            logger.warning(
-                "account %d: cached payload unreadable, replacing it: %s", account_id, exc
-            )
-            return None
 
 
 # -- the task ---------------------------------------------------------------------------

@@ -68,6 +68,10 @@ class BatchPlan:
 
     # account id -> groups whose buckets to rebuild; None: every group it was or is in.
     accounts: dict[int, frozenset[int] | None] = field(default_factory=dict)
+    # Accounts named by bulk events: their buckets are rebuilt, not changed in place.
+    bulk: set[int] = field(default_factory=set)
+    # Accounts whose memberships changed: their place in a group's order may have moved.
+    regrouped: set[int] = field(default_factory=set)
     groups: set[int] = field(default_factory=set)
     full_rebuild: bool = False
     last_used: dict[int, datetime] = field(default_factory=dict)
@@ -140,6 +144,8 @@ def _account(plan: BatchPlan, event: OutboxEvent) -> None:
     except ValueError as exc:
         raise MalformedEvent(str(exc)) from None
     plan.add_account(account_id, _groups(event, payload.group_ids))
+    if event.event_type == OutboxEventType.ACCOUNT_GROUPS_CHANGED:
+        plan.regrouped.add(account_id)
 
 
 def _bulk(plan: BatchPlan, event: OutboxEvent) -> None:
@@ -150,6 +156,7 @@ def _bulk(plan: BatchPlan, event: OutboxEvent) -> None:
     groups = _groups(event, payload.group_ids)
     for account_id in account_ids:
         plan.add_account(account_id, groups)
+    plan.bulk.update(account_ids)
 
 
 def _groups(event: OutboxEvent, raw: list[object] | None) -> list[int] | None:

@@ -166,6 +166,7 @@ def test_every_script_works_after_script_flush(
     assert cache.set_snapshot(BUCKET, accounts(2), version)
     assert cache.get_snapshot(BUCKET) is not None
     assert cache.set_account(account(1, revision=2))
+    assert cache.place_account(BUCKET, account(3, revision=1), [2]).version == version
     assert cache.update_last_used({1: T0}, record_pending=True) == 1
     assert cache.ack_pending_last_used({1: T0}) == 1
     token = cache.try_lock_bucket(BUCKET, 5)

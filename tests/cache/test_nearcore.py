@@ -233,6 +233,8 @@ def test_parse_push() -> None:
     assert parse_push(b"12:anthropic:mixed 8 15") == ("12:anthropic:mixed", 15)
     assert parse_push("12:anthropic:mixed 8") is None
     assert parse_push(b"12:anthropic:mixed 8 x") is None
+    assert parse_push(b"12:anthropic:mixed 8 16 42") == ("12:anthropic:mixed", 16)
+    assert parse_push(b"12:anthropic:mixed 8 16 42 1") is None
 
 
 def test_the_backstop_checks_on_time_and_takes_pushes_and_resubscriptions() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -258,3 +259,35 @@ def test_reads_after_a_few_changes_in_a_large_bucket(source: SqlSource, db: SqlW
         assert by_id[5].group_ids == (1, 2)
         assert by_id[3].last_used_at == NOW
     assert got == source.accounts_for_bucket(SchedulerBucket.parse(bucket), NOW)
+
+
+# -- where one account goes: followers -------------------------------------------------
+@pytest.mark.parametrize("bucket", ["5:anthropic:single", "0:anthropic:single", "5:gemini:mixed"])
+def test_followers_are_the_rest_of_the_bucket_order_after_the_account(
+    source: SqlSource, db: SqlWriter, bucket: str
+) -> None:
+    """Against the reference, the bucket's own order: for every member, the ids after
+    it; for an account that is not a candidate of the bucket, None."""
+    rng = random.Random(7)
+    db.create_group("g", "anthropic", id=5)
+    for account_id in range(1, 61):
+        groups = {5: rng.choice([10, 20, 30])} if rng.random() < 0.5 else {}
+        make(
+            source,
+            account_id,
+            platform=rng.choice(["anthropic", "gemini", "antigravity"]),
+            priority=rng.choice([1, 5, 9]),
+            group_ids=groups,
+            status=rng.choice(["active"] * 5 + ["disabled"]),
+            extra={"mixed_scheduling": True},
+        )
+    order = ids(source, bucket)
+    assert len(order) > 3
+    chosen = SchedulerBucket.parse(bucket)
+    for place, account_id in enumerate(order):
+        assert source.followers(chosen, account_id, 100) == order[place + 1 :]
+        assert source.followers(chosen, account_id, 2) == order[place + 1 : place + 3]
+    outside = [i for i in range(1, 61) if i not in order]
+    assert outside
+    for account_id in outside:
+        assert source.followers(chosen, account_id, 5) is None

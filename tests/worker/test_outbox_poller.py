@@ -131,7 +131,7 @@ class HidingSource:
 
 
 # -- event types ------------------------------------------------------------------------
-def test_account_changed_refreshes_the_payload_and_requests_its_buckets(
+def test_account_changed_refreshes_the_payload_and_builds_buckets_never_built(
     source: SqlSource,
     make_poller: Callable[..., OutboxPoller],
     recorder: Recorder,
@@ -149,13 +149,18 @@ def test_account_changed_refreshes_the_payload_and_requests_its_buckets(
     assert report.applied == 1
     cached = poller_cache.get_account(account.id)
     assert cached is not None and cached.revision == account.revision
+    # Nothing to put it in: the buckets are built (with it) by a rebuild.
     assert recorder.take() == GROUP_5_ANTHROPIC
 
+    build(poller_cache, source, *GROUP_5_ANTHROPIC)
     db.update_account(account.id, priority=3)
     poller.poll_batch()
     cached = poller_cache.get_account(account.id)
     assert cached is not None and cached.priority == 3
-    assert recorder.take() == GROUP_5_ANTHROPIC
+    assert recorder.take() == set()  # changed in place
+    for name in GROUP_5_ANTHROPIC:
+        served = poller_cache.get_snapshot(SchedulerBucket.parse(name)) or []
+        assert [(a.id, a.priority) for a in served] == [(account.id, 3)]
     assert poller_cache.get_outbox_watermark() == source.max_outbox_id()
 
 
@@ -172,7 +177,17 @@ def test_a_donor_account_also_requests_the_mixed_buckets_it_can_join(
     )
 
 
-def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
+def build(cache: RedisSchedulerCache, source: SqlSource, *names: str) -> None:
+    """Rebuild the named buckets from the source now, as a rebuild task would."""
+    for name in names:
+        bucket = SchedulerBucket.parse(name)
+        version = cache.reserve_version(bucket)
+        assert cache.set_snapshot(
+            bucket, source.accounts_for_bucket(bucket, datetime.now(UTC)), version
+        )
+
+
+def test_a_deleted_account_is_forgotten_and_left_out_of_its_buckets_without_a_rebuild(
     source: SqlSource,
     make_poller: Callable[..., OutboxPoller],
     recorder: Recorder,
@@ -182,6 +197,7 @@ def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
     account = db.create_account(name="o", platform="openai", type="apikey")
     poller = make_poller(source)
     poller.poll_batch()
+    build(poller_cache, source, "0:openai:single", "0:openai:forced")
     assert poller_cache.get_account(account.id) is not None
     recorder.take()
 
@@ -189,7 +205,10 @@ def test_a_deleted_account_is_forgotten_and_its_buckets_rebuilt(
     poller.poll_batch()
 
     assert poller_cache.get_account(account.id) is None
-    assert recorder.take() == buckets("0:openai:single", "0:openai:forced")
+    assert recorder.take() == set()  # the entries are marked deleted in place
+    for name in ("0:openai:single", "0:openai:forced"):
+        read = poller_cache.read_snapshot(SchedulerBucket.parse(name))
+        assert read is not None and read.accounts == []
 
 
 def test_a_deletion_the_cache_never_saw_still_leaves_a_tombstone(
@@ -227,7 +246,26 @@ def account_in_group_5_of_two(
     return account, poller
 
 
-def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
+def test_moving_an_account_between_groups_moves_it_between_their_snapshots_in_place(
+    source: SqlSource,
+    make_poller: Callable[..., OutboxPoller],
+    recorder: Recorder,
+    poller_cache: RedisSchedulerCache,
+    db: SqlWriter,
+) -> None:
+    account, poller = account_in_group_5_of_two(source, make_poller, recorder)
+    build(poller_cache, source, *GROUPS_5_AND_6_OPENAI)
+
+    db.set_account_groups(account.id, {6: 1})
+    poller.poll_batch()
+
+    assert recorder.take() == set()
+    for name in GROUPS_5_AND_6_OPENAI:
+        served = poller_cache.get_snapshot(SchedulerBucket.parse(name)) or []
+        assert [a.id for a in served] == ([account.id] if name.startswith("6:") else [])
+
+
+def test_moving_an_account_into_a_group_never_built_builds_it(
     source: SqlSource, make_poller: Callable[..., OutboxPoller], recorder: Recorder, db: SqlWriter
 ) -> None:
     account, poller = account_in_group_5_of_two(source, make_poller, recorder)
@@ -235,7 +273,8 @@ def test_moving_an_account_between_groups_rebuilds_old_and_new_groups(
     db.set_account_groups(account.id, {6: 1})
     poller.poll_batch()
 
-    assert recorder.take() == GROUPS_5_AND_6_OPENAI
+    # Group 5's buckets have nothing to take it out of, group 6's nothing to put it in.
+    assert recorder.take() == buckets("6:openai:single", "6:openai:forced")
 
 
 def test_an_account_moved_out_of_a_group_is_removed_from_its_snapshots_not_patched(
@@ -300,13 +339,14 @@ def test_a_move_reaches_other_buckets_even_when_a_rebuild_stored_the_revision_fi
     assert read is not None and read.accounts == []
 
 
-def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in(
+def test_without_group_ids_an_account_event_reaches_every_group_it_was_or_is_in(
     source: SqlSource,
     make_poller: Callable[..., OutboxPoller],
     recorder: Recorder,
     poller_cache: RedisSchedulerCache,
 ) -> None:
     account, poller = account_in_group_5_of_two(source, make_poller, recorder)
+    build(poller_cache, source, *GROUPS_5_AND_6_OPENAI)
 
     # Another application moves it with plain SQL and writes a bare event.
     with source.engine.begin() as conn:
@@ -317,9 +357,12 @@ def test_without_group_ids_an_account_event_rebuilds_every_group_it_was_or_is_in
     insert_event(source, event_type="account_changed", account_id=account.id)
     poller.poll_batch()
 
-    assert recorder.take() == GROUPS_5_AND_6_OPENAI
+    assert recorder.take() == set()
     cached = poller_cache.get_account(account.id)
     assert cached is not None and cached.group_ids == (6,)
+    for name in GROUPS_5_AND_6_OPENAI:
+        served = poller_cache.get_snapshot(SchedulerBucket.parse(name)) or []
+        assert [a.id for a in served] == ([account.id] if name.startswith("6:") else [])
 
 
 def test_bulk_changes_refresh_every_named_account(
