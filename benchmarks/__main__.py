@@ -1,10 +1,11 @@
-"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick]``: benchmark
-suites (all by default).
+"""``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick] [freshness]``:
+benchmark suites (all by default).
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
 gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
-Redis.
+Redis; the freshness suite its own Redis, worker with beat and reader processes, on
+SQLite and (with SCHED_TEST_POSTGRES_URL) PostgreSQL.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SUITES = {
     "cluster": "benchmarks.cluster_bench",
     "gateway": "benchmarks.gateway_bench",
     "pick": "benchmarks.pick_bench",
+    "freshness": "benchmarks.freshness",
 }
 
 
