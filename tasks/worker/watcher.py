@@ -12,6 +12,18 @@ While its reads fail, the watcher cannot tell what committed: it nudges a poll e
 ``outbox_interval_seconds`` until a read succeeds again, as the listener does while
 it is not connected. Its first read nudges once, for whatever committed before it.
 
+A nudged poll can come to nothing: a poll already running holds the poll lock, and the
+new one returns "busy"; if the running one read the outbox before the commit, nobody
+applies it until the next nudge::
+
+    poll A: lock, read outbox ........................ unlock
+    commit 42                 |
+    watcher: end 42, nudge -> poll B: lock busy, returns
+                                                      42 waits for beat's backstop
+
+So ``confirm_seconds`` after a nudge the watcher reads the applied watermark (one Redis
+GET, only after a change) and nudges again while it is short of the end it saw.
+
 One watcher per worker (started in the main process on ``worker_ready``, stopped on
 ``worker_shutdown``), with its own source object: pool children never use it.
 """
@@ -43,13 +55,21 @@ class OutboxWatcher:
         *,
         interval: float,
         fallback_seconds: float,
+        read_applied: Callable[[], int] | None = None,
+        confirm_seconds: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.read_end = read_end
         self.nudger = nudger
         self.interval = interval
         self.fallback_seconds = fallback_seconds
+        self.read_applied = read_applied
+        self.confirm_seconds = confirm_seconds
+        self.clock = clock
         self.reads = 0
         self.last: int | None = None
+        # When the last nudge was sent for an end not yet seen applied.
+        self._unconfirmed: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
@@ -65,14 +85,21 @@ class OutboxWatcher:
         self._thread.join(timeout)
 
     def check(self) -> bool:
-        """One read; True when it nudged (the end moved, or this was the first read)."""
+        """One read; True when it nudged: the end moved (or this was the first read), or
+        a poll nudged ``confirm_seconds`` ago has not applied it yet."""
         end = self.read_end()
         self.reads += 1
-        moved = end != self.last
-        self.last = end
-        if moved:
-            self.nudger.nudge()
-        return moved
+        now = self.clock()
+        if end != self.last:
+            self.last = end
+        elif self._unconfirmed is None or now - self._unconfirmed < self.confirm_seconds:
+            return False
+        elif self.read_applied is None or self.read_applied() >= end:
+            self._unconfirmed = None
+            return False
+        self._unconfirmed = now
+        self.nudger.nudge()
+        return True
 
     def _run(self) -> None:
         failing_since: float | None = None
@@ -88,8 +115,8 @@ class OutboxWatcher:
                 if failing_since is None:
                     failing_since = now
                     logger.warning(
-                        "outbox watcher cannot read the source (%s); polling every %ss "
-                        "until it can",
+                        "outbox watcher cannot read the outbox's end or the applied "
+                        "watermark (%s); polling every %ss until it can",
                         exc,
                         self.fallback_seconds,
                     )
@@ -104,7 +131,7 @@ _watcher: OutboxWatcher | None = None
 
 def start_watcher(**kwargs: Any) -> None:
     global _watcher
-    from tasks.runtime import build_source, settings
+    from tasks.runtime import build_source, get_cache, settings
     from tasks.source.protocol import Source
 
     config = settings()
@@ -119,6 +146,7 @@ def start_watcher(**kwargs: Any) -> None:
         poll_nudger(config.outbox_wakeup_window_seconds),
         interval=config.outbox_watch_seconds,
         fallback_seconds=config.outbox_interval_seconds,
+        read_applied=lambda: get_cache().get_outbox_watermark(),
     )
     _watcher.start()
 

@@ -11,15 +11,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from cache import RedisSchedulerCache
 from tasks.celery import beat_schedule
 from tasks.settings import Settings
-from tasks.source import SqlSource
+from tasks.source import SqlSource, SqlWriter
+from tasks.worker.outbox import POLL_LOCK
 from tasks.worker.schedules import WhenPending, last_use_pending
 from tasks.worker.watcher import OutboxWatcher
 from tests.processes import WorkerProcess, wait_for
 from tests.support import snapshot_ids
+from tests.worker.helpers import SLOW_SOURCE
 from tests.worker.test_wakeup import BUCKET, set_status, two_accounts
 
 
@@ -42,6 +45,32 @@ def test_the_watcher_nudges_on_its_first_read_and_then_only_when_the_end_moved()
     w = watcher(lambda: next(ends), nudges)
     assert [w.check() for _ in range(6)] == [True, False, False, True, False, True]
     assert nudges.count == 3
+
+
+def test_a_nudge_that_came_to_nothing_is_sent_again_until_the_poll_applied_the_end() -> None:
+    # A poll running since before the commit held the lock: the nudged one returned busy.
+    now = [0.0]
+    applied = [3]
+    looks: list[int] = []
+
+    def read_applied() -> int:
+        looks.append(applied[0])
+        return applied[0]
+
+    nudges = Nudges()
+    w = watcher(lambda: 5, nudges, confirm_seconds=0.5)
+    w.read_applied, w.clock = read_applied, lambda: now[0]
+    assert w.check() and nudges.count == 1
+    now[0] = 0.3
+    assert not w.check() and not looks  # too soon to ask
+    now[0] = 0.6
+    assert w.check() and nudges.count == 2 and looks == [3]  # still short: again
+    applied[0] = 5
+    now[0] = 1.2
+    assert not w.check() and looks == [3, 5]  # applied: confirmed
+    now[0] = 5.0
+    assert not w.check() and looks == [3, 5]  # idle: no more Redis reads
+    assert nudges.count == 2
 
 
 def test_a_watcher_that_cannot_read_polls_at_the_fallback_rate_and_recovers() -> None:
@@ -149,3 +178,34 @@ def test_a_plain_sql_change_reaches_the_snapshot_through_the_watcher(
         took.append(time.monotonic() - committed)
     print(f"plain SQL -> snapshot through the watcher: {[f'{t:.3f}' for t in took]}")
     assert max(took) < 2.0
+
+
+def test_a_commit_during_a_running_poll_is_applied_without_waiting_for_beat(
+    source: SqlSource,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    task_cache: RedisSchedulerCache,
+    redis_client: redis.Redis,
+) -> None:
+    # Slow polls (each account read takes 0.6 s) and no beat at all: a commit made while
+    # a poll runs, after its read of the outbox, is nudged into a poll that finds the
+    # lock held and returns; only the watcher's second look brings it.
+    env = {**worker_env, "SCHED_OUTBOX_WATCH_SECONDS": "0.05", "SCHED_SOURCE_FACTORY": SLOW_SOURCE}
+    start_worker(env)
+    ids = two_accounts(source)
+    # A third: the bucket stays non-empty (an empty snapshot is a miss).
+    ids.append(SqlWriter(source).create_account(name="c", platform="openai", type="apikey").id)
+    wait_for(lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts")
+    lock = task_cache.keys.named_lock(POLL_LOCK)
+    wait_for(lambda: not redis_client.exists(lock), what="no poll running")
+
+    set_status(source, ids[0], "disabled")
+    wait_for(lambda: redis_client.exists(lock), interval=0.005, what="its poll running")
+    time.sleep(0.2)  # past its read of the outbox, in its slow account read
+    committed = set_status(source, ids[-1], "disabled")
+    # Applied by a poll (not only read by the rebuild the first change started).
+    end = source.max_outbox_id()
+    wait_for(lambda: task_cache.get_outbox_watermark() >= end, timeout=10, what="applied")
+    took = time.monotonic() - committed
+    print(f"commit during a running poll -> snapshot {took:.2f}s")
+    assert took < 3.0
