@@ -20,9 +20,11 @@ import sqlalchemy as sa
 from cache import RedisSchedulerCache
 from tasks.source import SqlSource
 from tasks.worker.listener import APPLICATION_NAME
+from tasks.worker.outbox import POLL_LOCK
 from tasks.worker.watcher import THREAD_NAME as WATCHER_THREAD
 from tests.processes import WorkerProcess, wait_for
 from tests.support import snapshot_ids
+from tests.worker.helpers import SLOW_SOURCE
 from tests.worker.test_wakeup import (
     BUCKET,
     LONG_BACKSTOP,
@@ -170,6 +172,38 @@ def test_a_commit_that_does_not_notify_costs_at_most_one_backstop(
     for each in took:
         assert_backstop_bound(each)
     assert listener_pid(pg, channel) is not None  # the listener was fine all along
+
+
+def test_a_commit_during_a_running_poll_is_applied_without_waiting_for_beat(
+    pg: SqlSource,
+    channel: str,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    task_cache: RedisSchedulerCache,
+    redis_client: redis.Redis,
+) -> None:
+    # Slow polls (each account read takes 0.6 s), no beat: the notification of a commit
+    # made while a poll runs, after its read of the outbox, nudges a poll that finds the
+    # lock held and returns; only the listener's second look brings it.
+    env = pg_env(
+        worker_env, pg, SCHED_OUTBOX_NOTIFY_CHANNEL=channel, SCHED_SOURCE_FACTORY=SLOW_SOURCE
+    )
+    start_worker(env)
+    wait_for(lambda: listener_pid(pg, channel), what="the listener")
+    ids = two_accounts(pg)
+    wait_for(lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts")
+    lock = task_cache.keys.named_lock(POLL_LOCK)
+    wait_for(lambda: not redis_client.exists(lock), what="no poll running")
+
+    set_status(pg, ids[0], "disabled")
+    wait_for(lambda: redis_client.exists(lock), interval=0.005, what="its poll running")
+    time.sleep(0.2)  # past its read of the outbox, in its slow account read
+    committed = set_status(pg, ids[-1], "disabled")
+    end = pg.max_outbox_id()
+    wait_for(lambda: task_cache.get_outbox_watermark() >= end, timeout=10, what="applied")
+    took = time.monotonic() - committed
+    print(f"commit during a running poll -> applied {took:.2f}s")
+    assert took < 3.0
 
 
 # -- SQLite: the watcher --------------------------------------------------------------
