@@ -42,8 +42,10 @@ APPLICATION_NAME = "sched-outbox-listener"
 # How often the waiting thread looks up to see whether it is asked to stop.
 STOP_CHECK_SECONDS = 0.5
 FIRST_RETRY_SECONDS = 0.1
-# The outbox's highest id, read on the listener's own connection.
-OUTBOX_END = f"SELECT coalesce(max(id), 0) FROM {scheduler_outbox.name}"
+# The outbox's highest id, read on the listener's own connection. The comment names the
+# channel: pg_stat_activity shows a session's last statement, and an operator (or a
+# test) tells listeners apart by it, as by their LISTEN.
+OUTBOX_END = f"SELECT coalesce(max(id), 0) FROM {scheduler_outbox.name} /* {{channel}} */"
 # After a nudge, how long a poll has to apply the outbox's end before another is sent.
 CONFIRM_SECONDS = 0.5
 
@@ -133,7 +135,7 @@ class OutboxListener:
                     self.nudger.nudge()
                     heard = True
                 if heard and self.read_applied is not None:
-                    row = conn.execute(OUTBOX_END).fetchone()
+                    row = conn.execute(OUTBOX_END.format(channel=self.channel)).fetchone()
                     self._expected, self._nudged_at = int(row[0] if row else 0), time.monotonic()
                 elif self._expected is not None:
                     self._confirm()

@@ -24,9 +24,14 @@ WAKEUP_BOUND = 5.0
 
 
 def listener_pid(source: SqlSource, channel: str) -> int | None:
-    query = sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :app AND query = :q")
+    # Its last statement names the channel: its LISTEN, or its read of the outbox's end.
+    query = sa.text(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = :app"
+        " AND (query = :listen OR query LIKE :read)"
+    )
+    names = {"app": APPLICATION_NAME, "listen": f"LISTEN {channel}", "read": f"%/* {channel} */"}
     with source.engine.connect() as conn:
-        row = conn.execute(query, {"app": APPLICATION_NAME, "q": f"LISTEN {channel}"}).first()
+        row = conn.execute(query, names).first()
     return None if row is None else int(row[0])
 
 
