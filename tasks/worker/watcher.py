@@ -21,8 +21,9 @@ applies it until the next nudge::
     watcher: end 42, nudge -> poll B: lock busy, returns
                                                       42 waits for beat's backstop
 
-So ``confirm_seconds`` after a nudge the watcher reads the applied watermark (one Redis
-GET, only after a change) and nudges again while it is short of the end it saw.
+So ``confirm_seconds`` (a quarter second) after a nudge the watcher reads the applied
+watermark (one Redis GET, only after a change) and nudges again while it is short of
+the end it saw.
 
 One watcher per worker (started in the main process on ``worker_ready``, stopped on
 ``worker_shutdown``), with its own source object: pool children never use it.
@@ -43,6 +44,10 @@ from tasks.worker.wakeup import PollNudger, poll_nudger
 logger = logging.getLogger(__name__)
 
 THREAD_NAME = "sched-outbox-watcher"
+# After a nudge, how long a poll has to apply the end before another is sent: a poll
+# takes milliseconds, and a change whose poll came to nothing should still reach the
+# readers well within a second.
+CONFIRM_SECONDS = 0.25
 
 
 class OutboxWatcher:
@@ -56,7 +61,7 @@ class OutboxWatcher:
         interval: float,
         fallback_seconds: float,
         read_applied: Callable[[], int] | None = None,
-        confirm_seconds: float = 0.5,
+        confirm_seconds: float = CONFIRM_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.read_end = read_end
