@@ -17,7 +17,8 @@ beat running and no readers, with Redis server CPU, next to the same with the wa
 off.
 
 SQLite always; PostgreSQL when ``--postgres`` or ``SCHED_TEST_POSTGRES_URL`` names a
-server (a schema of its own, dropped after). Bounded: about two minutes per database.
+server (a schema of its own, dropped after). Bounded (each wait has a deadline): about
+two and a half minutes per database on two shared cores.
 """
 
 from __future__ import annotations
