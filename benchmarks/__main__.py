@@ -1,13 +1,15 @@
 """``python -m benchmarks [cache] [tasks] [outbox] [cluster] [gateway] [pick] [scale]
-[nearmem] [change] [--sizes 1000,10000]``: benchmark suites (all by default); ``--sizes``
-is the scale suite's.
+[nearmem] [change] [freshness] [--sizes 1000,10000]``: benchmark suites (all by
+default); ``--sizes`` is the scale suite's.
 
 The cache suite uses SCHED_REDIS_URL (``make bench`` starts a private server); the task
 suites start their own Redis and workers, the cluster suite its own 3-master Cluster, the
 gateway suite its own Redis and uvicorn processes, loaded by wrk; the pick suite its own
 Redis; the scale suite its own Redis, SQLite files and fresh processes per bucket size; the
 nearmem suite its own Redis and fresh processes; the change suite (what one account's
-change costs Redis against a rebuild) its own Redis and SQLite.
+change costs Redis against a rebuild) its own Redis and SQLite; the freshness suite its own
+Redis, worker with beat and reader processes, on SQLite and (with
+SCHED_TEST_POSTGRES_URL) PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SUITES = {
     "scale": "benchmarks.scale",
     "nearmem": "benchmarks.near_memory_bench",
     "change": "benchmarks.change_cost",
+    "freshness": "benchmarks.freshness",
 }
 
 

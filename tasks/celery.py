@@ -120,6 +120,8 @@ def _queue(name: str) -> Queue:
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The periodic tasks, each expiring after its interval."""
+    from tasks.worker.schedules import WhenPending, last_use_pending
+
     prune_every = prune_interval(settings.outbox_retention_seconds)
     return {
         "refresh-buckets": {
@@ -139,7 +141,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "flush-last-used": {
             "task": "tasks.flush_last_used",
-            "schedule": settings.last_used_db_flush_seconds,
+            # Sent only when last-use times are pending: idle, a tick costs one read.
+            "schedule": WhenPending(settings.last_used_db_flush_seconds, last_use_pending),
             "options": {"expires": settings.last_used_db_flush_seconds},
         },
     }
@@ -169,6 +172,7 @@ app = Celery(
         "tasks.worker.prune",
         "tasks.worker.last_used",
         "tasks.worker.listener",
+        "tasks.worker.watcher",
     ],
 )
 # Read on first use, not at import: importing the app reads no settings, so a tool can

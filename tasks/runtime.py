@@ -99,11 +99,13 @@ def get_source() -> Source:
     if _source is None:
         with _lock:
             if _source is None:
-                _source = _build_source(settings())
+                _source = build_source(settings())
     return _source
 
 
-def _build_source(s: Settings) -> Source:
+def build_source(s: Settings) -> Source:
+    """A new source for ``s``: the process's own is :func:`get_source`; a thread that
+    must not share it (the worker's outbox watcher) builds its own."""
     if s.source_factory:
         return cast(Source, load_factory(s.source_factory)(s))
     from tasks.source.reader import SqlSource

@@ -122,16 +122,22 @@ class Settings(BaseSettings):
     outbox_gap_timeout_seconds: float = Field(default=60.0, gt=0)
     # Applied outbox rows older than this are deleted (tasks.prune_outbox); 0 keeps all.
     outbox_retention_seconds: float = Field(default=86_400.0, ge=0)
-    # Wake-up on commit (PostgreSQL): the outbox trigger NOTIFYs this channel and a
-    # listener in each worker sends a poll at once. Polls then run from beat only every
-    # outbox_backstop_seconds, the bound on a change whose notification was lost; while
-    # a listener is not connected it polls every outbox_interval_seconds itself.
-    # SQLite has no notifications: beat keeps polling every outbox_interval_seconds.
+    # Wake-up on commit. PostgreSQL: the outbox trigger NOTIFYs this channel and a
+    # listener in each worker sends a poll at once. SQLite, which has no notifications:
+    # a watcher in each worker reads the outbox's highest id every outbox_watch_seconds
+    # and sends a poll when it moved. Polls then run from beat only every
+    # outbox_backstop_seconds, the bound on a change whose wake-up was lost; while a
+    # listener is not connected (or a watcher cannot read) it polls every
+    # outbox_interval_seconds itself. Off: beat polls every outbox_interval_seconds.
     outbox_wakeup: bool = True
     outbox_notify_channel: str = Field(default="sched_outbox", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     outbox_backstop_seconds: float = Field(default=10.0, gt=0)
     # Wake-ups within this long of a sent poll coalesce into one more poll at its end.
     outbox_wakeup_window_seconds: float = Field(default=0.1, gt=0)
+    # SQLite: a read of the local file, a few microseconds; a change waits half of it on
+    # average before its poll is sent. 0: no watcher (beat polls every
+    # outbox_interval_seconds, as with the wake-ups off).
+    outbox_watch_seconds: float = Field(default=0.2, ge=0)
 
     # -- last used -------------------------------------------------------------------
     last_used_cache_flush_seconds: float = Field(default=0.5, gt=0)
@@ -253,11 +259,19 @@ class Settings(BaseSettings):
         return self.outbox_wakeup and self.database_url.startswith("postgresql")
 
     @property
+    def watches_outbox(self) -> bool:
+        """Whether a watcher in each worker reads the (SQLite) outbox's end for changes."""
+        return (
+            self.outbox_wakeup
+            and self.outbox_watch_seconds > 0
+            and self.database_url.startswith("sqlite")
+        )
+
+    @property
     def outbox_poll_seconds(self) -> float:
         """Seconds between two beat-driven outbox polls."""
-        return (
-            self.outbox_backstop_seconds if self.wakes_on_commit else self.outbox_interval_seconds
-        )
+        woken = self.wakes_on_commit or self.watches_outbox
+        return self.outbox_backstop_seconds if woken else self.outbox_interval_seconds
 
     @property
     def effective_broker_url(self) -> str:

@@ -92,8 +92,12 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def process_env(redis_url: str, redis_client: redis.Redis, sqlite_url: str) -> dict[str, str]:
-    """A subprocess's environment: the test's Redis (flushed) and SQLite."""
-    return child_env(SCHED_REDIS_URL=redis_url, SCHED_DATABASE_URL=sqlite_url)
+    """A subprocess's environment: the test's Redis (flushed) and SQLite, without the
+    SQLite outbox watcher: a test's own writes start no poll unless it asks for one
+    (tests/worker/test_watcher.py turns the watcher on)."""
+    return child_env(
+        SCHED_REDIS_URL=redis_url, SCHED_DATABASE_URL=sqlite_url, SCHED_OUTBOX_WATCH_SECONDS="0"
+    )
 
 
 @pytest.fixture

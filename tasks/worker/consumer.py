@@ -48,6 +48,15 @@ logger = logging.getLogger(__name__)
 RECONNECT_FIRST_SECONDS = 0.25
 RECONNECT_STEP_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
+# Idle cost: a worker-heartbeat event every 10 s, not Celery's 2 s (one PUBLISH each).
+# Flower and ``celery events`` count a worker gone after twice the interval without
+# one; a receiver that starts asks for one at once. ``--heartbeat-interval`` overrides.
+EVENT_HEARTBEAT_SECONDS = 10
+# Idle cost, Redis broker: an idle BRPOP comes back empty (and is sent again) every 5 s,
+# not kombu's every second. A message still arrives at once; what waits longer is only
+# the worker's warm shutdown (kombu reads the pending reply as it closes) and the
+# detection of a half-open broker connection (this + health_check_interval).
+BRPOP_TIMEOUT_SECONDS = 5
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -57,8 +66,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     connection: Any
     connection_errors: tuple[type[BaseException], ...]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, worker_options: Any = None, **kwargs: Any) -> None:
+        options = dict(worker_options or {})
+        if not options.get("heartbeat_interval"):
+            options["heartbeat_interval"] = EVENT_HEARTBEAT_SECONDS
+        super().__init__(*args, worker_options=options, **kwargs)
         # Before the task strategies are built: each request takes this tuple as the
         # errors its late acknowledgement may meet (see the module's docstring).
         self.connection_errors = with_lost_channel_errors(self.connection_errors)
@@ -67,6 +79,10 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     broker_connection_retry_attempt: int
 
     def ensure_connected(self, conn: Any) -> Any:
+        with_brpop_timeout(conn)
+        return self._ensure_connected(conn)
+
+    def _ensure_connected(self, conn: Any) -> Any:
         # Celery's own body; only the interval arguments of ensure_connection differ.
         def _error_handler(
             exc: Exception, interval: float, next_step: str = CONNECTION_RETRY_STEP
@@ -151,3 +167,12 @@ def with_lost_channel_errors(
     """``errors`` and the AttributeError kombu raises acknowledging on a channel whose
     connection was collected (see the module's docstring)."""
     return errors if AttributeError in errors else (*errors, AttributeError)
+
+
+def with_brpop_timeout(conn: Any, seconds: float = BRPOP_TIMEOUT_SECONDS) -> None:
+    """Give a Redis transport's channels ``seconds`` of BRPOP timeout; other
+    transports (RabbitMQ) are left as they are. Before the connection is made: its
+    channels take the transport's value as they are created."""
+    transport: Any = getattr(conn, "transport", None)
+    if hasattr(transport, "brpop_timeout"):
+        transport.brpop_timeout = seconds

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
@@ -154,3 +155,20 @@ def postgres_url(test_servers: TestServers) -> Iterator[str]:
     with postgres_schema_or_skip(test_servers) as url:
         init_schema(url).dispose()
         yield url
+
+
+@pytest.fixture
+def channel() -> str:
+    """A notification channel of the test's own."""
+    return f"sched_t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pg(test_servers: TestServers, channel: str) -> Iterator[SqlSource]:
+    """The SQL source on a PostgreSQL schema of the test's own, notifying ``channel``."""
+    with postgres_schema_or_skip(test_servers) as url:
+        source = SqlSource(init_schema(url, notify_channel=channel))
+        try:
+            yield source
+        finally:
+            source.close()

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks.source import SqlSource, SqlWriter
-from tasks.source.schema import init_schema
 from tasks.worker.listener import APPLICATION_NAME
 from tests.processes import WorkerProcess, wait_for
-from tests.support import TestServers, postgres_schema_or_skip, snapshot_ids
+from tests.support import snapshot_ids
 
 BUCKET = SchedulerBucket.parse("0:openai:single")
 # Far longer than a wake-up takes: only the listener can explain a change seen sooner.
@@ -26,25 +23,15 @@ LONG_BACKSTOP = 30.0
 WAKEUP_BOUND = 5.0
 
 
-@pytest.fixture
-def channel() -> str:
-    return f"sched_t_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def pg(test_servers: TestServers, channel: str) -> Iterator[SqlSource]:
-    with postgres_schema_or_skip(test_servers) as url:
-        source = SqlSource(init_schema(url, notify_channel=channel))
-        try:
-            yield source
-        finally:
-            source.close()
-
-
 def listener_pid(source: SqlSource, channel: str) -> int | None:
-    query = sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :app AND query = :q")
+    # Its last statement names the channel: its LISTEN, or its read of the outbox's end.
+    query = sa.text(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = :app"
+        " AND (query = :listen OR query LIKE :read)"
+    )
+    names = {"app": APPLICATION_NAME, "listen": f"LISTEN {channel}", "read": f"%/* {channel} */"}
     with source.engine.connect() as conn:
-        row = conn.execute(query, {"app": APPLICATION_NAME, "q": f"LISTEN {channel}"}).first()
+        row = conn.execute(query, names).first()
     return None if row is None else int(row[0])
 
 
