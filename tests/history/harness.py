@@ -31,12 +31,9 @@ from tests.history.writer import PLATFORM, ChangeWriter
 from tests.processes import Service, WorkerProcess, child_env, settings_from_env, wait_for
 from tests.support import RedisServer
 
-# SQLite polls from beat every 0.2 s, not from the outbox watcher (docs/operations.md).
-TIMES = {
-    "SCHED_OUTBOX_INTERVAL_SECONDS": "0.2",
-    "SCHED_LAST_USED_DB_FLUSH_SECONDS": "1",
-    "SCHED_OUTBOX_WATCH_SECONDS": "0",
-}
+# The defaults (the outbox watcher on SQLite, the listener on PostgreSQL), with last uses
+# flushed to the database every second.
+TIMES = {"SCHED_LAST_USED_DB_FLUSH_SECONDS": "1"}
 # Time for the actors to import and connect before the load starts.
 STARTUP_SECONDS = 8.0
 FAULTS = ("worker_kill", "worker_pause", "flushall", "redis_restart")
