@@ -200,28 +200,54 @@ def test_a_patch_names_the_account_and_a_rebuild_does_not(
     assert pushes.drain() == [f"{BUCKET} {version} 3 10"]
 
 
+OVERTAKEN = READ_CHUNK * 2 + 10
+
+
+@pytest.fixture
+def overtaken(cache: RedisSchedulerCache, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A bucket of OVERTAKEN accounts whose first read is overtaken, between its first
+    chunk and the rest, by an insert before account 5; the order a read must return."""
+    assert cache.set_snapshot(BUCKET, [account(i, priority=0) for i in range(1, OVERTAKEN + 1)])
+    rest_ranges = ReadPlan.rest_ranges
+    inserted: list[int] = []
+
+    def insert_first(plan: ReadPlan) -> list[tuple[str, int, int]]:
+        ranges = rest_ranges(plan)
+        if not inserted:
+            inserted.append(OVERTAKEN + 1)
+            cache.place_account(BUCKET, account(OVERTAKEN + 1, priority=0), [5])
+        return ranges
+
+    monkeypatch.setattr(ReadPlan, "rest_ranges", insert_first)
+    return [1, 2, 3, 4, OVERTAKEN + 1, *range(5, OVERTAKEN + 1)]
+
+
 def test_a_chunked_read_that_an_insert_overtakes_reads_again(
-    cache: RedisSchedulerCache, monkeypatch: pytest.MonkeyPatch
+    cache: RedisSchedulerCache, overtaken: list[int]
 ) -> None:
     """Past the first chunk, ids are read by offset: an insert between the first chunk
     and the rest would shift them (one id twice, the last one missed). The read sees gen
     move and reads again."""
-    total = READ_CHUNK * 2 + 10
-    assert cache.set_snapshot(BUCKET, [account(i, priority=0) for i in range(1, total + 1)])
-    rest_ranges = ReadPlan.rest_ranges
-    inserted: list[int] = []
-
-    def overtaken(plan: ReadPlan) -> list[tuple[str, int, int]]:
-        ranges = rest_ranges(plan)
-        if not inserted:
-            inserted.append(total + 1)
-            cache.place_account(BUCKET, account(total + 1, priority=0), [5])
-        return ranges
-
-    monkeypatch.setattr(ReadPlan, "rest_ranges", overtaken)
     read = cache.read_snapshot(BUCKET)
     assert read is not None
-    assert [a.id for a in read.accounts] == [1, 2, 3, 4, total + 1, *range(5, total + 1)]
+    assert [a.id for a in read.accounts] == overtaken
+
+
+def test_an_asyncio_chunked_read_that_an_insert_overtakes_reads_again(
+    redis_url: str, overtaken: list[int]
+) -> None:
+    """The same with the asyncio reader."""
+
+    async def read() -> list[int]:
+        reader = AsyncSchedulerReader.from_url(redis_url)
+        try:
+            found = await reader.read_snapshot(BUCKET)
+        finally:
+            await reader.aclose()
+        assert found is not None
+        return [a.id for a in found.accounts]
+
+    assert asyncio.run(read()) == overtaken
 
 
 @settings(
@@ -277,33 +303,3 @@ def test_an_account_placed_just_after_an_activation_stays_indexed(
     assert ids(cache) == [10, 20]
     assert cache.set_account(account(20, revision=3), belongs=[])
     assert ids(cache) == [10]
-
-
-def test_an_asyncio_chunked_read_that_an_insert_overtakes_reads_again(
-    cache: RedisSchedulerCache, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same with the asyncio reader."""
-    total = READ_CHUNK * 2 + 10
-    assert cache.set_snapshot(BUCKET, [account(i, priority=0) for i in range(1, total + 1)])
-    rest_ranges = ReadPlan.rest_ranges
-    inserted: list[int] = []
-
-    def overtaken(plan: ReadPlan) -> list[tuple[str, int, int]]:
-        ranges = rest_ranges(plan)
-        if not inserted:
-            inserted.append(total + 1)
-            cache.place_account(BUCKET, account(total + 1, priority=0), [5])
-        return ranges
-
-    monkeypatch.setattr(ReadPlan, "rest_ranges", overtaken)
-
-    async def read() -> list[int]:
-        reader = AsyncSchedulerReader.from_url(redis_url)
-        try:
-            found = await reader.read_snapshot(BUCKET)
-        finally:
-            await reader.aclose()
-        assert found is not None
-        return [a.id for a in found.accounts]
-
-    assert asyncio.run(read()) == [1, 2, 3, 4, total + 1, *range(5, total + 1)]

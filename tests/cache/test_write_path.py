@@ -262,6 +262,25 @@ def _in_group(group: int) -> Keeps:
     return lambda a: group in a.group_ids
 
 
+def _move_701(cache: RedisSchedulerCache) -> None:
+    """Account 701 moves from group 12 to 13 (revision 2), as the outbox applies it."""
+    moved = _openai(701, revision=2, group_ids=(13,))
+    cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
+
+
+def _move_701_when_indexing(cache: RedisSchedulerCache) -> None:
+    """The move happens while the next writer indexes its version."""
+    index = cache.accounts.index
+
+    def racing(
+        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
+    ) -> list[Staged]:
+        _move_701(cache)
+        return index(bucket, version, staged, keeps)
+
+    cache.accounts.index = racing  # type: ignore[method-assign]
+
+
 def test_a_move_out_of_the_bucket_during_a_write_is_a_removal_in_the_new_version(
     cache: RedisSchedulerCache,
 ) -> None:
@@ -269,16 +288,7 @@ def test_a_move_out_of_the_bucket_during_a_write_is_a_removal_in_the_new_version
     The store's newer revision is not put into the group 12 version: a removal is."""
     first = _openai(701, group_ids=(12,))
     assert cache.set_snapshot(SINGLE, [_openai(702, group_ids=(12,))])  # type: ignore[list-item]
-    index = cache.accounts.index
-
-    def racing(
-        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
-    ) -> list[Staged]:
-        moved = _openai(701, revision=2, group_ids=(13,))
-        cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
-        return index(bucket, version, staged, keeps)
-
-    cache.accounts.index = racing  # type: ignore[method-assign]
+    _move_701_when_indexing(cache)
     written = [first, _openai(702, group_ids=(12,))]
     assert cache.set_snapshot(SINGLE, written, belongs=_in_group(12))  # type: ignore[arg-type]
     assert _ids(cache, SINGLE) == [702]
@@ -292,16 +302,7 @@ def test_a_move_out_of_a_listed_account_during_a_write_is_a_removal(
     from the store's newer revision instead of the moved payload."""
     both = [_openai(701, group_ids=(12,)), _openai(702, group_ids=(12,))]
     assert cache.set_snapshot(SINGLE, both)  # type: ignore[arg-type]
-    index = cache.accounts.index
-
-    def racing(
-        bucket: SchedulerBucket, version: int, staged: list[Staged], keeps: Keeps | None = None
-    ) -> list[Staged]:
-        moved = _openai(701, revision=2, group_ids=(13,))
-        cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
-        return index(bucket, version, staged, keeps)
-
-    cache.accounts.index = racing  # type: ignore[method-assign]
+    _move_701_when_indexing(cache)
     assert cache.set_snapshot(SINGLE, both, belongs=_in_group(12))  # type: ignore[arg-type]
     assert _ids(cache, SINGLE) == [702]
 
@@ -317,8 +318,7 @@ def test_a_move_out_just_before_activation_is_a_removal_after_it(
 
     def moved_first(*args: object) -> tuple[int, int]:
         cache.snapshots._activation = activate  # type: ignore[method-assign]
-        moved = _openai(701, revision=2, group_ids=(13,))
-        cache.set_account(moved, {SchedulerBucket.parse("13:openai:single")})  # type: ignore[arg-type]
+        _move_701(cache)
         return activate(*args)  # type: ignore[arg-type]
 
     cache.snapshots._activation = moved_first  # type: ignore[method-assign,assignment]
