@@ -51,5 +51,10 @@ end
 if version ~= active then
   return {2, active, reserved}
 end
+-- count is the active version's live accounts: a removal or deletion takes one off,
+-- a payload over a removed entry puts one back.
+if (stored_digest == '-') ~= (digest == '-') then
+  redis.call('HINCRBY', KEYS[1], 'count', digest == '-' and -1 or 1)
+end
 announce(KEYS[1], ARGV[6], ARGV[7], version, id)
 return {3, active, reserved}

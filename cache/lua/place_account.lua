@@ -2,7 +2,7 @@
 -- snapshot order (an insert: the version does not list it), or move it there (its
 -- priority changed): the id goes before the first of the given followers the version
 -- lists, or last when it lists none; its entry and payload are written, the meta
--- count grows for an insert, and near caches are told once, naming the account.
+-- count (live accounts) grows for an insert, and near caches are told once, naming the account.
 -- Nothing is read but the version's own keys: the cost is two list walks (LREM for a
 -- move, LINSERT), not a rebuild.
 -- KEYS[1] - the bucket's meta hash
@@ -47,9 +47,8 @@ if held then
   end
 end
 -- A move, or an entry left by a removal: the id leaves its old place first.
-local removed = 0
 if held then
-  removed = redis.call('LREM', KEYS[3], 1, id)
+  redis.call('LREM', KEYS[3], 1, id)
 end
 local placed = 0
 for _, follower in ipairs(split(ARGV[6])) do
@@ -63,7 +62,8 @@ if placed <= 0 then
   redis.call('RPUSH', KEYS[3], id)
   status = 4
 end
-if removed == 0 then
+-- count is the version's live accounts: a move keeps it, a new or removed one adds one.
+if not held or string.sub(held, 1, 2) == '-/' then
   redis.call('HINCRBY', KEYS[1], 'count', 1)
 end
 redis.call('HSET', KEYS[5], id, entry)
