@@ -26,12 +26,14 @@ def change_reaches_snapshot(source: SqlSource, cache: RedisSchedulerCache) -> No
     bucket = SchedulerBucket(group.id, "openai", "single")
 
     assert request_rebuild(bucket) is True
+
     # A worker that wakes on commit may build the bucket while the accounts are still
     # being created, and put the others in as their events arrive: wait for all three.
-    first = wait_for(
-        lambda: (ids := snapshot_ids(cache, bucket)) is not None and len(ids) == 3 and ids,
-        what="first snapshot with the three accounts",
-    )
+    def all_three() -> list[int] | None:
+        ids = snapshot_ids(cache, bucket)
+        return ids if ids is not None and len(ids) == 3 else None
+
+    first = wait_for(all_three, what="first snapshot with the three accounts")
 
     SqlWriter(source).update_account(first[0], status="disabled")
     request_rebuild(str(bucket))

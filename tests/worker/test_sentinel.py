@@ -166,7 +166,7 @@ def test_a_failover_to_a_replica_without_the_state_rebuilds_every_bucket_within_
         raise
     recovered = time.monotonic() - promoted
     print(f"\nfailover to an empty replica: {len(buckets)} buckets served {recovered:.2f} s after")
-    assert recovered <= 10.0
+    assert recovered <= 10.0, worker.log_tail(8000)
 
 
 def _request(bucket: SchedulerBucket) -> bool:
