@@ -172,7 +172,9 @@ def test_a_commit_that_does_not_notify_costs_at_most_one_backstop(
     took = [by_backstop(pg, task_cache, ids) for _ in range(2)]
     print(f"no NOTIFY: commit -> snapshot {took}")
     for each in took:
-        assert_backstop_bound(each)
+        # No lower bound here: the listener's second look at the outbox's end, after
+        # the notifications just before, may find such a commit sooner than beat.
+        assert each < BACKSTOP + MARGIN, f"{each:.2f}s: more than one backstop interval"
     assert listener_pid(pg, channel) is not None  # the listener was fine all along
 
 
