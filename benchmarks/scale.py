@@ -55,6 +55,7 @@ import sqlalchemy as sa
 from benchmarks.cache_bench import BUCKET, NOW, realistic_accounts
 from benchmarks.harness import REPO, bench_servers
 from benchmarks.near_bench import SLOW_US, server_cpu
+from benchmarks.pick_bench import timed
 from cache import Account, RedisSchedulerCache
 from cache.scripts import script_named_in
 from tasks import runtime
@@ -83,17 +84,6 @@ def rss_bytes() -> int:
     """This process's resident set (Linux)."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def timed(call: Callable[[int], object], count: int) -> tuple[float, float]:
-    """(median µs, p99 µs) of ``count`` calls."""
-    samples = []
-    for n in range(count):
-        started = time.perf_counter()
-        call(n)
-        samples.append(time.perf_counter() - started)
-    samples.sort()
-    return statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6
 
 
 def scan_pick(n: int) -> Account | None:
