@@ -25,7 +25,9 @@ def change_reaches_snapshot(source: SqlSource, cache: RedisSchedulerCache) -> No
     group = seed_group(source)
     bucket = SchedulerBucket(group.id, "openai", "single")
 
-    assert request_rebuild(bucket) is True
+    # False when it coalesced: a worker woken on commit (PostgreSQL) may already have
+    # queued this bucket's rebuild for the accounts' events.
+    request_rebuild(bucket)
 
     # A worker that wakes on commit may build the bucket while the accounts are still
     # being created, and put the others in as their events arrive: wait for all three.
