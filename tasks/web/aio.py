@@ -113,11 +113,17 @@ async def _list_schedulable(
     return schedulable(await asyncio.to_thread(on_miss, runtime.get_web_cache(), bucket, s), now)
 
 
-def note_last_used(updates: Mapping[int, datetime]) -> None:
+def note_last_used(updates: Mapping[int, datetime], picked_by: object = None) -> None:
     """This process's own touches, for its asyncio near cache (``record_last_used``
-    calls it; safe from any thread)."""
+    calls it; safe from any thread), unless that near cache is ``picked_by``, the one
+    whose pick laid them over already."""
     held = _reading
-    if held is not None and held.near is not None and held.pid == os.getpid():
+    if (
+        held is not None
+        and held.near is not None
+        and held.near is not picked_by
+        and held.pid == os.getpid()
+    ):
         held.near.note_last_used(updates)
 
 

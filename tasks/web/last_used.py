@@ -162,6 +162,16 @@ class LastUsedBatcher:
         if self._thread is None:
             self._start()
 
+    def touch_checked(self, account_id: int, at: datetime) -> None:
+        """As :meth:`touch`, for an id and an aware UTC time that come from the cache
+        (a pick's): nothing to check again."""
+        with self._lock:
+            seen = self._batch.get(account_id)
+            if seen is None or at > seen:
+                self._batch[account_id] = at
+        if self._thread is None:
+            self._start()
+
     def _start(self) -> None:
         with self._lock:
             if self._thread is not None:
@@ -333,3 +343,15 @@ def record_last_used(account_id: int, at: datetime | None = None) -> None:
     if near is not None:
         near.note_last_used(updates)
     aio.note_last_used(updates)
+
+
+def record_pick(account_id: int, at: datetime, picked_by: object) -> None:
+    """A pick's use: as :func:`record_last_used`, where ``picked_by``, the near cache
+    that made the pick, laid the use over already (the batcher and the process's other
+    near cache still need it)."""
+    default_batcher().touch_checked(account_id, at)
+    updates = {account_id: at}
+    near = runtime.get_near_cache()
+    if near is not None and near is not picked_by:
+        near.note_last_used(updates)
+    aio.note_last_used(updates, picked_by)

@@ -29,7 +29,7 @@ from cache.codec import from_ms, to_ms
 from cache.pickindex import Choice, scan, use_after
 from tasks import runtime
 from tasks.web.aio import list_schedulable_async, reading
-from tasks.web.last_used import record_last_used
+from tasks.web.last_used import record_last_used, record_pick
 from tasks.web.marks import marked
 from tasks.web.reader import (
     list_schedulable,
@@ -97,17 +97,16 @@ def pick(
     if near is None:
         accounts = list_schedulable(group_id, platform, has_force, now=now)
         return _recorded(_recent.choose(accounts, now, exclude))
-    cache = runtime.get_web_cache()
     try:
         choice = near.pick(bucket, now, exclude)
     except CacheUnavailable as exc:
         accounts = schedulable(on_unavailable(bucket, s, exc), now)
     except CorruptKey as exc:
-        accounts = schedulable(on_corrupt_key(cache, bucket, s, exc), now)
+        accounts = schedulable(on_corrupt_key(runtime.get_web_cache(), bucket, s, exc), now)
     else:
         if choice is not None:
-            return _recorded(choice)
-        accounts = schedulable(on_miss(cache, bucket, s), now)
+            return _recorded(choice, near)
+        accounts = schedulable(on_miss(runtime.get_web_cache(), bucket, s), now)
     return _recorded(_recent.choose(accounts, now, exclude))
 
 
@@ -126,17 +125,17 @@ async def pick_async(
     if held.near is None:
         accounts = await list_schedulable_async(group_id, platform, has_force, now=now)
         return _recorded(_recent.choose(accounts, now, exclude))
-    cache = runtime.get_web_cache()
     try:
         choice = await held.near.pick(bucket, now, exclude)
     except CacheUnavailable as exc:
         found = await asyncio.to_thread(on_unavailable, bucket, s, exc)
     except CorruptKey as exc:
+        cache = runtime.get_web_cache()
         found = await asyncio.to_thread(on_corrupt_key, cache, bucket, s, exc)
     else:
         if choice is not None:
-            return _recorded(choice)
-        found = await asyncio.to_thread(on_miss, cache, bucket, s)
+            return _recorded(choice, held.near)
+        found = await asyncio.to_thread(on_miss, runtime.get_web_cache(), bucket, s)
     return _recorded(_recent.choose(schedulable(found, now), now, exclude))
 
 
@@ -146,7 +145,12 @@ def _with_marked(exclude: Collection[int], now: datetime) -> Collection[int]:
     return held.union(exclude) if held else exclude
 
 
-def _recorded(choice: Choice) -> Account | None:
+def _recorded(choice: Choice, picked_by: object = None) -> Account | None:
+    """The chosen account, its use recorded (``picked_by``: the near cache whose pick
+    laid the use over already)."""
     if choice.account is not None:
-        record_last_used(choice.account.id, choice.used_at)
+        if picked_by is None:
+            record_last_used(choice.account.id, choice.used_at)
+        else:
+            record_pick(choice.account.id, choice.used_at, picked_by)
     return choice.account

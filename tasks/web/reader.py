@@ -168,13 +168,51 @@ def _used_at(account: Account, latest: datetime | None) -> Account:
     return account.model_copy(update={"last_used_at": latest})
 
 
+class Resolved:
+    """The buckets requests named lately under the settings in force: a request asks
+    for the same few buckets over and over, and building and checking one costs more
+    than the pick it leads to. Forgotten when the settings are replaced."""
+
+    # Different requests' buckets remembered at most (past it, all are forgotten).
+    MAX = 4096
+
+    def __init__(self) -> None:
+        # The settings and their buckets in one attribute, replaced in one store: a
+        # thread never finds one settings' buckets under another's.
+        self._held: tuple[Settings | None, dict[tuple[int, str, bool], SchedulerBucket]] = (
+            None,
+            {},
+        )
+
+    def bucket(self, group_id: int, platform: str, has_force: bool, s: Settings) -> SchedulerBucket:
+        # Only plain ints and strs are looked up: True would find group 1's bucket.
+        if type(group_id) is not int or type(platform) is not str:
+            check_platform(platform, s)
+            return bucket_for(group_id, platform, has_force, s)
+        key = (group_id, platform, bool(has_force))
+        held, buckets = self._held
+        if held is s:
+            found = buckets.get(key)
+            if found is not None:
+                return found
+        check_platform(platform, s)
+        bucket = bucket_for(group_id, platform, has_force, s)
+        if held is not s or len(buckets) >= self.MAX:
+            buckets = {}
+            self._held = (s, buckets)
+        buckets[key] = bucket
+        return bucket
+
+
+_resolved = Resolved()
+
+
 def resolve(
     group_id: int, platform: str, has_force: bool, now: datetime | None
 ) -> tuple[Settings, SchedulerBucket, datetime]:
     """The settings in force, the bucket a request reads, and the time it reads at."""
     s = runtime.settings()
-    check_platform(platform, s)
-    return s, bucket_for(group_id, platform, has_force, s), now or datetime.now(UTC)
+    return s, _resolved.bucket(group_id, platform, has_force, s), now or datetime.now(UTC)
 
 
 def schedulable(accounts: list[Account], now: datetime) -> list[Account]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cache import Account, RedisSchedulerCache, SchedulerBucket
+from cache import Account, InvalidBucket, RedisSchedulerCache, SchedulerBucket
 from tasks import pick, pick_async, record_last_used, runtime
 from tasks.settings import Settings
 from tasks.web import aio
@@ -176,3 +176,41 @@ def test_a_pick_for_a_time_to_come_does_not_drag_later_uses_with_it(
     assert account is not None
     noted = default_batcher().held()[account.id]
     assert before <= noted <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+def test_a_remembered_bucket_still_refuses_a_bool_group_and_follows_new_settings(
+    seeded: Settings,
+) -> None:
+    from tasks.buckets import UnknownPlatform
+
+    assert pick(1, "openai") is None  # group 1's bucket is remembered now (and empty)
+    with pytest.raises(InvalidBucket, match="group id"):
+        pick(True, "openai")  # type: ignore[arg-type]  # equal to 1, and still refused
+    assert pick(0, "openai") is not None
+    runtime.reset(seeded.model_copy(update={"platforms": ["anthropic"]}))
+    with pytest.raises(UnknownPlatform, match="openai"):
+        pick(0, "openai")
+
+
+def test_a_pick_of_either_near_cache_reaches_the_other_at_once(seeded: Settings) -> None:
+    """A process serving both ways (threads and asyncio): a use the sync near cache
+    laid over reaches the asyncio one without a flush, and the other way round."""
+
+    async def main() -> None:
+        try:
+            await pick_async(0, "openai")  # the asyncio near cache holds the bucket
+            picked = {}
+            for _ in range(TIER // 2):
+                account = pick(0, "openai")
+                assert account is not None
+                picked[account.id] = account
+            for _ in range(TIER // 2):
+                account = await pick_async(0, "openai")
+                assert account is not None
+                assert account.id not in picked, "the asyncio pick missed a sync pick's use"
+                picked[account.id] = account
+            assert len(picked) == TIER
+        finally:
+            await aio.aclose()
+
+    asyncio.run(main())
