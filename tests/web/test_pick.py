@@ -185,7 +185,7 @@ def test_a_remembered_bucket_still_refuses_a_bool_group_and_follows_new_settings
 
     assert pick(1, "openai") is None  # group 1's bucket is remembered now (and empty)
     with pytest.raises(InvalidBucket, match="group id"):
-        pick(True, "openai")  # type: ignore[arg-type]  # equal to 1, and still refused
+        pick(True, "openai")  # equal to 1, and still refused
     assert pick(0, "openai") is not None
     runtime.reset(seeded.model_copy(update={"platforms": ["anthropic"]}))
     with pytest.raises(UnknownPlatform, match="openai"):
