@@ -102,7 +102,11 @@ class LockKeeper:
                     self._cond.wait(None if nearest is None else nearest - now)
                     continue
             for hold in due:  # outside the condition: a renewal is a round trip
-                self._renew(hold)
+                try:
+                    self._renew(hold)
+                except Exception:  # a bug: say so, and keep the other holds renewed
+                    logger.exception("bucket %s: renewing its lock failed", hold.bucket)
+                    hold.done = True
 
     def _renew(self, hold: _Hold) -> None:
         with hold.mutex:
