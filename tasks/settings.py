@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     near_cache_decoded: int = Field(default=NEAR_DECODED_MAX, ge=0)
 
     # -- rebuilds --------------------------------------------------------------------
+    # The longest a rebuild holds its bucket's lock (renewed while it runs); a holder
+    # that died (a killed worker, a failover) frees the bucket within a 3 s lease.
     lock_ttl_seconds: int = Field(default=30, ge=2)
     rebuild_time_limit_seconds: int = Field(default=20, ge=1)
     refresh_interval_seconds: float = Field(default=300.0, gt=0)

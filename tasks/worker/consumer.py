@@ -3,7 +3,8 @@
 Celery's consumer retries a lost broker connection after 2 s, 4 s, 6 s ... (kombu's
 defaults). A Sentinel failover or a restarted Redis is usually back within a second or
 two, so the second wait alone would keep the worker idle for seconds after the broker
-is back. This consumer starts at a quarter second and backs off to five.
+is back. This consumer starts at a quarter second and backs off to one: it is back at
+most a second after the broker is.
 
 It also survives acknowledging on a lost connection. With the Redis transport, a task
 acknowledged late (``acks_late``) that finishes after the consumer collected its lost
@@ -46,8 +47,12 @@ from celery.worker.state import maybe_shutdown
 logger = logging.getLogger(__name__)
 
 RECONNECT_FIRST_SECONDS = 0.25
-RECONNECT_STEP_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 5.0
+RECONNECT_STEP_SECONDS = 0.25
+# The longest a worker stays away from a broker that is back: a Sentinel promotes a
+# replica only after down-after-milliseconds (30 s by default), by when waits that grew
+# to 5 s cost up to 5 s more after the promotion. An attempt asks the sentinels and
+# logs a line each: one a second during an outage.
+RECONNECT_MAX_SECONDS = 1.0
 # Idle cost: a worker-heartbeat event every 10 s, not Celery's 2 s (one PUBLISH each).
 # Flower and ``celery events`` count a worker gone after twice the interval without
 # one; a receiver that starts asks for one at once. ``--heartbeat-interval`` overrides.

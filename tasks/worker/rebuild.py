@@ -8,7 +8,7 @@ One burst of requests for a bucket, and the rebuilds it costs::
     request during that run     enqueues exactly one more task: its change may have
                                 landed after the read, so it is never lost
     that task                   waits for the lock (short retries, as long as the lock
-                                is held: a dead holder's lock expires within its TTL)
+                                is held: a dead holder's lock expires within a lease)
                                 and until rebuild_min_interval_seconds after the last
                                 write, gathering every request meanwhile, then rebuilds
 
@@ -38,6 +38,7 @@ from cache import (
 from tasks import buckets, runtime, stats
 from tasks.celery import app
 from tasks.requests import request_rebuild, send_rebuild
+from tasks.worker.bucket_lock import LOCK_LEASE_SECONDS, lock_keeper
 from tasks.worker.retry import RetryingTask, is_transient
 
 logger = logging.getLogger(__name__)
@@ -125,22 +126,24 @@ def _repair(cache: RedisSchedulerCache, bucket: SchedulerBucket, why: str) -> bo
 
 def _rebuild(self: Task, cache: RedisSchedulerCache, parsed: SchedulerBucket) -> str:
     # The task id as token: a redelivered task whose first run was killed takes its
-    # own lock back at once instead of waiting for the TTL.
-    ttl = runtime.settings().lock_ttl_seconds
-    token = cache.try_lock_bucket(parsed, ttl, token=self.request.id)
+    # own lock back at once instead of waiting for the lease. The lock lives one lease
+    # and is renewed while this run lives (tasks/worker/bucket_lock.py).
+    token = cache.try_lock_bucket(parsed, LOCK_LEASE_SECONDS, token=self.request.id)
     if token is None:
         cache.record_stats({stats.REBUILDS_LOCK_BUSY: 1})
         delay = min(BUSY_RETRY_FIRST_SECONDS * 2**self.request.retries, BUSY_RETRY_MAX_SECONDS)
         # Never counted as done: the lock holder may have read the source before the
-        # change that caused this request. The lock's TTL bounds the wait.
+        # change that caused this request. A dead holder's lease bounds the wait.
         raise _wait(self, cache, parsed, delay * random.uniform(0.5, 1.0))
     try:
-        wait = _too_soon(cache, parsed)
-        if wait > 0:
-            # Not begun: the queued flag stays set, so requests meanwhile join this run.
-            cache.record_stats({stats.REBUILDS_DEFERRED: 1})
-            raise _wait(self, cache, parsed, wait)
-        return _rebuild_locked(cache, parsed)
+        longest = runtime.settings().lock_ttl_seconds
+        with lock_keeper().held(cache, parsed, token, longest=longest):
+            wait = _too_soon(cache, parsed)
+            if wait > 0:
+                # Not begun: the queued flag stays set, so requests meanwhile join this run.
+                cache.record_stats({stats.REBUILDS_DEFERRED: 1})
+                raise _wait(self, cache, parsed, wait)
+            return _rebuild_locked(cache, parsed)
     finally:
         try:
             cache.unlock_bucket(parsed, token)
@@ -156,7 +159,7 @@ def _wait(
     this task rather than send another.
 
     ``max_retries=None`` would not do: to Celery it means "the task's default limit",
-    and a rebuild waiting for a killed worker's lock (alive for the lock TTL) would give
+    and a rebuild waiting for a live holder's lock (held up to the lock TTL) would give
     up after that many short waits, leaving the bucket stale until the killed task's
     message came back (the visibility timeout, minutes).
     """
@@ -199,8 +202,9 @@ def _too_soon(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> float:
 
 def _rebuild_locked(cache: RedisSchedulerCache, bucket: SchedulerBucket) -> str:
     started = time.perf_counter()
-    # The run's lease is its lock's: killed, its requests are sent again when a new
-    # task could take the lock anyway.
+    # The run's lease is the longest its lock may be held: killed, its requests are sent
+    # again by then (a request meanwhile sends a task at once anyway, which takes the
+    # lock within a lease of the death).
     generation = cache.begin_rebuild(bucket, lease_seconds=runtime.settings().lock_ttl_seconds)
     if generation is None:
         cache.record_stats({stats.REBUILDS_SKIPPED: 1})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -15,9 +17,12 @@ from tasks import list_schedulable, runtime
 from tasks.settings import Settings
 from tasks.source import SqlSource, SqlWriter
 from tasks.web.requests import request_rebuild
+from tasks.worker.bucket_lock import LOCK_LEASE_SECONDS
+from tasks.worker.rebuild import BUSY_RETRY_MAX_SECONDS
 from tests.processes import WorkerProcess, settings_from_env, wait_for
 from tests.support import seed_group, snapshot_ids
 from tests.topologies import MASTER_NAME, SentinelServers, started
+from tests.worker.conftest import Gate, GatedSource
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +172,86 @@ def test_a_failover_to_a_replica_without_the_state_rebuilds_every_bucket_within_
     recovered = time.monotonic() - promoted
     print(f"\nfailover to an empty replica: {len(buckets)} buckets served {recovered:.2f} s after")
     assert recovered <= 10.0, worker.log_tail(8000)
+
+
+# The gate of a gated source lives on the test's own Redis, which no failover touches.
+GATE_URL_ENV = "SCHED_TEST_GATE_URL"
+
+
+class SentinelGatedSource(GatedSource):
+    """:class:`GatedSource` whose gate is on the plain Redis named by ``GATE_URL_ENV``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.inner = SqlSource.from_settings(settings)
+        self.redis = redis.Redis.from_url(os.environ[GATE_URL_ENV])
+
+
+def sentinel_gated_source(settings: Settings) -> SentinelGatedSource:
+    return SentinelGatedSource(settings)
+
+
+def test_a_rebuild_holding_its_lock_when_the_master_dies_holds_the_bucket_one_lease(
+    sentinels: SentinelServers,
+    sentinel_env: dict[str, str],
+    redis_url: str,
+    gate: Gate,
+    start_worker: Callable[..., WorkerProcess],
+    source: SqlSource,
+) -> None:
+    """The failover that took 29 s, forced::
+
+        old master:  a rebuild takes its bucket's lock, replicated ... SIGKILL
+        worker:      the rebuild in hand is terminated (Celery's cancel on the lost
+                     broker connection); its unlock never reaches any master
+        new master:  holds the lock, whose holder is gone
+        a change:    its rebuild waits for that lock to expire
+
+    It waited for the lock TTL (30 s); the lock now outlives its holder by one lease.
+    """
+    settings = runtime.settings()
+    worker = start_worker(
+        {
+            **sentinel_env,
+            "SCHED_SOURCE_FACTORY": f"{__name__}:sentinel_gated_source",
+            GATE_URL_ENV: redis_url,
+        }
+    )
+    group = seed_group(source)
+    bucket = SchedulerBucket(group.id, "openai", "single")
+    request_rebuild(bucket)
+    gate.wait_read()
+    gate.open()
+    first = wait_for(lambda: snapshot_or_none(bucket), what="a snapshot through the sentinels")
+
+    request_rebuild(bucket)
+    holder, _, _ = gate.wait_read()  # read, not written: the bucket's lock is held
+    lock_key = runtime.get_cache().keys.lock(bucket)
+    replica = redis.Redis(port=sentinels.replica.port)
+    wait_for(lambda: replica.exists(lock_key), what="the lock on the replica")
+    replica.close()
+    old_master = sentinels.master_port()
+    sentinels.master.stop()
+    # What Celery's cancel does a moment later anyway, made certain here.
+    os.kill(holder, signal.SIGKILL)
+    gate.open(times=50)  # every later read passes
+    wait_for(lambda: sentinels.master_port() != old_master, what="a promotion", timeout=30)
+    promoted = time.monotonic()
+
+    SqlWriter(source).update_account(first[0], status="disabled")
+    try:
+        wait_for(
+            lambda: _request(bucket) and snapshot_or_none(bucket) == first[1:],
+            what="the change in the snapshot",
+            timeout=settings.lock_ttl_seconds + 10,
+            interval=0.2,
+        )
+    except pytest.fail.Exception:
+        print(worker.log_tail(8000))
+        raise
+    landed = time.monotonic() - promoted
+    print(f"\na lock orphaned by the failover: the change in the snapshot {landed:.2f} s after")
+    bound = LOCK_LEASE_SECONDS + BUSY_RETRY_MAX_SECONDS + 2.0
+    assert landed <= bound, worker.log_tail(8000)
 
 
 def _request(bucket: SchedulerBucket) -> bool:
