@@ -91,8 +91,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        # Reconnects to a lost broker within a quarter second of its return, not
-        # Celery's 2-4 s.
+        # Reconnects to a lost broker within a second of its return (a quarter second
+        # at first), not Celery's 2-4 s and more.
         "worker_consumer": "tasks.worker.consumer:Consumer",
         # On a lost broker connection the broker redelivers unacknowledged messages
         # anyway: cancel their runs instead of letting them finish as duplicates.
