@@ -10,16 +10,21 @@ worker running (``celery -A tasks worker -Q rebuild,outbox,last_used``).
   recently used schedulable account of the best priority, by ``pick_async`` from the
   index the process's near cache keeps of the bucket (no database read, no scan),
   awaited without blocking the event loop; the use is recorded on the way (batched, no
-  Celery message per request). ``exclude``: accounts this request already tried. 400 for
-  a platform not in ``SCHED_PLATFORMS``, 503 when the bucket has no schedulable account
-  left.
+  Celery message per request). ``exclude``: accounts this request already tried (100 at
+  most). 422 naming the bad value for a query that is not one (a group that is not an
+  integer >= 0, a platform outside 1-64 characters, a force that is not a boolean), 400
+  for a platform not in ``SCHED_PLATFORMS``, 503 when the bucket has no schedulable
+  account left. Served by a plain Starlette route that checks the query itself and
+  answers bytes encoded once: FastAPI's validation and response model cost several
+  times the pick.
 - ``GATEWAY_PICK=scan``: ``/pick`` the way this example picked before ``pick_async``,
-  kept for comparison (``python -m benchmarks gateway`` loads both): the whole
-  schedulable list by ``list_schedulable_async``, two ``min()`` scans over it (best
-  priority, then least recently used, this process's own recent picks laid over the
-  cache's times), the use recorded with ``record_last_used``. Its cost grows with the
-  bucket; the default (``GATEWAY_PICK=index``) does not. Accounts marked with
-  ``mark_unschedulable`` are left out by ``pick_async`` only.
+  kept for comparison (``python -m benchmarks gateway`` loads both): a FastAPI route with
+  a response model, the whole schedulable list by ``list_schedulable_async``, two
+  ``min()`` scans over it (best priority, then least recently used, this process's own
+  recent picks laid over the cache's times), the use recorded with
+  ``record_last_used``. Its cost grows with the bucket; the default
+  (``GATEWAY_PICK=index``) does not. Accounts marked with ``mark_unschedulable`` are
+  left out by ``pick_async`` only.
 - ``GET /healthz``: 200 when Redis answers, else 503 with a one-line JSON reason.
 - ``POST /admin/accounts/{id}``: an example of an admin hook, not an admin API: change an
   account's status, admin switch, priority or rate limit in the database, then enqueue
@@ -35,14 +40,19 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import msgspec
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
 
-from cache import Account, InvalidBucket
+from cache import Account, InvalidBucket, brief
 from tasks import list_schedulable_async, pick_async, record_last_used, request_rebuild, runtime
 from tasks.buckets import account_buckets, bucket_for, check_platform
 from tasks.ops.errors import one_line, scrub
@@ -174,21 +184,94 @@ def healthz() -> dict[str, str] | JSONResponse:
     return {"status": "ok"}
 
 
-@app.get("/pick", response_model=Picked)
-async def pick(
+# The largest group id a bucket takes (a signed 64-bit integer).
+MAX_GROUP = 2**63 - 1
+MAX_EXCLUDED = 100
+# What FastAPI takes for a boolean in a query.
+TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+
+
+class BadQuery(ValueError):
+    """A query /pick cannot take; its message names the bad value."""
+
+
+def pick_query(query: QueryParams) -> tuple[int, str, bool, tuple[int, ...]]:
+    """``(group, platform, force, exclude)`` of a /pick query; :class:`BadQuery` naming
+    the first bad value (unknown parameters are ignored)."""
+    group = _whole("group", query.get("group"), MAX_GROUP)
+    platform = query.get("platform")
+    if platform is None:
+        raise BadQuery("platform: missing")
+    if not 1 <= len(platform) <= 64:
+        raise BadQuery(f"platform: 1 to 64 characters, got {brief(platform, 80)}")
+    force = query.get("force")
+    if force is not None and force.lower() not in TRUE | FALSE:
+        raise BadQuery(f"force: a boolean (true or false), got {brief(force, 80)}")
+    excluded = query.getlist("exclude")
+    if len(excluded) > MAX_EXCLUDED:
+        raise BadQuery(f"exclude: at most {MAX_EXCLUDED} accounts, got {len(excluded)}")
+    exclude = tuple(_whole("exclude", value, MAX_GROUP) for value in excluded)
+    return group, platform, force is not None and force.lower() in TRUE, exclude
+
+
+def _whole(name: str, raw: str | None, most: int) -> int:
+    if raw is None:
+        raise BadQuery(f"{name}: missing")
+    if not raw.isdecimal() or len(raw) > 19 or int(raw) > most:
+        raise BadQuery(f"{name}: an integer from 0 to {most}, got {brief(raw, 80)}")
+    return int(raw)
+
+
+@lru_cache(maxsize=4096)
+def bucket_name(group: int, platform: str, force: bool) -> str:
+    """The bucket a pick read, named in the answer (the same few, over and over)."""
+    return str(bucket_for(group, platform, force, runtime.settings()))
+
+
+JSON = "application/json"
+
+
+def failed(status: int, detail: str) -> Response:
+    return Response(msgspec.json.encode({"detail": detail}), status, media_type=JSON)
+
+
+async def pick_route(request: Request) -> Response:
+    """``GET /pick`` with the pick API (the default)."""
+    try:
+        group, platform, force, exclude = pick_query(request.query_params)
+    except BadQuery as exc:
+        return failed(422, str(exc))
+    try:
+        account = await pick_async(group, platform, has_force=force, exclude=exclude)
+    except InvalidBucket as exc:
+        # An unknown platform is the caller's mistake, not an outage: 400, naming the
+        # configured ones (UnknownPlatform is an InvalidBucket).
+        return failed(400, str(exc))
+    if account is None:
+        return failed(503, f"no schedulable {platform} account in group {group}")
+    picked = {
+        "id": account.id,
+        "name": account.name,
+        "platform": account.platform,
+        "type": account.type,
+        "priority": account.priority,
+        "previous_use": account.last_used_at,
+        "bucket": bucket_name(group, platform, force),
+    }
+    return Response(msgspec.json.encode(picked), media_type=JSON)
+
+
+async def scan_route(
     group: int = Query(ge=0, description="group id, 0 for accounts in no group"),
     platform: str = Query(min_length=1, max_length=64),
     force: bool = False,
     exclude: Annotated[list[int] | None, Query(max_length=100)] = None,
 ) -> Picked:
+    """``GET /pick`` with ``GATEWAY_PICK=scan``: the route as it was before the pick API."""
     try:
-        # An unknown platform is the caller's mistake, not an outage: 400, naming the
-        # configured ones (UnknownPlatform is an InvalidBucket).
         check_platform(platform, runtime.settings())
-        if pick_mode == "scan":
-            account = await scan_pick(group, platform, force, exclude or ())
-        else:
-            account = await pick_async(group, platform, has_force=force, exclude=exclude or ())
+        account = await scan_pick(group, platform, force, exclude or ())
     except InvalidBucket as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     if account is None:
@@ -203,6 +286,12 @@ async def pick(
         previous_use=account.last_used_at,
         bucket=str(bucket_for(group, platform, force, runtime.settings())),
     )
+
+
+if pick_mode == "scan":
+    app.get("/pick", response_model=Picked)(scan_route)
+else:
+    app.add_route("/pick", pick_route, methods=["GET"])
 
 
 async def scan_pick(

@@ -29,13 +29,22 @@ from tests.support import free_port
 TOKEN = "s3cret-admin-token"
 
 
+def load_gateway(pick: str = "index") -> Iterator[ModuleType]:
+    """The example imported afresh with ``GATEWAY_PICK=pick`` (its routes follow it)."""
+    sys.path.insert(0, str(REPO / "examples"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GATEWAY_PICK", pick)
+        sys.modules.pop("gateway", None)
+        try:
+            yield importlib.import_module("gateway")
+        finally:
+            sys.modules.pop("gateway", None)
+            sys.path.remove(str(REPO / "examples"))
+
+
 @pytest.fixture
 def gateway() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        yield importlib.import_module("gateway")
-    finally:
-        sys.path.remove(str(REPO / "examples"))
+    yield from load_gateway()
 
 
 @pytest.fixture
@@ -46,13 +55,16 @@ def client(gateway: ModuleType) -> TestClient:
 
 @pytest.mark.parametrize("mode", ["index", "scan"])
 def test_both_ways_of_picking_answer_the_least_recently_used_of_the_best_tier(
-    gateway: ModuleType,
-    task_cache: RedisSchedulerCache,
-    monkeypatch: pytest.MonkeyPatch,
-    mode: str,
+    task_cache: RedisSchedulerCache, mode: str
 ) -> None:
-    monkeypatch.setattr(gateway, "pick_mode", mode)
-    monkeypatch.setattr(gateway, "picker", gateway.LeastRecentlyUsed())
+    for gateway in load_gateway(mode):
+        assert gateway.pick_mode == mode
+        least_recently_used_of_the_best_tier(gateway, task_cache, mode)
+
+
+def least_recently_used_of_the_best_tier(
+    gateway: ModuleType, task_cache: RedisSchedulerCache, mode: str
+) -> None:
     bucket = SchedulerBucket.parse("0:openai:single")
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
 
@@ -95,6 +107,48 @@ def test_both_ways_of_picking_answer_the_least_recently_used_of_the_best_tier(
     # The oldest of the tier, then the other (the first was just used), then round again.
     assert [reply.json()["id"] for reply in picks] == [3, 2, 3], mode
     assert unknown.status_code == 400, (mode, unknown.text)
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ({"platform": "openai"}, "group: missing"),
+        (
+            {"group": -1, "platform": "openai"},
+            "group: an integer from 0 to 9223372036854775807, got '-1'",
+        ),
+        ({"group": "x" * 5000, "platform": "openai"}, "group: an integer"),
+        ({"group": 2**63, "platform": "openai"}, "got '9223372036854775808'"),
+        ({"group": 0}, "platform: missing"),
+        ({"group": 0, "platform": "p" * 65}, "platform: 1 to 64 characters"),
+        ({"group": 0, "platform": "openai", "force": "maybe"}, "force: a boolean"),
+        ({"group": 0, "platform": "openai", "exclude": ["1", "two"]}, "exclude: an integer"),
+        ({"group": 0, "platform": "openai", "exclude": list(range(101))}, "at most 100"),
+    ],
+)
+def test_a_bad_pick_query_is_422_naming_the_bad_value(
+    client: TestClient, configured: Settings, query: dict[str, object], named: str
+) -> None:
+    reply = client.get("/pick", params=query)
+    assert reply.status_code == 422, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    assert named in reply.json()["detail"]
+    assert len(reply.text) < 300  # a 5,000-character value is cut
+
+
+def test_a_pick_query_takes_force_and_exclude_as_fastapi_did(
+    client: TestClient, configured: Settings, task_cache: RedisSchedulerCache
+) -> None:
+    forced = SchedulerBucket.parse("0:openai:forced")
+    accounts = [Account(id=i, name=f"a{i}", platform="openai", type="apikey") for i in (1, 2, 3)]
+    task_cache.set_snapshot(forced, accounts, task_cache.reserve_version(forced))
+    query = {"group": 0, "platform": "openai", "force": "Yes", "exclude": [1, 3], "other": "x"}
+    reply = client.get("/pick", params=query)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["id"] == 2 and reply.json()["bucket"] == "0:openai:forced"
+    reply = client.get("/pick", params={**query, "exclude": [1, 2, 3]})
+    assert reply.status_code == 503
+    assert reply.json() == {"detail": "no schedulable openai account in group 0"}
 
 
 def test_the_way_of_picking_is_read_from_gateway_pick(
