@@ -40,7 +40,6 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -223,10 +222,24 @@ def _whole(name: str, raw: str | None, most: int) -> int:
     return int(raw)
 
 
-@lru_cache(maxsize=4096)
+# The buckets answers named, under the settings they were named with.
+_names: tuple[object, dict[tuple[int, str, bool], str]] = (None, {})
+
+
 def bucket_name(group: int, platform: str, force: bool) -> str:
-    """The bucket a pick read, named in the answer (the same few, over and over)."""
-    return str(bucket_for(group, platform, force, runtime.settings()))
+    """The bucket a pick read, named in the answer: the same few, over and over, so
+    each is named once per settings."""
+    global _names
+    s = runtime.settings()
+    held, names = _names
+    name = names.get((group, platform, force)) if held is s else None
+    if name is None:
+        name = str(bucket_for(group, platform, force, s))
+        if held is not s or len(names) >= 4096:
+            names = {}
+            _names = (s, names)
+        names[(group, platform, force)] = name
+    return name
 
 
 JSON = "application/json"
