@@ -63,6 +63,7 @@ class Row:
         "entry",
         "expires",
         "id",
+        "key",
         "packed",
         "priority",
         "until",
@@ -90,6 +91,8 @@ class Row:
         self.until: datetime | None = max((t for t in ends if t is not None), default=None)
         # The account as last materialized, with ``used`` laid over; None when not kept.
         self.account: Account | None = None
+        # Its valid entry in its bucket's pick order (see cache.pickindex); None: none yet.
+        self.key: int | None = None
 
     # -- what the pick reads (as Account's methods of the same names) -----------------
     def is_candidate(self, now: datetime) -> bool:
