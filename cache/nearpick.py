@@ -78,8 +78,11 @@ class NearUses:
         every other held bucket listing the account too: no bucket lags behind the one
         just read."""
         known = self._uses
+        # The row's own int when it holds the same time: one int an account, not two.
         newer = {
-            r.id: used for r, used in zip(rows, uses, strict=True) if used > known.get(r.id, 0)
+            r.id: r.used if r.used == used else used
+            for r, used in zip(rows, uses, strict=True)
+            if used > known.get(r.id, 0)
         }
         if newer:
             self.lay(newer)

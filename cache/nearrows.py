@@ -60,7 +60,7 @@ class Row:
     __slots__ = (
         "account",
         "active",
-        "entry",
+        "cut",
         "expires",
         "id",
         "key",
@@ -79,8 +79,16 @@ class Row:
         fields: Account | Any,
     ) -> None:
         self.id = account_id
-        self.entry = entry  # '<digest>/<revision>': the same entry, the same payload
-        self.packed = packed
+        # The entry ('<digest>/<revision>': the same entry, the same payload) and the
+        # packed payload in one bytes object, ``cut`` the entry's length: one object an
+        # account less, about 40 bytes. An account handed in decoded is kept as it is,
+        # ``cut`` then the entry itself.
+        self.packed: bytes | Account
+        self.cut: int | bytes
+        if isinstance(packed, Account):
+            self.packed, self.cut = packed, entry
+        else:
+            self.packed, self.cut = entry + packed, len(entry)
         self.used = used
         self.priority: int = fields.priority
         self.active: bool = fields.status is AccountStatus.ACTIVE and fields.schedulable
@@ -93,6 +101,19 @@ class Row:
         self.account: Account | None = None
         # Its valid entry in its bucket's pick order (see cache.pickindex); None: none yet.
         self.key: int | None = None
+
+    @property
+    def entry(self) -> bytes:
+        cut = self.cut
+        if isinstance(cut, bytes):
+            return cut
+        assert isinstance(self.packed, bytes)
+        return self.packed[:cut]
+
+    def payload(self) -> memoryview:
+        """The packed payload (of a row made from one)."""
+        assert isinstance(self.packed, bytes) and isinstance(self.cut, int)
+        return memoryview(self.packed)[self.cut :]
 
     # -- what the pick reads (as Account's methods of the same names) -----------------
     def is_candidate(self, now: datetime) -> bool:
@@ -154,7 +175,7 @@ def materialize(row: Row) -> Account:
     packed = row.packed
     if isinstance(packed, Account):
         return _at(packed, row.used)
-    data = dict(zip(FIELDS, _FROM_PACKED.decode(packed), strict=True))
+    data = dict(zip(FIELDS, _FROM_PACKED.decode(row.payload()), strict=True))
     data["last_used_at"] = from_ms(row.used) if row.used else None
     return _BLANK.model_copy(update=data)
 
