@@ -7,10 +7,10 @@ Next to it, the gateway's old way on the same near cache: ``list_schedulable`` (
 of the schedulable list) and two ``min()`` scans, best priority then least recently
 used. Each pick is a request at a later time, so the order moves as it would.
 
-Then the garbage collector over the picks of one process: its collections (by
-generation, from ``gc.callbacks``) and the longest pause among them over 10,000 picks,
-one in ten a millisecond earlier than the pick before it (requests served concurrently
-reach the index in another order than they asked); and what one full collection costs
+Then 10,000 picks, one in ten a millisecond earlier than the pick before it (requests
+served concurrently reach the index in another order than they asked): their mean and
+slowest time, the garbage collector's collections among them (by generation, from
+``gc.callbacks``) and its longest pause; and what one full collection costs
 with the bucket held, over how many tracked objects (the pause an event loop sees when
 one comes).
 """
@@ -62,21 +62,27 @@ def collections(near: NearCache, start: datetime) -> str:
         else:
             pauses.append((info["generation"], time.perf_counter() - began[0]))
 
+    slowest = 0.0
     gc.collect()
     gc.callbacks.append(watch)
+    began_all = time.perf_counter()
     try:
         for n in range(GC_PICKS):
             late = 2 if n % LATE == LATE - 1 else 0
+            started = time.perf_counter()
             near.pick(BUCKET, start + timedelta(milliseconds=n - late))
+            slowest = max(slowest, time.perf_counter() - started)
     finally:
         gc.callbacks.remove(watch)
+    mean = (time.perf_counter() - began_all) / GC_PICKS
     by_generation = "/".join(str(sum(1 for g, _ in pauses if g == k)) for k in range(3))
     longest = max((pause for _, pause in pauses), default=0.0)
     started = time.perf_counter()
     gc.collect()
     full = time.perf_counter() - started
     return (
-        f"GC per {GC_PICKS:,} picks: collections gen0/1/2 {by_generation}, longest pause"
+        f"{GC_PICKS:,} picks, 1 in {LATE} late: mean {mean * 1e6:8.1f} µs, slowest"
+        f" {slowest * 1000:6.1f} ms; GC collections gen0/1/2 {by_generation}, longest pause"
         f" {longest * 1000:6.1f} ms; a full collection {full * 1000:6.1f} ms over"
         f" {len(gc.get_objects()):,} tracked objects"
     )
