@@ -45,6 +45,9 @@ class Holdings:
         """``rows`` of a read of ``name`` without those older than a revision held
         elsewhere; rows of other buckets older than these are dropped from them."""
         kept, raised = self.revisions.admit(rows)
+        if len(kept) < len(rows):  # not joined: their last uses are kept apart
+            held = {id(row) for row in kept}
+            self.uses.lay({r.id: r.used for r in rows if id(r) not in held and r.used})
         for account_id, _ in raised:
             for other in [
                 n for n, e in self.entries.items() if n != name and account_id in e.by_id

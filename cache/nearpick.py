@@ -92,13 +92,17 @@ class NearUses:
         """Give read ``rows`` the newest last use known (their own, as read in
         ``uses``, or newer); the read's uses that are newer than known are laid over
         every other held bucket listing the account too: no bucket lags behind the one
-        just read."""
-        known = self._known
-        # The row's own int when it holds the same time: one int an account, not two.
+        just read. The rows are then joined (:meth:`join`), or :meth:`lay` is given
+        the uses of those that are not."""
+        known, members = self._known, self._members
+        # Laid over the buckets that list the account already; an account no bucket
+        # lists gets it in its rows below (a map entry for it, dropped when they join,
+        # would leave the map's table at the bucket's size). The row's own int when it
+        # holds the same time: one int an account, not two.
         newer = {
             r.id: r.used if r.used == used else used
             for r, used in zip(rows, uses, strict=True)
-            if used > known(r.id)
+            if r.id in members and used > known(r.id)
         }
         if newer:
             self.lay(newer)
