@@ -19,7 +19,8 @@ what is measured here):
   process.
 - In the first of those processes, warm: ``tasks.pick`` median and p99 (and the near
   cache's own ``pick`` under it) next to the gateway's old way, ``tasks.list_schedulable``
-  and two ``min()`` scans.
+  and two ``min()`` scans; the garbage collector's collections and longest pause during
+  the ``tasks.pick`` calls, and the objects it tracks then.
 
 Then the worker's side, with the SQLite source holding N accounts: Redis CPU (``INFO
 cpu`` used_cpu_user + used_cpu_sys of the server) and the longest command (SLOWLOG,
@@ -43,7 +44,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -131,7 +133,8 @@ def child_picks(size: int) -> dict[str, float]:
     from tasks import pick
 
     figures = child_first(size)
-    picks = timed(lambda n: pick(GROUP, PLATFORM, now=LATER + timedelta(milliseconds=n)), PICKS)
+    with watched() as garbage:
+        picks = timed(lambda n: pick(GROUP, PLATFORM, now=LATER + timedelta(milliseconds=n)), PICKS)
     near = runtime.get_near_cache()
     assert near is not None
     later = LATER + timedelta(milliseconds=PICKS)
@@ -147,7 +150,31 @@ def child_picks(size: int) -> dict[str, float]:
         "near_pick_p99_us": near_picks[1],
         "scan_median_us": scans[0],
         "scan_p99_us": scans[1],
+        **garbage,
     }
+
+
+@contextmanager
+def watched() -> Iterator[dict[str, float]]:
+    """The garbage collector's collections (by generation) and longest pause while the
+    block runs; the objects it tracks at the end (what a full collection walks)."""
+    figures: dict[str, float] = {"gc0": 0, "gc1": 0, "gc2": 0, "gc_longest_ms": 0.0}
+    began = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+            return
+        figures[f"gc{info['generation']}"] += 1
+        pause = (time.perf_counter() - began[0]) * 1000
+        figures["gc_longest_ms"] = max(figures["gc_longest_ms"], pause)
+
+    gc.callbacks.append(watch)
+    try:
+        yield figures
+    finally:
+        gc.callbacks.remove(watch)
+        figures["gc_tracked"] = len(gc.get_objects())
 
 
 def child_traced(size: int) -> dict[str, float]:
@@ -435,6 +462,11 @@ def print_size(f: Figures, rebuild: Cost, change: Cost) -> None:
         f" {f['floor_ms']:8.1f} ms"
         f" ({f['floor_cpu_ms']:.0f} ms CPU)   {f['first_ms'] / f['floor_ms']:5.2f}x the floor"
         f" ({f['first_cpu_ms'] / f['floor_cpu_ms']:.2f}x in CPU); median of {cold_runs(n)}"
+    )
+    print(
+        f"    garbage collector     during {PICKS:,} tasks.pick: collections gen0/1/2"
+        f" {f['gc0']:.0f}/{f['gc1']:.0f}/{f['gc2']:.0f}, longest pause"
+        f" {f['gc_longest_ms']:.1f} ms; {f['gc_tracked']:,.0f} objects tracked"
     )
     print(f"    first pick after it   {f['first_pick_ms']:8.1f} ms (builds the pick index)")
     print(

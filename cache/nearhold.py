@@ -45,6 +45,9 @@ class Holdings:
         """``rows`` of a read of ``name`` without those older than a revision held
         elsewhere; rows of other buckets older than these are dropped from them."""
         kept, raised = self.revisions.admit(rows)
+        if len(kept) < len(rows):  # not joined: their last uses are kept apart
+            held = {id(row) for row in kept}
+            self.uses.lay({r.id: r.used for r in rows if id(r) not in held and r.used})
         for account_id, _ in raised:
             for other in [
                 n for n, e in self.entries.items() if n != name and account_id in e.by_id
@@ -57,8 +60,9 @@ class Holdings:
         """Stop serving ``account_id`` from ``name`` until a change or read of it."""
         entry = self.entries[name]
         place = entry.ids.index(account_id) if account_id in entry.ids else None
+        row = entry.by_id[account_id]
         if entry.patch(account_id, None, place, len(entry.ids)):
-            self.uses.leave(name, [account_id])
+            self.uses.leave(name, [row])
             self.held -= 1
             self.decoded -= 1 if entry.decoded else 0
 
@@ -80,7 +84,9 @@ class Holdings:
         if old is not None:
             fresh.wanted = old.wanted
             fresh.succeed(old)
-            self._let_go(name, old)
+            # Only the accounts the bucket lists no more leave it.
+            self.uses.leave(name, [r for r in old.rows if r.id not in fresh.by_id])
+            self._count_out(old)
         self.floors.pop(name, None)
         self.entries[name] = fresh
         self.entries.move_to_end(name)
@@ -111,7 +117,10 @@ class Holdings:
             self.floors.popitem(last=False)
 
     def _let_go(self, name: str, entry: Entry) -> None:
-        self.uses.leave(name, entry.by_id)
+        self.uses.leave(name, entry.rows)
+        self._count_out(entry)
+
+    def _count_out(self, entry: Entry) -> None:
         self.held -= len(entry.rows)
         self.decoded -= len(entry.rows) if entry.decoded else 0
 
@@ -156,7 +165,7 @@ class Holdings:
             entry.confirmed = max(entry.confirmed, fetched.asked_at)
         entry.wanted = max(entry.wanted, fetched.gen)
         if old is not None:
-            self.uses.leave(push.bucket, [push.account_id])
+            self.uses.leave(push.bucket, [old])
         if row is not None:
             self.uses.take([row], [fetched.used])
             self.uses.join(push.bucket, [row])
@@ -169,7 +178,7 @@ class Holdings:
         return True
 
     def clear(self) -> None:
+        self.uses.leave_all()
         self.entries.clear()
         self.floors.clear()
-        self.uses.leave_all()
         self.held = self.decoded = 0

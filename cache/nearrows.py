@@ -52,44 +52,49 @@ _astuple = msgspec.structs.astuple
 _BLANK = Account.model_construct()  # type: ignore[call-arg]  # all replaced in copies
 
 
-class Row:
+class Row(msgspec.Struct, gc=False, eq=False):
     """One account of a held bucket: the fields a pick reads, the last use laid over
     it (integer ms, 0: never), and its payload packed (or, for an account handed in
-    decoded, the account itself)."""
+    decoded, the account itself). Made by :func:`row_of_payload` and
+    :func:`row_of_account`.
 
-    __slots__ = (
-        "account",
-        "active",
-        "entry",
-        "expires",
-        "id",
-        "packed",
-        "priority",
-        "until",
-        "used",
-    )
+    A struct the garbage collector does not track (``gc=False``): a row refers to
+    bytes, ints, datetimes and an :class:`Account`, none of which refers back to it,
+    so it can be in no reference cycle. At 100,000 accounts that is 100,000 objects
+    fewer for every full collection to walk (the event loop stops while it does), and
+    16 bytes less a row."""
 
-    def __init__(
-        self,
-        account_id: int,
-        entry: bytes,
-        packed: bytes | Account,
-        used: int,
-        fields: Account | Any,
-    ) -> None:
-        self.id = account_id
-        self.entry = entry  # '<digest>/<revision>': the same entry, the same payload
-        self.packed = packed
-        self.used = used
-        self.priority: int = fields.priority
-        self.active: bool = fields.status is AccountStatus.ACTIVE and fields.schedulable
-        self.expires: datetime | None = fields.expires_at if fields.auto_pause_on_expired else None
-        # The latest end of the windows that hold it back (rate limit, overload,
-        # temporary block): all that the pick asks of them.
-        ends = (fields.overload_until, fields.rate_limit_reset_at, fields.temp_unschedulable_until)
-        self.until: datetime | None = max((t for t in ends if t is not None), default=None)
-        # The account as last materialized, with ``used`` laid over; None when not kept.
-        self.account: Account | None = None
+    id: int
+    # The entry ('<digest>/<revision>': the same entry, the same payload) and the
+    # packed payload in one bytes object, ``cut`` the entry's length: one object an
+    # account less, about 40 bytes. An account handed in decoded is kept as it is,
+    # ``cut`` then the entry itself.
+    packed: bytes | Account
+    cut: int | bytes
+    used: int
+    priority: int
+    active: bool
+    expires: datetime | None
+    # The latest end of the windows that hold it back (rate limit, overload, temporary
+    # block): all that the pick asks of them.
+    until: datetime | None
+    # The account as last materialized, with ``used`` laid over; None when not kept.
+    account: Account | None = None
+    # Its valid entry in its bucket's pick order (see cache.pickindex); None: none yet.
+    key: int | None = None
+
+    @property
+    def entry(self) -> bytes:
+        cut = self.cut
+        if isinstance(cut, bytes):
+            return cut
+        assert isinstance(self.packed, bytes)
+        return self.packed[:cut]
+
+    def payload(self) -> memoryview:
+        """The packed payload (of a row made from one)."""
+        assert isinstance(self.packed, bytes) and isinstance(self.cut, int)
+        return memoryview(self.packed)[self.cut :]
 
     # -- what the pick reads (as Account's methods of the same names) -----------------
     def is_candidate(self, now: datetime) -> bool:
@@ -129,14 +134,31 @@ def row_of_payload(account_id: int, entry: bytes, payload: bytes, used: int) -> 
     if not trusted:
         account = AccountCodec._validate(account_id, payload, None)
         return row_of_account(account, used, entry)
-    return Row(account_id, entry, _PACK.encode(_astuple(decoded)), used, decoded)
+    packed = entry + _PACK.encode(_astuple(decoded))
+    return _row(account_id, packed, len(entry), used, decoded)
 
 
 def row_of_account(account: Account, used: int, entry: bytes = b"") -> Row:
     """The row of an account handed in decoded: it is kept as it is."""
-    row = Row(account.id, entry, account, used, account)
+    row = _row(account.id, account, entry, used, account)
     row.account = _at(account, used)
     return row
+
+
+def _row(
+    account_id: int, packed: bytes | Account, cut: int | bytes, used: int, fields: Account | Any
+) -> Row:
+    ends = (fields.overload_until, fields.rate_limit_reset_at, fields.temp_unschedulable_until)
+    return Row(
+        account_id,
+        packed,
+        cut,
+        used,
+        fields.priority,
+        fields.status is AccountStatus.ACTIVE and fields.schedulable,
+        fields.expires_at if fields.auto_pause_on_expired else None,
+        max((t for t in ends if t is not None), default=None),
+    )
 
 
 def _digest(payload: bytes) -> bytes:
@@ -151,7 +173,7 @@ def materialize(row: Row) -> Account:
     packed = row.packed
     if isinstance(packed, Account):
         return _at(packed, row.used)
-    data = dict(zip(FIELDS, _FROM_PACKED.decode(packed), strict=True))
+    data = dict(zip(FIELDS, _FROM_PACKED.decode(row.payload()), strict=True))
     data["last_used_at"] = from_ms(row.used) if row.used else None
     return _BLANK.model_copy(update=data)
 

@@ -3,6 +3,7 @@ a large bucket answered with a sequence that behaves like a list."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -126,3 +127,17 @@ def test_the_settings_bound_the_process_near_cache(configured: Settings) -> None
     assert near is not None
     assert near.state.holds(123) and not near.state.holds(124)
     assert near.state.holds(7, decoded=True) and not near.state.holds(8, decoded=True)
+
+
+def test_a_row_keeps_its_entry_and_payload_in_one_object_the_collector_skips(
+    cache: RedisSchedulerCache,
+) -> None:
+    original = account(9, priority=3)
+    payload, digest = cache.reader.codec.encode(original)
+    entry = f"{digest}/4".encode()
+    row = row_of_payload(9, entry, payload, 0)
+    assert isinstance(row.packed, bytes) and row.packed.startswith(entry)
+    assert row.entry == entry and materialize(row) == original
+    held = row_of_account(original, 0, entry)
+    assert held.entry == entry and materialize(held) == original
+    assert not gc.is_tracked(row) and not gc.is_tracked(held)

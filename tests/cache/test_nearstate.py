@@ -211,3 +211,19 @@ def test_hammered_from_threads_the_state_keeps_its_invariants() -> None:
         for a in accounts:
             seen.setdefault(a.id, set()).add(a.last_used_at)
     assert all(len(times) == 1 for times in seen.values()), seen
+
+
+def test_a_held_accounts_last_use_lives_in_its_rows_and_outlives_them() -> None:
+    state = NearState()
+    stamp = state.opened("e", 0)
+    state.install(read(A, 1, {23: 9028, 24: 0}), time.monotonic(), stamp)
+    state.install(read(B, 1, {23: 9000}), time.monotonic(), stamp)
+    state.used({23: 9500, 25: 7000})  # 25: held nowhere
+    assert last_use(state, A, 23) == last_use(state, B, 23) == 9500
+    # One map entry for the account held nowhere; the others' uses are their rows'.
+    assert state._hold.uses._uses == {25: 7000}
+    state.forget(str(A))
+    state.forget(str(B))
+    state.install(read(A, 2, {23: 9100, 25: 0}), time.monotonic(), stamp)
+    assert last_use(state, A, 23) == 9500 and last_use(state, A, 25) == 7000
+    assert state._hold.uses._uses == {}

@@ -3,6 +3,7 @@ random buckets, touches, patches, new snapshots, exclusions and time windows."""
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 
 from cache import Account
 from cache.codec import AccountCodec, from_ms, to_ms, with_last_used
-from cache.nearrows import Row, materialize, row_of_payload
-from cache.pickindex import PickIndex, tiebreak, use_after
+from cache.nearrows import Row, materialize, row_of_account, row_of_payload
+from cache.pickindex import PickIndex, key_id, order_key, tiebreak, use_after
 from tests.cache.factories import T0, account
 
 IDS = st.integers(min_value=1, max_value=12)
@@ -177,3 +178,55 @@ def test_the_pick_of_rows_is_the_brute_force_pick(first: list[Account], steps: l
         for a in model.values():
             assert rows[a.id].is_schedulable(now) == a.is_schedulable(now)
             assert rows[a.id].blocked_until(now) == a.blocked_until(now)
+
+
+FIELDS = st.tuples(
+    st.integers(-(2**40), 2**40),  # priority: any int, negative ones too
+    st.integers(0, 2**45 - 1),  # last use (ms), within the packed width
+    st.integers(1, 2**63 - 1),  # id
+)
+
+
+@given(first=FIELDS, second=FIELDS)
+def test_packed_keys_compare_as_the_fields_do(
+    first: tuple[int, int, int], second: tuple[int, int, int]
+) -> None:
+    def both(fields: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
+        priority, used, account_id = fields
+        held = row_of_account(account(account_id, priority=priority), used)
+        return order_key(held), (priority, used, tiebreak(account_id), account_id)
+
+    (key_a, fields_a), (key_b, fields_b) = both(first), both(second)
+    assert (key_a < key_b) == (fields_a < fields_b) and (key_a == key_b) == (fields_a == fields_b)
+    assert key_id(key_a) == first[2] and key_id(key_b) == second[2]
+
+
+def test_a_use_outside_the_packed_width_is_clamped_to_it() -> None:
+    def used(ms: int) -> int:
+        held = row_of_account(account(1), 0)
+        held.used = ms
+        return order_key(held)
+
+    assert used(-5) == used(0) < used(2**60) == used(2**45 - 1)
+
+
+def test_an_earlier_pick_sees_an_account_taken_out_as_expired_since() -> None:
+    expiring = account(1, expires_at=T0 + timedelta(seconds=5), auto_pause_on_expired=True)
+    index = PickIndex([expiring, account(2, last_used_at=T0)])
+    assert index.pick(T0 + timedelta(seconds=6)) == account(2, last_used_at=T0)  # 1 is out
+    assert index.pick(T0 + timedelta(seconds=4)) == expiring  # asked earlier: still in
+    assert index.pick(T0 + timedelta(seconds=7)) == account(2, last_used_at=T0)
+
+
+def test_the_index_keeps_no_object_for_the_collector_to_track() -> None:
+    rows = {i: as_row(account(i, last_used_at=from_ms(to_ms(T0) + i))) for i in range(1, 50)}
+    index = PickIndex(rows.values(), rows)
+    for n in range(200):
+        now = T0 + timedelta(seconds=n)
+        chosen = index.pick(now)
+        assert chosen is not None
+        chosen.lay(use_after(chosen, now))
+        index.put(chosen)
+    gc.collect()
+    assert not any(gc.is_tracked(row) or gc.is_tracked(row.key) for row in rows.values())
+    assert all(row.key is not None and key_id(row.key) == row.id for row in rows.values())
