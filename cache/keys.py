@@ -57,7 +57,7 @@ DECODED_ACCOUNTS_MAX = 200_000
 # Buckets a near cache keeps in memory (least recently read dropped first).
 NEAR_BUCKETS_MAX = 1_024
 # Accounts a near cache holds over all its buckets (least recently read buckets dropped
-# first): at about 700 bytes each, about 700 MB.
+# first): at about 800 bytes each, about 800 MB.
 NEAR_ACCOUNTS_MAX = 1_000_000
 # Accounts a near cache keeps decoded (about 3 KB each, 60 MB): the buckets read most
 # recently, up to this many accounts, answer a read with a copy of a list; the others

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # Web processes keep the buckets they read in memory while Redis confirms them
     # (pushes on every change, a check every half second); false reads Redis on every
     # list_schedulable. The bounds, least recently read buckets dropped first: buckets
-    # held, accounts held over all of them (about 700 bytes each), and accounts kept
+    # held, accounts held over all of them (about 800 bytes each), and accounts kept
     # decoded (about 3 KB each; the other buckets build each account as it is read).
     near_cache: bool = True
     near_cache_buckets: int = Field(default=NEAR_BUCKETS_MAX, ge=1)
