@@ -17,8 +17,9 @@ bucket, in bounded chunks, fetching only payloads it does not hold::
     Redis lost its state:   the epoch changed or vanished: everything is dropped
 
 Memory: at most ``max_buckets`` buckets and ``max_accounts`` accounts over all of them,
-each a row of about 800 bytes with its pick entry (:mod:`cache.nearrows`), and up to ``max_decoded`` of
-them with their accounts kept decoded as well (about 3 KB each; :mod:`cache.nearhold`).
+each a row of about 800 bytes with its pick entry (:mod:`cache.nearrows`), and up to
+``max_decoded`` of them with their accounts kept decoded as well (about 3 KB each;
+:mod:`cache.nearhold`).
 """
 
 from __future__ import annotations

@@ -110,6 +110,22 @@ def sentinels_with_a_writable_replica() -> Iterator[SentinelServers]:
         yield servers
 
 
+def wait_showing_log(
+    worker: WorkerProcess,
+    check: Callable[[], object],
+    *,
+    what: str,
+    timeout: float,
+    interval: float,
+) -> None:
+    """``wait_for``, printing the worker's log when it times out (a slow recovery's why)."""
+    try:
+        wait_for(check, what=what, timeout=timeout, interval=interval)
+    except pytest.fail.Exception:
+        print(worker.log_tail(8000))
+        raise
+
+
 def every_bucket_served(source: SqlSource, buckets: list[SchedulerBucket]) -> bool:
     """Every bucket has an active snapshot equal to what the source says (an empty one
     reads as a miss from get_snapshot, so its active version is what counts)."""
@@ -159,16 +175,13 @@ def test_a_failover_to_a_replica_without_the_state_rebuilds_every_bucket_within_
     sentinels.master.stop()
     wait_for(lambda: sentinels.master_port() != old_master, what="a promotion", timeout=30)
     promoted = time.monotonic()
-    try:
-        wait_for(
-            lambda: every_bucket_served(source, buckets),
-            what="every bucket rebuilt on the empty new master",
-            timeout=30,
-            interval=0.1,
-        )
-    except pytest.fail.Exception:
-        print(worker.log_tail(8000))
-        raise
+    wait_showing_log(
+        worker,
+        lambda: every_bucket_served(source, buckets),
+        what="every bucket rebuilt on the empty new master",
+        timeout=30,
+        interval=0.1,
+    )
     recovered = time.monotonic() - promoted
     print(f"\nfailover to an empty replica: {len(buckets)} buckets served {recovered:.2f} s after")
     assert recovered <= 10.0, worker.log_tail(8000)
@@ -238,16 +251,13 @@ def test_a_rebuild_holding_its_lock_when_the_master_dies_holds_the_bucket_one_le
     promoted = time.monotonic()
 
     SqlWriter(source).update_account(first[0], status="disabled")
-    try:
-        wait_for(
-            lambda: _request(bucket) and snapshot_or_none(bucket) == first[1:],
-            what="the change in the snapshot",
-            timeout=settings.lock_ttl_seconds + 10,
-            interval=0.2,
-        )
-    except pytest.fail.Exception:
-        print(worker.log_tail(8000))
-        raise
+    wait_showing_log(
+        worker,
+        lambda: _request(bucket) and snapshot_or_none(bucket) == first[1:],
+        what="the change in the snapshot",
+        timeout=settings.lock_ttl_seconds + 10,
+        interval=0.2,
+    )
     landed = time.monotonic() - promoted
     print(f"\na lock orphaned by the failover: the change in the snapshot {landed:.2f} s after")
     bound = LOCK_LEASE_SECONDS + BUSY_RETRY_MAX_SECONDS + 2.0
