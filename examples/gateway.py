@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -305,6 +306,26 @@ if pick_mode == "scan":
     app.get("/pick", response_model=Picked)(scan_route)
 else:
     app.add_route("/pick", pick_route, methods=["GET"])
+
+
+def openapi() -> dict[str, Any]:
+    """FastAPI's schema, with the plain /pick route described as the scan route is
+    (FastAPI lists only its own routes)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        if pick_mode != "scan":
+            documented = FastAPI(title=app.title)
+            documented.get("/pick", response_model=Picked)(scan_route)
+            described = get_openapi(title=app.title, version=app.version, routes=documented.routes)
+            schema["paths"]["/pick"] = described["paths"]["/pick"]
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                described.get("components", {}).get("schemas", {})
+            )
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def scan_pick(

@@ -216,3 +216,14 @@ def test_admin_is_labelled_an_example(client: TestClient) -> None:
     operation = client.get("/openapi.json").json()["paths"]["/admin/accounts/{account_id}"]
     assert operation["post"]["tags"] == ["example only"]
     assert "Example" in operation["post"]["summary"]
+
+
+@pytest.mark.parametrize("mode", ["index", "scan"])
+def test_pick_is_described_in_the_openapi_page_either_way(mode: str) -> None:
+    for gateway in load_gateway(mode):
+        schema = TestClient(gateway.app).get("/openapi.json").json()
+        operation = schema["paths"]["/pick"]["get"]
+        names = {parameter["name"] for parameter in operation["parameters"]}
+        assert names == {"group", "platform", "force", "exclude"}
+        assert "Picked" in schema["components"]["schemas"]
+        assert "/admin/accounts/{account_id}" in schema["paths"]
