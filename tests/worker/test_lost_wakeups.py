@@ -29,7 +29,7 @@ from tests.worker.test_wakeup import (
     BUCKET,
     LONG_BACKSTOP,
     listener_pid,
-    pg_env,
+    listening_worker,
     set_status,
     two_accounts,
 )
@@ -92,16 +92,15 @@ def test_a_killed_listener_thread_costs_at_most_one_backstop(
     redis_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
-    env = pg_env(
-        worker_env,
+    worker, _, ids = listening_worker(
         pg,
-        SCHED_OUTBOX_NOTIFY_CHANNEL=channel,
+        channel,
+        worker_env,
+        start_worker,
+        task_cache,
+        options={"extra_args": with_beat(tmp_path)},
         SCHED_OUTBOX_BACKSTOP_SECONDS=str(BACKSTOP),
     )
-    worker = start_worker(env, extra_args=with_beat(tmp_path))
-    wait_for(lambda: listener_pid(pg, channel), what="the listener")
-    ids = two_accounts(pg)
-    wait_for(lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts")
     assert by_wakeup(pg, task_cache, ids) < WAKEUP_BOUND
 
     order(redis_client, f"kill:{APPLICATION_NAME}")
@@ -120,16 +119,15 @@ def test_a_commit_while_the_listener_reconnects_is_polled_at_once(
     start_worker: Callable[..., WorkerProcess],
     task_cache: RedisSchedulerCache,
 ) -> None:
-    env = pg_env(
-        worker_env,
+    # No beat: only the listener (and its reconnect) sends polls.
+    _, first, ids = listening_worker(
         pg,
-        SCHED_OUTBOX_NOTIFY_CHANNEL=channel,
+        channel,
+        worker_env,
+        start_worker,
+        task_cache,
         SCHED_OUTBOX_BACKSTOP_SECONDS=str(LONG_BACKSTOP),
     )
-    start_worker(env)  # no beat: only the listener (and its reconnect) sends polls
-    first = wait_for(lambda: listener_pid(pg, channel), what="the listener")
-    ids = two_accounts(pg)
-    wait_for(lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts")
 
     def cut_then_commit() -> float:
         # The notification of this commit goes to no one: the session is gone, and
@@ -154,16 +152,15 @@ def test_a_commit_that_does_not_notify_costs_at_most_one_backstop(
     task_cache: RedisSchedulerCache,
     tmp_path: Path,
 ) -> None:
-    env = pg_env(
-        worker_env,
+    _, _, ids = listening_worker(
         pg,
-        SCHED_OUTBOX_NOTIFY_CHANNEL=channel,
+        channel,
+        worker_env,
+        start_worker,
+        task_cache,
+        options={"extra_args": with_beat(tmp_path)},
         SCHED_OUTBOX_BACKSTOP_SECONDS=str(BACKSTOP),
     )
-    start_worker(env, extra_args=with_beat(tmp_path))
-    wait_for(lambda: listener_pid(pg, channel), what="the listener")
-    ids = two_accounts(pg)
-    wait_for(lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts")
     assert by_wakeup(pg, task_cache, ids) < WAKEUP_BOUND
 
     # A writer whose commits do not notify: the outbox row is written, no NOTIFY sent.
@@ -189,13 +186,9 @@ def test_a_commit_during_a_running_poll_is_applied_without_waiting_for_beat(
     # Slow polls (each account read takes 0.6 s), no beat: the notification of a commit
     # made while a poll runs, after its read of the outbox, nudges a poll that finds the
     # lock held and returns; only the listener's second look brings it.
-    env = pg_env(
-        worker_env, pg, SCHED_OUTBOX_NOTIFY_CHANNEL=channel, SCHED_SOURCE_FACTORY=SLOW_SOURCE
+    _, _, ids = listening_worker(
+        pg, channel, worker_env, start_worker, task_cache, SCHED_SOURCE_FACTORY=SLOW_SOURCE
     )
-    start_worker(env)
-    wait_for(lambda: listener_pid(pg, channel), what="the listener")
-    ids = two_accounts(pg)
-    wait_for(lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts")
     lock = task_cache.keys.named_lock(POLL_LOCK)
     wait_for(lambda: not redis_client.exists(lock), what="no poll running")
 

@@ -8,13 +8,14 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
 from cache import RedisSchedulerCache, SchedulerBucket
 from tasks.source import SqlSource, SqlWriter
 from tasks.worker.listener import APPLICATION_NAME
-from tests.processes import WorkerProcess, wait_for
+from tests.processes import DEFAULT_TIMEOUT, WorkerProcess, wait_for
 from tests.support import snapshot_ids
 
 BUCKET = SchedulerBucket.parse("0:openai:single")
@@ -66,6 +67,31 @@ def pg_env(worker_env: dict[str, str], source: SqlSource, **extra: str) -> dict[
     return {**worker_env, "SCHED_DATABASE_URL": url, **extra}
 
 
+def listening_worker(
+    pg: SqlSource,
+    channel: str,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    cache: RedisSchedulerCache,
+    *,
+    accounts_within: float = DEFAULT_TIMEOUT,
+    options: dict[str, Any] | None = None,
+    **env: str,
+) -> tuple[WorkerProcess, int, list[int]]:
+    """A worker on PostgreSQL listening on ``channel`` (more settings in ``env``, worker
+    ``options`` such as beat's arguments), and two accounts in the bucket: the worker,
+    its listener's backend pid and the accounts' ids."""
+    worker = start_worker(
+        pg_env(worker_env, pg, SCHED_OUTBOX_NOTIFY_CHANNEL=channel, **env), **(options or {})
+    )
+    listener = wait_for(lambda: listener_pid(pg, channel), what="the listener")
+    ids = two_accounts(pg)
+    wait_for(
+        lambda: snapshot_ids(cache, BUCKET) == ids, what="the accounts", timeout=accounts_within
+    )
+    return worker, listener, ids
+
+
 def test_a_commit_reaches_the_snapshot_by_wakeup_and_after_a_killed_connection(
     pg: SqlSource,
     channel: str,
@@ -73,17 +99,15 @@ def test_a_commit_reaches_the_snapshot_by_wakeup_and_after_a_killed_connection(
     start_worker: Callable[..., WorkerProcess],
     task_cache: RedisSchedulerCache,
 ) -> None:
-    env = pg_env(
-        worker_env,
+    # No beat at all: nothing but wake-ups sends polls.
+    _, first, ids = listening_worker(
         pg,
-        SCHED_OUTBOX_NOTIFY_CHANNEL=channel,
+        channel,
+        worker_env,
+        start_worker,
+        task_cache,
+        accounts_within=WAKEUP_BOUND,
         SCHED_OUTBOX_BACKSTOP_SECONDS=str(LONG_BACKSTOP),
-    )
-    start_worker(env)  # no beat at all: nothing but wake-ups sends polls
-    first = wait_for(lambda: listener_pid(pg, channel), what="the listener")
-    ids = two_accounts(pg)
-    wait_for(
-        lambda: snapshot_ids(task_cache, BUCKET) == ids, what="the accounts", timeout=WAKEUP_BOUND
     )
 
     took = [latency(pg, task_cache, ids, WAKEUP_BOUND) for _ in range(5)]
