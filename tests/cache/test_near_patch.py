@@ -111,6 +111,18 @@ def unused(accounts: Sequence[Account] | None) -> list[dict[str, Any]]:
     return [a.model_dump(exclude={"last_used_at"}) for a in accounts or []]
 
 
+def holding_ten(
+    cache: RedisSchedulerCache, redis_client: redis.Redis, near_cache: NearFactory
+) -> tuple[NearCache, Writer]:
+    """A near cache holding a bucket of ten accounts and hearing its pushes, and the
+    writer of the changes it is to hear."""
+    cache.set_snapshot(BUCKET, accounts(10), cache.reserve_version(BUCKET))
+    near = near_cache(check_seconds=5, trust_seconds=10)
+    near.get_snapshot(BUCKET)
+    wait_until(subscribed(redis_client, cache.keys.changes_channel))
+    return near, Writer(cache, redis_client)
+
+
 @pytest.mark.parametrize("decoded", [True, False], ids=["decoded", "lazy"])
 def test_each_kind_of_one_account_change_is_applied_in_place(
     cache: RedisSchedulerCache, redis_client: redis.Redis, near_cache: NearFactory, decoded: bool
@@ -147,11 +159,7 @@ def test_each_kind_of_one_account_change_is_applied_in_place(
 def test_a_gap_in_gens_falls_back_to_reading_the_bucket(
     cache: RedisSchedulerCache, redis_client: redis.Redis, near_cache: NearFactory
 ) -> None:
-    cache.set_snapshot(BUCKET, accounts(10), cache.reserve_version(BUCKET))
-    near = near_cache(check_seconds=5, trust_seconds=10)
-    near.get_snapshot(BUCKET)
-    wait_until(subscribed(redis_client, cache.keys.changes_channel))
-    writer = Writer(cache, redis_client)
+    near, writer = holding_ten(cache, redis_client, near_cache)
     # A change whose push this process did not get, then one it did: gen skips one.
     writer.payload(account(3, revision=2, name="unseen"), step=2)
     wait_until(lambda: near.get_snapshot(BUCKET) == fresh(cache))
@@ -164,11 +172,7 @@ def test_a_patch_read_after_the_bucket_moved_on_is_not_applied(
 ) -> None:
     """Two changes made before the first is heard: the first one's fetch finds the gen of
     the second, and places read then are of a list the cache does not hold yet."""
-    cache.set_snapshot(BUCKET, accounts(10), cache.reserve_version(BUCKET))
-    near = near_cache(check_seconds=5, trust_seconds=10)
-    near.get_snapshot(BUCKET)
-    wait_until(subscribed(redis_client, cache.keys.changes_channel))
-    writer = Writer(cache, redis_client)
+    near, writer = holding_ten(cache, redis_client, near_cache)
     writer.holding = True
     writer.insert(account(4, revision=2, name="first"), before=1)
     writer.insert(account(2, revision=2, name="before it"), before=4)
@@ -181,11 +185,7 @@ def test_a_patch_read_after_the_bucket_moved_on_is_not_applied(
 def test_a_push_for_another_version_or_of_three_fields_reads_the_bucket(
     cache: RedisSchedulerCache, redis_client: redis.Redis, near_cache: NearFactory
 ) -> None:
-    cache.set_snapshot(BUCKET, accounts(10), cache.reserve_version(BUCKET))
-    near = near_cache(check_seconds=5, trust_seconds=10)
-    near.get_snapshot(BUCKET)
-    wait_until(subscribed(redis_client, cache.keys.changes_channel))
-    writer = Writer(cache, redis_client)
+    near, writer = holding_ten(cache, redis_client, near_cache)
     writer.version += 1  # announces a version this process does not hold
     writer.payload(account(4, revision=2, name="elsewhere"))
     wait_until(lambda: near.state.reads == 2 or near.get_snapshot(BUCKET) is None)
