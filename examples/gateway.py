@@ -52,7 +52,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cache import Account, InvalidBucket, brief
+from cache import MAX_ID, Account, InvalidBucket, brief
 from tasks import list_schedulable_async, pick_async, record_last_used, request_rebuild, runtime
 from tasks.buckets import account_buckets, bucket_for, check_platform
 from tasks.ops.errors import one_line, scrub
@@ -184,8 +184,6 @@ def healthz() -> dict[str, str] | JSONResponse:
     return {"status": "ok"}
 
 
-# The largest group id a bucket takes (a signed 64-bit integer).
-MAX_GROUP = 2**63 - 1
 MAX_EXCLUDED = 100
 # What FastAPI takes for a boolean in a query.
 TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
@@ -199,7 +197,7 @@ class BadQuery(ValueError):
 def pick_query(query: QueryParams) -> tuple[int, str, bool, tuple[int, ...]]:
     """``(group, platform, force, exclude)`` of a /pick query; :class:`BadQuery` naming
     the first bad value (unknown parameters are ignored)."""
-    group = _whole("group", query.get("group"), MAX_GROUP)
+    group = _whole("group", query.get("group"), MAX_ID)
     platform = query.get("platform")
     if platform is None:
         raise BadQuery("platform: missing")
@@ -211,7 +209,7 @@ def pick_query(query: QueryParams) -> tuple[int, str, bool, tuple[int, ...]]:
     excluded = query.getlist("exclude")
     if len(excluded) > MAX_EXCLUDED:
         raise BadQuery(f"exclude: at most {MAX_EXCLUDED} accounts, got {len(excluded)}")
-    exclude = tuple(_whole("exclude", value, MAX_GROUP) for value in excluded)
+    exclude = tuple(_whole("exclude", value, MAX_ID) for value in excluded)
     return group, platform, force is not None and force.lower() in TRUE, exclude
 
 
@@ -221,26 +219,6 @@ def _whole(name: str, raw: str | None, most: int) -> int:
     if not raw.isdecimal() or len(raw) > 19 or int(raw) > most:
         raise BadQuery(f"{name}: an integer from 0 to {most}, got {brief(raw, 80)}")
     return int(raw)
-
-
-# The buckets answers named, under the settings they were named with.
-_names: tuple[object, dict[tuple[int, str, bool], str]] = (None, {})
-
-
-def bucket_name(group: int, platform: str, force: bool) -> str:
-    """The bucket a pick read, named in the answer: the same few, over and over, so
-    each is named once per settings."""
-    global _names
-    s = runtime.settings()
-    held, names = _names
-    name = names.get((group, platform, force)) if held is s else None
-    if name is None:
-        name = str(bucket_for(group, platform, force, s))
-        if held is not s or len(names) >= 4096:
-            names = {}
-            _names = (s, names)
-        names[(group, platform, force)] = name
-    return name
 
 
 JSON = "application/json"
@@ -271,7 +249,7 @@ async def pick_route(request: Request) -> Response:
         "type": account.type,
         "priority": account.priority,
         "previous_use": account.last_used_at,
-        "bucket": bucket_name(group, platform, force),
+        "bucket": str(bucket_for(group, platform, force, runtime.settings())),
     }
     return Response(msgspec.json.encode(picked), media_type=JSON)
 

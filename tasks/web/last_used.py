@@ -157,14 +157,11 @@ class LastUsedBatcher:
             )
         else:
             at = as_utc(at)
-        with self._lock:
-            keep_latest(self._batch, {account_id: at})
-        if self._thread is None:
-            self._start()
+        self.touch_checked(account_id, at)
 
     def touch_checked(self, account_id: int, at: datetime) -> None:
-        """As :meth:`touch`, for an id and an aware UTC time that come from the cache
-        (a pick's): nothing to check again."""
+        """As :meth:`touch`, for a valid id and an aware UTC time (a pick's, from the
+        cache; or checked by :meth:`touch`): nothing to check again."""
         with self._lock:
             seen = self._batch.get(account_id)
             if seen is None or at > seen:
@@ -338,11 +335,7 @@ def record_last_used(account_id: int, at: datetime | None = None) -> None:
     """
     at = utc_now() if at is None else at
     default_batcher().touch(account_id, at)
-    updates = {account_id: as_utc(at)}
-    near = runtime.get_near_cache()
-    if near is not None:
-        near.note_last_used(updates)
-    aio.note_last_used(updates)
+    _lay_over({account_id: as_utc(at)})
 
 
 def record_pick(account_id: int, at: datetime, picked_by: object) -> None:
@@ -350,7 +343,12 @@ def record_pick(account_id: int, at: datetime, picked_by: object) -> None:
     that made the pick, laid the use over already (the batcher and the process's other
     near cache still need it)."""
     default_batcher().touch_checked(account_id, at)
-    updates = {account_id: at}
+    _lay_over({account_id: at}, picked_by)
+
+
+def _lay_over(updates: Mapping[int, datetime], picked_by: object = None) -> None:
+    """This process's own uses, over its near caches (sync and asyncio) but
+    ``picked_by``, which laid them over already."""
     near = runtime.get_near_cache()
     if near is not None and near is not picked_by:
         near.note_last_used(updates)
